@@ -1,0 +1,12 @@
+//! The Tollgate control plane.
+//!
+//! Admin writes land in the [`store`] as one transaction each (a new revision); the change feed
+//! wakes the [`xds`] side, which asks the [`cache`] for each node group's resources, built by the
+//! pure [`translate`] function, and pushes what changed to every connected proxy over ADS. The
+//! [`xds::nodes`] registry records what each proxy acked or rejected.
+
+pub mod cache;
+pub mod model;
+pub mod store;
+pub mod translate;
+pub mod xds;

@@ -1,0 +1,256 @@
+//! Domain model: the resources people manage through the admin API, and their validation.
+//!
+//! Everything the store accepts passes through [`Resource::validate`] first, and the whole
+//! resulting configuration through [`check_references`]; the translator can then rely on a
+//! model that is internally consistent.
+
+mod cluster;
+mod listener;
+mod route;
+
+pub use cluster::{Cluster, Endpoint, LbPolicy, MAX_ENDPOINT_WEIGHT, MAX_ENDPOINTS};
+pub use listener::Listener;
+pub use route::{
+    DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
+    RETRY_CONDITIONS, Redirect, Retries, Rewrite, Route, RouteMatch, WeightedCluster,
+};
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of resource the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    /// An upstream cluster.
+    Cluster,
+    /// A route.
+    Route,
+    /// A listener.
+    Listener,
+}
+
+impl ResourceKind {
+    /// All kinds, in the order the store loads them.
+    pub const ALL: [ResourceKind; 3] = [Self::Cluster, Self::Route, Self::Listener];
+
+    /// The singular name used in the store and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cluster => "cluster",
+            Self::Route => "route",
+            Self::Listener => "listener",
+        }
+    }
+
+    /// Parses the singular name stored in the database.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One named resource of any kind.
+// Resources are few and short-lived (one write, one list); boxing the larger variant would only
+// add indirection.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resource {
+    /// An upstream cluster.
+    Cluster(Cluster),
+    /// A route.
+    Route(Route),
+    /// A listener.
+    Listener(Listener),
+}
+
+impl Resource {
+    /// The resource's kind.
+    pub fn kind(&self) -> ResourceKind {
+        match self {
+            Self::Cluster(_) => ResourceKind::Cluster,
+            Self::Route(_) => ResourceKind::Route,
+            Self::Listener(_) => ResourceKind::Listener,
+        }
+    }
+
+    /// The resource's name, unique within its kind.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Cluster(c) => &c.name,
+            Self::Route(r) => &r.name,
+            Self::Listener(l) => &l.name,
+        }
+    }
+
+    /// Checks the resource on its own (references to other resources are checked by
+    /// [`check_references`]).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name(self.name())?;
+        match self {
+            Self::Cluster(c) => c.validate(),
+            Self::Route(r) => r.validate(),
+            Self::Listener(l) => l.validate(),
+        }
+    }
+
+    /// The resource as stored: its JSON document.
+    pub fn to_json(&self) -> String {
+        match self {
+            Self::Cluster(c) => serde_json::to_string(c),
+            Self::Route(r) => serde_json::to_string(r),
+            Self::Listener(l) => serde_json::to_string(l),
+        }
+        .expect("model types always serialize")
+    }
+
+    /// Reads a stored JSON document of the given kind.
+    pub fn from_json(kind: ResourceKind, json: &str) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            ResourceKind::Cluster => Self::Cluster(serde_json::from_str(json)?),
+            ResourceKind::Route => Self::Route(serde_json::from_str(json)?),
+            ResourceKind::Listener => Self::Listener(serde_json::from_str(json)?),
+        })
+    }
+}
+
+/// A rejected resource: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// Path of the offending field, e.g. `endpoints[0].port`.
+    pub field: String,
+    /// What is wrong with it, in lowercase.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A validation error on `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the field path, for errors found in a nested part.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else if self.field.starts_with('[') {
+            format!("{prefix}{}", self.field)
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        self
+    }
+}
+
+/// The longest resource name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Names address resources in URLs and become xDS resource names, so they are kept to a
+/// conservative alphabet: no slashes, no dots-only names, nothing that needs escaping.
+pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+    let err = |m: &str| Err(ValidationError::new("name", m));
+    if name.is_empty() {
+        return err("must not be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return err(&format!("must be at most {MAX_NAME_LEN} characters"));
+    }
+    let first = name.as_bytes()[0];
+    if !first.is_ascii_alphanumeric() {
+        return err("must start with a letter or digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return err("may contain only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// A reference from one resource to another that does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name}: {field}: {message}")]
+pub struct ReferenceError {
+    /// Kind of the resource holding the reference.
+    pub kind: ResourceKind,
+    /// Name of the resource holding the reference.
+    pub name: String,
+    /// Field holding the reference, e.g. `weighted_clusters[1].cluster`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Confirms that every route names clusters that exist, and that no two listeners would bind
+/// the same port on the same proxies.
+pub fn check_references(
+    clusters: &BTreeMap<String, Cluster>,
+    routes: &BTreeMap<String, Route>,
+    listeners: &BTreeMap<String, Listener>,
+) -> Result<(), ReferenceError> {
+    let mut bound: Vec<&Listener> = Vec::new();
+    for listener in listeners.values() {
+        if let Some(other) = bound.iter().find(|o| listener.binds_same_as(o)) {
+            return Err(ReferenceError {
+                kind: ResourceKind::Listener,
+                name: listener.name.clone(),
+                field: "port".to_owned(),
+                message: format!(
+                    "{}:{} conflicts with listener {} on {}:{}",
+                    listener.address, listener.port, other.name, other.address, other.port
+                ),
+            });
+        }
+        bound.push(listener);
+    }
+    for route in routes.values() {
+        for (field, cluster) in route.cluster_refs() {
+            if !clusters.contains_key(cluster) {
+                return Err(ReferenceError {
+                    kind: ResourceKind::Route,
+                    name: route.name.clone(),
+                    field,
+                    message: format!("unknown cluster {cluster}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates a regular expression the way the proxies will compile it.
+///
+/// Envoy uses RE2 and the edge proxy the `regex` crate; both reject backreferences and
+/// look-around, so a regex this accepts is accepted by both syntaxes.
+pub(crate) fn validate_regex(field: &str, pattern: &str) -> Result<(), ValidationError> {
+    if pattern.is_empty() {
+        return Err(ValidationError::new(field, "regex must not be empty"));
+    }
+    if pattern.len() > 1024 {
+        return Err(ValidationError::new(
+            field,
+            "regex must be at most 1024 characters",
+        ));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| ValidationError::new(field, format!("invalid regex: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! Listeners: the addresses proxies accept traffic on.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+
+/// An address and port that proxies listen on; every route is served on every listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name; also the name of the listener's route table in xDS.
+    #[serde(default)]
+    pub name: String,
+    /// IP address to bind, e.g. `0.0.0.0`.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// TCP port to bind.
+    pub port: u16,
+    /// Only proxies whose node cluster is this get the listener; all proxies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_cluster: Option<String>,
+}
+
+fn default_address() -> String {
+    "0.0.0.0".to_owned()
+}
+
+impl Listener {
+    /// Whether the two listeners would try to bind the same socket on some proxy: same port,
+    /// overlapping addresses (a wildcard address overlaps every address of its family), and
+    /// node clusters that can both apply to one proxy.
+    pub fn binds_same_as(&self, other: &Listener) -> bool {
+        let (Ok(a), Ok(b)) = (
+            self.address.parse::<IpAddr>(),
+            other.address.parse::<IpAddr>(),
+        ) else {
+            return false;
+        };
+        let addresses_overlap =
+            a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()));
+        let nodes_overlap = match (&self.node_cluster, &other.node_cluster) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        };
+        self.port == other.port && addresses_overlap && nodes_overlap
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ValidationError> {
+        if self.address.parse::<IpAddr>().is_err() {
+            return Err(ValidationError::new(
+                "address",
+                format!("{:?} is not an IP address", self.address),
+            ));
+        }
+        if self.port == 0 {
+            return Err(ValidationError::new("port", "must be between 1 and 65535"));
+        }
+        if let Some(cluster) = &self.node_cluster
+            && (cluster.is_empty() || cluster.len() > 128)
+        {
+            return Err(ValidationError::new(
+                "node_cluster",
+                "must be between 1 and 128 characters",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+use super::*;
+
+fn cluster(json: serde_json::Value) -> Cluster {
+    serde_json::from_value(json).expect("cluster json")
+}
+
+fn route(json: serde_json::Value) -> Route {
+    serde_json::from_value(json).expect("route json")
+}
+
+fn field_of(resource: Resource) -> String {
+    resource.validate().expect_err("must be rejected").field
+}
+
+#[test]
+fn names_are_restricted_to_a_safe_alphabet() {
+    assert!(validate_name("api-v1.users_2").is_ok());
+    for bad in ["", "../etc", "a/b", "-x", ".hidden", "a b", "é"] {
+        assert_eq!(validate_name(bad).unwrap_err().field, "name", "{bad:?}");
+    }
+    assert!(validate_name(&"a".repeat(MAX_NAME_LEN)).is_ok());
+    assert!(validate_name(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+}
+
+#[test]
+fn cluster_defaults_and_endpoint_errors_name_the_field() {
+    let c = cluster(
+        serde_json::json!({"name": "b", "endpoints": [{"address": "10.0.0.1", "port": 80}]}),
+    );
+    assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(c.connect_timeout_ms, 5000);
+    assert_eq!(c.endpoints[0].weight, 1);
+    assert!(c.all_endpoints_are_ips());
+
+    let bad_port = cluster(serde_json::json!({"name": "b", "endpoints": [
+        {"address": "10.0.0.1", "port": 80}, {"address": "10.0.0.2", "port": 0}]}));
+    assert_eq!(field_of(Resource::Cluster(bad_port)), "endpoints[1].port");
+
+    let dup = cluster(serde_json::json!({"name": "b", "endpoints": [
+        {"address": "web", "port": 80}, {"address": "WEB", "port": 80}]}));
+    assert_eq!(field_of(Resource::Cluster(dup)), "endpoints[1]");
+
+    let bad_host =
+        cluster(serde_json::json!({"name": "b", "endpoints": [{"address": "-bad-", "port": 80}]}));
+    assert_eq!(
+        field_of(Resource::Cluster(bad_host)),
+        "endpoints[0].address"
+    );
+
+    let dns = cluster(
+        serde_json::json!({"name": "b", "endpoints": [{"address": "api.internal", "port": 80}]}),
+    );
+    assert!(!dns.all_endpoints_are_ips());
+}
+
+#[test]
+fn unknown_fields_and_enum_values_are_rejected_not_ignored() {
+    let err = serde_json::from_value::<Cluster>(serde_json::json!({"endpoint": []})).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+    let err =
+        serde_json::from_value::<Cluster>(serde_json::json!({"lb_policy": "fastest"})).unwrap_err();
+    assert!(err.to_string().contains("unknown variant"), "{err}");
+}
+
+#[test]
+fn route_needs_exactly_one_action() {
+    let none = route(serde_json::json!({"name": "r", "match": {"path_prefix": "/"}}));
+    assert_eq!(field_of(Resource::Route(none)), "cluster");
+    let two = route(serde_json::json!({"name": "r", "match": {}, "cluster": "a",
+        "direct_response": {"status": 200}}));
+    assert_eq!(field_of(Resource::Route(two)), "cluster");
+}
+
+#[test]
+fn route_match_errors_name_the_nested_field() {
+    let cases = [
+        (
+            serde_json::json!({"path_regex": "(unclosed"}),
+            "match.path_regex",
+        ),
+        (
+            serde_json::json!({"path_prefix": "no-slash"}),
+            "match.path_prefix",
+        ),
+        (
+            serde_json::json!({"path_prefix": "/a", "path_exact": "/b"}),
+            "match.path_prefix",
+        ),
+        (
+            serde_json::json!({"hosts": ["ok.example", "Bad.Example"]}),
+            "match.hosts[1]",
+        ),
+        (serde_json::json!({"hosts": ["*"]}), "match.hosts[0]"),
+        (serde_json::json!({"methods": ["get"]}), "match.methods[0]"),
+        (
+            serde_json::json!({"headers": [{"name": "x-a"}]}),
+            "match.headers[0].exact",
+        ),
+        (
+            serde_json::json!({"headers": [{"name": "X-A", "exact": "1"}]}),
+            "match.headers[0].name",
+        ),
+        (
+            serde_json::json!({"query": [{"name": "q", "regex": "(?<=a)b"}]}),
+            "match.query[0].regex",
+        ),
+    ];
+    for (matcher, field) in cases {
+        let r = route(serde_json::json!({"name": "r", "match": matcher, "cluster": "c"}));
+        assert_eq!(field_of(Resource::Route(r)), field, "{matcher}");
+    }
+}
+
+#[test]
+fn route_action_errors_name_the_nested_field() {
+    let cases = [
+        (
+            serde_json::json!({"weighted_clusters": [{"cluster": "a", "weight": 0}]}),
+            "weighted_clusters",
+        ),
+        (
+            serde_json::json!({"weighted_clusters": [{"cluster": "a", "weight": 1}, {"cluster": "a", "weight": 1}]}),
+            "weighted_clusters[1].cluster",
+        ),
+        (
+            serde_json::json!({"redirect": {"status": 200}}),
+            "redirect.status",
+        ),
+        (
+            serde_json::json!({"redirect": {"prefix_rewrite": "/x"}}),
+            "redirect.prefix_rewrite",
+        ),
+        (
+            serde_json::json!({"direct_response": {"status": 99}}),
+            "direct_response.status",
+        ),
+        (
+            serde_json::json!({"direct_response": {"status": 200, "body": "x".repeat(5000)}}),
+            "direct_response.body",
+        ),
+        (
+            serde_json::json!({"cluster": "c", "retries": {"attempts": 2, "retry_on": ["sometimes"]}}),
+            "retries.retry_on[0]",
+        ),
+        (
+            serde_json::json!({"cluster": "c", "rewrite": {"path_regex": "^/a"}}),
+            "rewrite.path_substitution",
+        ),
+        (
+            serde_json::json!({"cluster": "c", "request_headers": {"set": {"host": "x"}}}),
+            "request_headers.set.host",
+        ),
+        (
+            serde_json::json!({"cluster": "c", "response_headers": {"add": {"x-a": "a\r\nb"}}}),
+            "response_headers.add.x-a",
+        ),
+        (
+            serde_json::json!({"direct_response": {"status": 200}, "timeout_ms": 10}),
+            "timeout_ms",
+        ),
+    ];
+    for (action, field) in cases {
+        let mut json = action.clone();
+        json["name"] = "r".into();
+        json["match"] = serde_json::json!({});
+        let r = route(json);
+        assert_eq!(field_of(Resource::Route(r)), field, "{action}");
+    }
+}
+
+#[test]
+fn references_to_unknown_clusters_are_reported() {
+    let mut clusters = BTreeMap::new();
+    clusters.insert("a".to_owned(), cluster(serde_json::json!({"name": "a"})));
+    let mut routes = BTreeMap::new();
+    routes.insert(
+        "r".to_owned(),
+        route(serde_json::json!({"name": "r", "match": {},
+            "weighted_clusters": [{"cluster": "a", "weight": 1}, {"cluster": "b", "weight": 1}]})),
+    );
+    let err = check_references(&clusters, &routes, &BTreeMap::new()).unwrap_err();
+    assert_eq!(err.field, "weighted_clusters[1].cluster");
+    assert_eq!(err.message, "unknown cluster b");
+}
+
+#[test]
+fn listeners_on_the_same_socket_conflict() {
+    let listener = |name: &str, address: &str, port: u16, node_cluster: Option<&str>| Listener {
+        name: name.to_owned(),
+        address: address.to_owned(),
+        port,
+        node_cluster: node_cluster.map(str::to_owned),
+    };
+    let check = |ls: Vec<Listener>| {
+        let map = ls.into_iter().map(|l| (l.name.clone(), l)).collect();
+        check_references(&BTreeMap::new(), &BTreeMap::new(), &map)
+    };
+    assert!(
+        check(vec![
+            listener("a", "0.0.0.0", 80, None),
+            listener("b", "127.0.0.1", 80, None)
+        ])
+        .is_err()
+    );
+    assert!(
+        check(vec![
+            listener("a", "0.0.0.0", 80, None),
+            listener("b", "0.0.0.0", 81, None)
+        ])
+        .is_ok()
+    );
+    assert!(
+        check(vec![
+            listener("a", "0.0.0.0", 80, Some("edge")),
+            listener("b", "0.0.0.0", 80, Some("mesh"))
+        ])
+        .is_ok()
+    );
+    assert!(
+        check(vec![
+            listener("a", "0.0.0.0", 80, Some("edge")),
+            listener("b", "0.0.0.0", 80, None)
+        ])
+        .is_err()
+    );
+    assert!(
+        check(vec![
+            listener("a", "::", 80, None),
+            listener("b", "0.0.0.0", 80, None)
+        ])
+        .is_ok()
+    );
+}
+
+#[test]
+fn routes_order_by_priority_then_specificity_then_name() {
+    let mk = |name: &str, m: serde_json::Value, priority: i32| {
+        route(serde_json::json!({"name": name, "match": m, "cluster": "c", "priority": priority}))
+    };
+    let mut routes = [
+        mk("catch-all", serde_json::json!({}), 0),
+        mk("prefix-short", serde_json::json!({"path_prefix": "/a"}), 0),
+        mk("prefix-long", serde_json::json!({"path_prefix": "/a/b"}), 0),
+        mk("exact", serde_json::json!({"path_exact": "/a/b"}), 0),
+        mk("regex", serde_json::json!({"path_regex": "/a/.*"}), 0),
+        mk("urgent", serde_json::json!({}), 10),
+        mk(
+            "prefix-long-get",
+            serde_json::json!({"path_prefix": "/a/b", "methods": ["GET"]}),
+            0,
+        ),
+    ];
+    routes.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "urgent",
+            "exact",
+            "regex",
+            "prefix-long-get",
+            "prefix-long",
+            "prefix-short",
+            "catch-all"
+        ]
+    );
+}

@@ -1,0 +1,346 @@
+//! The versioned configuration store, the first stop of every admin write.
+//!
+//! Each write is validated against the whole resulting configuration, committed to the
+//! backend as one transaction with a new monotonic revision, and then published as an
+//! immutable [`StoreSnapshot`] on a `watch` channel: the change feed the xDS side follows.
+
+mod sqlite;
+
+pub use sqlite::SqliteBackend;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::model::{
+    Cluster, Listener, ReferenceError, Resource, ResourceKind, Route, ValidationError,
+    check_references,
+};
+
+/// The whole configuration at one revision. Cheap to share, never mutated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreSnapshot {
+    /// The revision this configuration was committed at (0: nothing written yet).
+    pub revision: u64,
+    /// Clusters by name.
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, Route>,
+    /// Listeners by name.
+    pub listeners: BTreeMap<String, Listener>,
+}
+
+impl StoreSnapshot {
+    /// Looks a resource up by kind and name.
+    pub fn get(&self, kind: ResourceKind, name: &str) -> Option<Resource> {
+        match kind {
+            ResourceKind::Cluster => self.clusters.get(name).cloned().map(Resource::Cluster),
+            ResourceKind::Route => self.routes.get(name).cloned().map(Resource::Route),
+            ResourceKind::Listener => self.listeners.get(name).cloned().map(Resource::Listener),
+        }
+    }
+
+    /// All resources of a kind, ordered by name.
+    pub fn list(&self, kind: ResourceKind) -> Vec<Resource> {
+        match kind {
+            ResourceKind::Cluster => self
+                .clusters
+                .values()
+                .cloned()
+                .map(Resource::Cluster)
+                .collect(),
+            ResourceKind::Route => self.routes.values().cloned().map(Resource::Route).collect(),
+            ResourceKind::Listener => self
+                .listeners
+                .values()
+                .cloned()
+                .map(Resource::Listener)
+                .collect(),
+        }
+    }
+
+    fn put(&mut self, resource: Resource) {
+        match resource {
+            Resource::Cluster(c) => {
+                self.clusters.insert(c.name.clone(), c);
+            }
+            Resource::Route(r) => {
+                self.routes.insert(r.name.clone(), r);
+            }
+            Resource::Listener(l) => {
+                self.listeners.insert(l.name.clone(), l);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: ResourceKind, name: &str) -> bool {
+        match kind {
+            ResourceKind::Cluster => self.clusters.remove(name).is_some(),
+            ResourceKind::Route => self.routes.remove(name).is_some(),
+            ResourceKind::Listener => self.listeners.remove(name).is_some(),
+        }
+    }
+}
+
+/// One change in a write.
+#[allow(clippy::large_enum_variant)] // see `Resource`
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Create or replace a resource.
+    Put(Resource),
+    /// Remove a resource; removing one that does not exist is an error.
+    Delete {
+        /// Kind of the resource.
+        kind: ResourceKind,
+        /// Name of the resource.
+        name: String,
+    },
+}
+
+/// What one change did to one resource, as recorded in the revision history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangedResource {
+    /// Kind of the resource.
+    pub kind: ResourceKind,
+    /// Name of the resource.
+    pub name: String,
+    /// `created`, `updated` or `deleted`.
+    pub op: ChangeOp,
+}
+
+/// How a resource changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOp {
+    /// It did not exist before.
+    Created,
+    /// It existed and now differs.
+    Updated,
+    /// It was removed.
+    Deleted,
+}
+
+/// The outcome of a successful write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The store's revision after the write. Unchanged when the write changed nothing.
+    pub revision: u64,
+    /// What changed; empty for a write that repeated the current state.
+    pub changed: Vec<ChangedResource>,
+}
+
+/// Why a write was refused or failed. A refused write changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A resource is malformed.
+    #[error("{kind} {name}: {source}")]
+    Invalid {
+        /// Kind of the resource.
+        kind: ResourceKind,
+        /// Name of the resource.
+        name: String,
+        /// The field and what is wrong with it.
+        source: ValidationError,
+    },
+    /// The write would leave a dangling or conflicting reference.
+    #[error(transparent)]
+    Conflict(#[from] ReferenceError),
+    /// A resource to delete does not exist.
+    #[error("{kind} {name} not found")]
+    NotFound {
+        /// Kind of the resource.
+        kind: ResourceKind,
+        /// Name of the resource.
+        name: String,
+    },
+    /// The backend failed; the write was rolled back.
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+/// Persistence behind the store. Implementations commit one revision atomically.
+pub trait Backend: Send + 'static {
+    /// Reads the latest committed configuration.
+    fn load(&mut self) -> Result<StoreSnapshot, StoreError>;
+    /// Commits `changes` as `revision` (exactly one more than the last) in one transaction.
+    fn commit(
+        &mut self,
+        revision: u64,
+        changes: &[(ChangedResource, Option<&Resource>)],
+    ) -> Result<(), StoreError>;
+}
+
+/// A backend that keeps nothing: for unit tests.
+#[derive(Debug, Default)]
+pub struct MemoryBackend;
+
+impl Backend for MemoryBackend {
+    fn load(&mut self) -> Result<StoreSnapshot, StoreError> {
+        Ok(StoreSnapshot::default())
+    }
+
+    fn commit(
+        &mut self,
+        _revision: u64,
+        _changes: &[(ChangedResource, Option<&Resource>)],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The store: serialises writes, validates them, commits them and publishes the result.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Writes hold this lock from validation to publication, so revisions are published in order
+    // and each write validates against the state it will replace.
+    backend: Mutex<Box<dyn Backend>>,
+    feed: watch::Sender<Arc<StoreSnapshot>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("revision", &self.current().revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens a store over `backend`, loading its latest revision.
+    pub fn open(mut backend: impl Backend) -> Result<Self, StoreError> {
+        let snapshot = backend.load()?;
+        let (feed, _) = watch::channel(Arc::new(snapshot));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend: Mutex::new(Box::new(backend)),
+                feed,
+            }),
+        })
+    }
+
+    /// A store that keeps nothing on disk: for unit tests.
+    pub fn in_memory() -> Self {
+        Self::open(MemoryBackend).expect("memory backend cannot fail")
+    }
+
+    /// Opens (creating if needed) a SQLite store at `path`.
+    pub fn sqlite(path: &std::path::Path) -> Result<Self, StoreError> {
+        Self::open(SqliteBackend::open(path)?)
+    }
+
+    /// The current configuration.
+    pub fn current(&self) -> Arc<StoreSnapshot> {
+        self.inner.feed.borrow().clone()
+    }
+
+    /// The change feed: a receiver that sees every published revision (or the latest of
+    /// several published in quick succession).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<StoreSnapshot>> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Applies `changes` as one revision. Blocks the calling async task only for the commit
+    /// itself, on a blocking thread.
+    pub async fn write(&self, changes: Vec<Change>) -> Result<WriteOutcome, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.write(changes))
+            .await
+            .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))?
+    }
+
+    /// As [`Store::write`], but only reports what would change.
+    pub fn dry_run(&self, changes: Vec<Change>) -> Result<WriteOutcome, StoreError> {
+        let current = self.current();
+        let (_, changed) = plan(&current, changes)?;
+        Ok(WriteOutcome {
+            revision: current.revision,
+            changed,
+        })
+    }
+}
+
+impl Inner {
+    fn write(&self, changes: Vec<Change>) -> Result<WriteOutcome, StoreError> {
+        let mut backend = self
+            .backend
+            .lock()
+            .map_err(|_| StoreError::Backend("store lock poisoned".to_owned()))?;
+        let current = self.feed.borrow().clone();
+        let (mut next, changed) = plan(&current, changes)?;
+        if changed.is_empty() {
+            return Ok(WriteOutcome {
+                revision: current.revision,
+                changed,
+            });
+        }
+        next.revision = current.revision + 1;
+        let records: Vec<_> = changed
+            .iter()
+            .map(|c| (c.clone(), next.get(c.kind, &c.name)))
+            .collect();
+        let borrowed: Vec<_> = records
+            .iter()
+            .map(|(c, r)| (c.clone(), r.as_ref()))
+            .collect();
+        backend.commit(next.revision, &borrowed)?;
+        let revision = next.revision;
+        tracing::info!(
+            revision,
+            changes = changed.len(),
+            "store revision committed"
+        );
+        self.feed.send_replace(Arc::new(next));
+        Ok(WriteOutcome { revision, changed })
+    }
+}
+
+/// Applies `changes` to a copy of `current` and validates the result; no I/O.
+fn plan(
+    current: &StoreSnapshot,
+    changes: Vec<Change>,
+) -> Result<(StoreSnapshot, Vec<ChangedResource>), StoreError> {
+    let mut next = current.clone();
+    let mut touched: BTreeMap<(ResourceKind, String), ()> = BTreeMap::new();
+    for change in changes {
+        match change {
+            Change::Put(resource) => {
+                resource.validate().map_err(|source| StoreError::Invalid {
+                    kind: resource.kind(),
+                    name: resource.name().to_owned(),
+                    source,
+                })?;
+                touched.insert((resource.kind(), resource.name().to_owned()), ());
+                next.put(resource);
+            }
+            Change::Delete { kind, name } => {
+                if !next.remove(kind, &name) {
+                    return Err(StoreError::NotFound { kind, name });
+                }
+                touched.insert((kind, name), ());
+            }
+        }
+    }
+    check_references(&next.clusters, &next.routes, &next.listeners)?;
+    let changed = touched
+        .into_keys()
+        .filter_map(|(kind, name)| {
+            let op = match (current.get(kind, &name), next.get(kind, &name)) {
+                (None, Some(_)) => ChangeOp::Created,
+                (Some(a), Some(b)) if a != b => ChangeOp::Updated,
+                (Some(_), None) => ChangeOp::Deleted,
+                _ => return None,
+            };
+            Some(ChangedResource { kind, name, op })
+        })
+        .collect();
+    Ok((next, changed))
+}
+
+#[cfg(test)]
+mod tests;

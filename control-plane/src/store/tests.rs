@@ -1,0 +1,217 @@
+use super::*;
+use crate::model::{Cluster, Endpoint, LbPolicy, Listener, Route, RouteMatch};
+
+fn cluster(name: &str, port: u16) -> Resource {
+    Resource::Cluster(Cluster {
+        name: name.to_owned(),
+        endpoints: vec![Endpoint {
+            address: "127.0.0.1".to_owned(),
+            port,
+            weight: 1,
+        }],
+        lb_policy: LbPolicy::RoundRobin,
+        connect_timeout_ms: 1000,
+        http2: false,
+    })
+}
+
+fn route(name: &str, cluster: &str) -> Resource {
+    Resource::Route(Route {
+        name: name.to_owned(),
+        matcher: RouteMatch {
+            path_prefix: Some("/".to_owned()),
+            ..RouteMatch::default()
+        },
+        cluster: Some(cluster.to_owned()),
+        weighted_clusters: None,
+        redirect: None,
+        direct_response: None,
+        rewrite: None,
+        timeout_ms: None,
+        retries: None,
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        priority: 0,
+    })
+}
+
+fn listener(name: &str, port: u16) -> Resource {
+    Resource::Listener(Listener {
+        name: name.to_owned(),
+        address: "127.0.0.1".to_owned(),
+        port,
+        node_cluster: None,
+    })
+}
+
+#[tokio::test]
+async fn each_write_is_one_revision_and_is_published() {
+    let store = Store::in_memory();
+    let mut feed = store.subscribe();
+    let out = store
+        .write(vec![
+            Change::Put(cluster("a", 1)),
+            Change::Put(route("r", "a")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.revision, 1);
+    assert_eq!(out.changed.len(), 2);
+    assert!(feed.has_changed().unwrap());
+    let published = feed.borrow_and_update().clone();
+    assert_eq!(published.revision, 1);
+    assert!(published.routes.contains_key("r"));
+
+    let out = store
+        .write(vec![Change::Put(cluster("a", 2))])
+        .await
+        .unwrap();
+    assert_eq!(out.revision, 2);
+    assert_eq!(out.changed[0].op, ChangeOp::Updated);
+}
+
+#[tokio::test]
+async fn repeating_the_current_state_creates_no_revision() {
+    let store = Store::in_memory();
+    store
+        .write(vec![Change::Put(cluster("a", 1))])
+        .await
+        .unwrap();
+    let mut feed = store.subscribe();
+    let out = store
+        .write(vec![Change::Put(cluster("a", 1))])
+        .await
+        .unwrap();
+    assert_eq!(out.revision, 1);
+    assert!(out.changed.is_empty());
+    assert!(!feed.has_changed().unwrap());
+    feed.borrow_and_update();
+}
+
+#[tokio::test]
+async fn rejected_writes_change_nothing() {
+    let store = Store::in_memory();
+    store
+        .write(vec![
+            Change::Put(cluster("a", 1)),
+            Change::Put(route("r", "a")),
+        ])
+        .await
+        .unwrap();
+    let before = store.current();
+
+    // Deleting a cluster a route uses.
+    let err = store
+        .write(vec![Change::Delete {
+            kind: ResourceKind::Cluster,
+            name: "a".to_owned(),
+        }])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(ref e) if e.field == "cluster"),
+        "{err}"
+    );
+
+    // A valid change together with an invalid one: neither lands.
+    let err = store
+        .write(vec![
+            Change::Put(cluster("b", 1)),
+            Change::Put(cluster("c", 0)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid { ref source, .. } if source.field == "endpoints[0].port")
+    );
+
+    let err = store
+        .write(vec![Change::Delete {
+            kind: ResourceKind::Route,
+            name: "nope".to_owned(),
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+
+    assert_eq!(*store.current(), *before);
+}
+
+#[tokio::test]
+async fn deleting_a_route_and_its_cluster_together_is_allowed() {
+    let store = Store::in_memory();
+    store
+        .write(vec![
+            Change::Put(cluster("a", 1)),
+            Change::Put(route("r", "a")),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![
+            Change::Delete {
+                kind: ResourceKind::Cluster,
+                name: "a".to_owned(),
+            },
+            Change::Delete {
+                kind: ResourceKind::Route,
+                name: "r".to_owned(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(store.current().clusters.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_keeps_revisions_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.db");
+    {
+        let store = Store::sqlite(&path).unwrap();
+        store
+            .write(vec![
+                Change::Put(cluster("a", 1)),
+                Change::Put(route("r", "a")),
+            ])
+            .await
+            .unwrap();
+        store
+            .write(vec![Change::Put(listener("l", 8080))])
+            .await
+            .unwrap();
+        store
+            .write(vec![Change::Delete {
+                kind: ResourceKind::Route,
+                name: "r".to_owned(),
+            }])
+            .await
+            .unwrap();
+    }
+    let store = Store::sqlite(&path).unwrap();
+    let snapshot = store.current();
+    assert_eq!(snapshot.revision, 3);
+    assert!(snapshot.routes.is_empty());
+    assert_eq!(
+        snapshot.get(ResourceKind::Cluster, "a"),
+        Some(cluster("a", 1))
+    );
+    assert_eq!(
+        snapshot.get(ResourceKind::Listener, "l"),
+        Some(listener("l", 8080))
+    );
+    let out = store
+        .write(vec![Change::Put(cluster("b", 2))])
+        .await
+        .unwrap();
+    assert_eq!(out.revision, 4);
+}
+
+#[test]
+fn dry_run_reports_without_writing() {
+    let store = Store::in_memory();
+    let out = store.dry_run(vec![Change::Put(cluster("a", 1))]).unwrap();
+    assert_eq!(out.revision, 0);
+    assert_eq!(out.changed[0].op, ChangeOp::Created);
+    assert!(store.current().clusters.is_empty());
+}

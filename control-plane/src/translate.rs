@@ -1,0 +1,282 @@
+//! The translator: a pure function from the store's model to Envoy v3 xDS resources.
+//!
+//! It sits between the change feed and the snapshot cache: no I/O, no locks, no clocks, so the
+//! same store snapshot always yields byte-identical resources (and so identical versions).
+//! This is the only module that knows how Envoy resources are shaped.
+
+mod cluster;
+mod listener;
+mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use tollgate_proto::google::protobuf::Any;
+use tollgate_proto::{envoy, type_url};
+
+use crate::store::StoreSnapshot;
+
+/// Which software a node runs, read from its `user_agent_name`; the translator may tailor its
+/// output to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// Envoy (`user_agent_name: envoy`).
+    Envoy,
+    /// Tollgate's edge proxy (`user_agent_name: tollgate`).
+    Tollgate,
+    /// Anything else speaking xDS; it gets what Envoy gets.
+    Other,
+}
+
+impl NodeKind {
+    /// Reads the kind from a node's `user_agent_name`.
+    pub fn from_user_agent(user_agent_name: &str) -> Self {
+        match user_agent_name {
+            "envoy" => Self::Envoy,
+            "tollgate" => Self::Tollgate,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The nodes that get identical resources: same kind, same node cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeGroup {
+    /// What the nodes run.
+    pub kind: NodeKind,
+    /// The nodes' `node.cluster`; listeners with a `node_cluster` go only to that group.
+    pub cluster: String,
+}
+
+/// The xDS resource types, in the order they are pushed: clusters and their endpoints before
+/// the listeners and routes that use them ("make before break").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    /// CDS.
+    Cluster,
+    /// EDS.
+    Endpoint,
+    /// LDS.
+    Listener,
+    /// RDS.
+    Route,
+}
+
+impl ResourceType {
+    /// All types, in push order.
+    pub const ALL: [ResourceType; 4] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+
+    /// The type URL clients subscribe with.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Self::Cluster => type_url::CLUSTER,
+            Self::Endpoint => type_url::ENDPOINT,
+            Self::Listener => type_url::LISTENER,
+            Self::Route => type_url::ROUTE,
+        }
+    }
+
+    /// The type for a type URL, if Tollgate serves it.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// A short plural name for APIs and logs.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Cluster => "clusters",
+            Self::Endpoint => "endpoints",
+            Self::Listener => "listeners",
+            Self::Route => "routes",
+        }
+    }
+
+    /// Whether clients may subscribe to all resources of the type at once (LDS, CDS);
+    /// the others are always requested by name.
+    pub fn is_wildcard_capable(self) -> bool {
+        matches!(self, Self::Cluster | Self::Listener)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short_name())
+    }
+}
+
+/// One translated resource with its content version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdsResource {
+    /// Resource name.
+    pub name: String,
+    /// Content hash of the encoded resource: equal bytes, equal version.
+    pub version: String,
+    /// The encoded resource.
+    pub body: Any,
+}
+
+impl XdsResource {
+    fn new(name: String, body: Any) -> Self {
+        let digest = Sha256::digest(&body.value);
+        Self {
+            name,
+            version: hex::encode(&digest[..8]),
+            body,
+        }
+    }
+}
+
+/// A complete, internally consistent resource set for one node group at one store revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct XdsSnapshot {
+    /// The store revision this was built from.
+    pub revision: u64,
+    resources: [BTreeMap<String, XdsResource>; 4],
+    /// Names each type's resources are referred to by from other resources (RDS names from
+    /// listeners, EDS names from clusters, clusters from routes).
+    referenced: [BTreeSet<String>; 4],
+}
+
+impl XdsSnapshot {
+    /// The resources of one type, by name.
+    pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, XdsResource> {
+        &self.resources[ty.index()]
+    }
+
+    /// The names of one type that other resources refer to; a client that uses this snapshot
+    /// must subscribe to them.
+    pub fn referenced(&self, ty: ResourceType) -> &BTreeSet<String> {
+        &self.referenced[ty.index()]
+    }
+
+    /// Confirms that every name referenced across types exists: RDS names used by listeners,
+    /// EDS names used by clusters, clusters used by routes. As go-control-plane's
+    /// `Snapshot.Consistent`.
+    pub fn check_consistent(&self) -> Result<(), TranslateError> {
+        for ty in [
+            ResourceType::Cluster,
+            ResourceType::Endpoint,
+            ResourceType::Route,
+        ] {
+            if let Some(missing) = self
+                .referenced(ty)
+                .iter()
+                .find(|name| !self.resources(ty).contains_key(*name))
+            {
+                return Err(TranslateError::Inconsistent {
+                    ty,
+                    name: missing.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, ty: ResourceType, resource: XdsResource) {
+        self.resources[ty.index()].insert(resource.name.clone(), resource);
+    }
+
+    fn refer(&mut self, ty: ResourceType, name: &str) {
+        self.referenced[ty.index()].insert(name.to_owned());
+    }
+}
+
+/// Why a store snapshot could not be translated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// A resource refers to a name of another type that was not produced.
+    #[error("inconsistent snapshot: {ty} {name} is referenced but missing")]
+    Inconsistent {
+        /// The type of the missing resource.
+        ty: ResourceType,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Builds a complete, internally consistent xDS resource set for one node group.
+pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot, TranslateError> {
+    let mut out = XdsSnapshot {
+        revision: store.revision,
+        ..XdsSnapshot::default()
+    };
+    for cluster in store.clusters.values() {
+        let (resource, assignment) = cluster::translate(cluster);
+        if let Some(assignment) = assignment {
+            out.refer(ResourceType::Endpoint, &cluster.name);
+            out.insert(
+                ResourceType::Endpoint,
+                XdsResource::new(cluster.name.clone(), tollgate_proto::pack_any(&assignment)),
+            );
+        }
+        out.insert(
+            ResourceType::Cluster,
+            XdsResource::new(cluster.name.clone(), tollgate_proto::pack_any(&resource)),
+        );
+    }
+    let listeners: Vec<_> = store
+        .listeners
+        .values()
+        .filter(|l| l.node_cluster.as_ref().is_none_or(|c| *c == node.cluster))
+        .collect();
+    if !listeners.is_empty() {
+        let mut routes: Vec<_> = store.routes.values().collect();
+        routes.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        for route in &routes {
+            for (_, cluster) in route.cluster_refs() {
+                out.refer(ResourceType::Cluster, cluster);
+            }
+        }
+        let virtual_hosts = route::virtual_hosts(&routes);
+        for listener in listeners {
+            let route_config = route::route_configuration(&listener.name, virtual_hosts.clone());
+            out.refer(ResourceType::Route, &listener.name);
+            out.insert(
+                ResourceType::Route,
+                XdsResource::new(
+                    listener.name.clone(),
+                    tollgate_proto::pack_any(&route_config),
+                ),
+            );
+            out.insert(
+                ResourceType::Listener,
+                XdsResource::new(
+                    listener.name.clone(),
+                    tollgate_proto::pack_any(&listener::translate(listener)),
+                ),
+            );
+        }
+    }
+    out.check_consistent()?;
+    Ok(out)
+}
+
+/// A config source that says "over the same ADS stream".
+fn ads_config_source() -> envoy::config::core::v3::ConfigSource {
+    use envoy::config::core::v3::{
+        AggregatedConfigSource, ApiVersion, ConfigSource, config_source,
+    };
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..ConfigSource::default()
+    }
+}
+
+fn duration_ms(ms: u32) -> tollgate_proto::google::protobuf::Duration {
+    tollgate_proto::google::protobuf::Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests;

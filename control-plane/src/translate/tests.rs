@@ -1,0 +1,275 @@
+use std::fmt::Write as _;
+
+use prost::Message;
+use tollgate_proto::envoy::config::cluster::v3 as cluster_pb;
+use tollgate_proto::envoy::config::endpoint::v3 as endpoint_pb;
+use tollgate_proto::envoy::config::listener::v3 as listener_pb;
+use tollgate_proto::envoy::config::route::v3 as route_pb;
+use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+
+use super::*;
+use crate::model::{Cluster, Listener, Route};
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    clusters: Vec<Cluster>,
+    routes: Vec<Route>,
+    listeners: Vec<Listener>,
+}
+
+fn load(name: &str) -> StoreSnapshot {
+    let path = format!(
+        "{}/src/translate/testdata/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let snapshot = StoreSnapshot {
+        revision: 7,
+        clusters: fixture
+            .clusters
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect(),
+        routes: fixture
+            .routes
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect(),
+        listeners: fixture
+            .listeners
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect(),
+    };
+    for c in snapshot.clusters.values() {
+        crate::model::Resource::Cluster(c.clone())
+            .validate()
+            .unwrap();
+    }
+    for r in snapshot.routes.values() {
+        crate::model::Resource::Route(r.clone()).validate().unwrap();
+    }
+    crate::model::check_references(&snapshot.clusters, &snapshot.routes, &snapshot.listeners)
+        .unwrap();
+    snapshot
+}
+
+fn edge() -> NodeGroup {
+    NodeGroup {
+        kind: NodeKind::Envoy,
+        cluster: "edge".to_owned(),
+    }
+}
+
+fn decode<M: Message + Default>(resource: &XdsResource) -> M {
+    M::decode(resource.body.value.as_slice()).unwrap()
+}
+
+fn hcm(listener: &listener_pb::Listener) -> hcm_pb::HttpConnectionManager {
+    let Some(listener_pb::filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
+    else {
+        panic!("listener without typed config")
+    };
+    hcm_pb::HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+}
+
+/// Renders a snapshot as text: each resource decoded to its message and debug-printed.
+fn render(snapshot: &XdsSnapshot) -> String {
+    let mut out = String::new();
+    for ty in ResourceType::ALL {
+        for r in snapshot.resources(ty).values() {
+            writeln!(out, "=== {ty} {} ({})", r.name, r.body.type_url).unwrap();
+            let text = match ty {
+                ResourceType::Cluster => format!("{:#?}", decode::<cluster_pb::Cluster>(r)),
+                ResourceType::Endpoint => {
+                    format!("{:#?}", decode::<endpoint_pb::ClusterLoadAssignment>(r))
+                }
+                ResourceType::Listener => {
+                    let listener = decode::<listener_pb::Listener>(r);
+                    format!(
+                        "{listener:#?}\n--- http_connection_manager\n{:#?}",
+                        hcm(&listener)
+                    )
+                }
+                ResourceType::Route => {
+                    format!("{:#?}", decode::<route_pb::RouteConfiguration>(r))
+                }
+            };
+            out.push_str(&text);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn golden_basic() {
+    let snapshot = translate(&load("basic"), &edge()).unwrap();
+    let rendered = render(&snapshot);
+    let golden = format!(
+        "{}/src/translate/testdata/basic.golden",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .expect("golden file missing: run with UPDATE_GOLDEN=1 and review the diff");
+    assert!(
+        rendered == expected,
+        "translation differs from {golden}; rerun with UPDATE_GOLDEN=1 and review the diff"
+    );
+}
+
+#[test]
+fn translation_is_deterministic() {
+    let store = load("basic");
+    assert_eq!(
+        translate(&store, &edge()).unwrap(),
+        translate(&store, &edge()).unwrap()
+    );
+}
+
+#[test]
+fn ip_clusters_use_eds_and_dns_clusters_resolve_themselves() {
+    let snapshot = translate(&load("basic"), &edge()).unwrap();
+    let names: Vec<_> = snapshot.resources(ResourceType::Endpoint).keys().collect();
+    assert_eq!(names, ["users"]);
+    let legacy: cluster_pb::Cluster = decode(&snapshot.resources(ResourceType::Cluster)["legacy"]);
+    assert_eq!(
+        legacy.cluster_discovery_type,
+        Some(cluster_pb::cluster::ClusterDiscoveryType::Type(
+            cluster_pb::cluster::DiscoveryType::StrictDns as i32
+        ))
+    );
+    assert!(legacy.load_assignment.is_some());
+    assert!(
+        legacy
+            .typed_extension_protocol_options
+            .contains_key(super::cluster::HTTP_PROTOCOL_OPTIONS)
+    );
+    let users: cluster_pb::Cluster = decode(&snapshot.resources(ResourceType::Cluster)["users"]);
+    assert_eq!(users.eds_cluster_config.unwrap().service_name, "users");
+    assert!(
+        snapshot
+            .referenced(ResourceType::Endpoint)
+            .contains("users")
+    );
+}
+
+#[test]
+fn listeners_follow_node_cluster_and_use_rds_over_ads() {
+    let store = load("basic");
+    let edge_snapshot = translate(&store, &edge()).unwrap();
+    let names: Vec<_> = edge_snapshot
+        .resources(ResourceType::Listener)
+        .keys()
+        .collect();
+    assert_eq!(names, ["public"]);
+    let mesh = NodeGroup {
+        kind: NodeKind::Envoy,
+        cluster: "mesh".to_owned(),
+    };
+    let mesh_snapshot = translate(&store, &mesh).unwrap();
+    let names: Vec<_> = mesh_snapshot
+        .resources(ResourceType::Listener)
+        .keys()
+        .collect();
+    assert_eq!(names, ["internal", "public"]);
+
+    let listener: listener_pb::Listener =
+        decode(&edge_snapshot.resources(ResourceType::Listener)["public"]);
+    let Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(rds)) =
+        hcm(&listener).route_specifier
+    else {
+        panic!("listener must use RDS")
+    };
+    assert_eq!(rds.route_config_name, "public");
+    assert!(
+        edge_snapshot
+            .resources(ResourceType::Route)
+            .contains_key("public")
+    );
+}
+
+#[test]
+fn host_less_routes_join_every_virtual_host_in_order() {
+    let snapshot = translate(&load("basic"), &edge()).unwrap();
+    let config: route_pb::RouteConfiguration =
+        decode(&snapshot.resources(ResourceType::Route)["public"]);
+    let layout: Vec<(Vec<String>, Vec<String>)> = config
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            (
+                vh.domains.clone(),
+                vh.routes.iter().map(|r| r.name.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        layout,
+        vec![
+            (
+                vec!["api.example.com".to_owned()],
+                vec![
+                    "health".to_owned(),
+                    "canary".to_owned(),
+                    "users-api".to_owned(),
+                    "old-docs".to_owned()
+                ]
+            ),
+            (
+                vec!["*".to_owned()],
+                vec![
+                    "health".to_owned(),
+                    "canary".to_owned(),
+                    "old-docs".to_owned()
+                ]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn versions_change_only_with_content() {
+    let mut store = load("basic");
+    let before = translate(&store, &edge()).unwrap();
+    store.revision += 1;
+    store.clusters.get_mut("legacy").unwrap().connect_timeout_ms = 999;
+    let after = translate(&store, &edge()).unwrap();
+    for ty in ResourceType::ALL {
+        for (name, r) in before.resources(ty) {
+            let changed = r.version != after.resources(ty)[name].version;
+            assert_eq!(
+                changed,
+                ty == ResourceType::Cluster && name == "legacy",
+                "{ty} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_empty_store_gives_an_empty_consistent_snapshot() {
+    let snapshot = translate(&StoreSnapshot::default(), &edge()).unwrap();
+    assert!(
+        ResourceType::ALL
+            .iter()
+            .all(|t| snapshot.resources(*t).is_empty())
+    );
+}
+
+#[test]
+fn consistency_check_finds_dangling_names() {
+    let mut snapshot = translate(&load("basic"), &edge()).unwrap();
+    snapshot.resources[ResourceType::Route.index()].clear();
+    assert_eq!(
+        snapshot.check_consistent(),
+        Err(TranslateError::Inconsistent {
+            ty: ResourceType::Route,
+            name: "public".to_owned()
+        })
+    );
+}

@@ -1,0 +1,274 @@
+//! The `tollgate` CLI: parses flags, wires the crates, nothing else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_admin_api::AdminState;
+use tollgate_control_plane::store::Store;
+use tollgate_control_plane::xds::AdsServer;
+use tollgate_control_plane::xds::nodes::NodeRegistry;
+
+/// Tollgate: an API gateway with an xDS control plane.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: store, admin API and xDS (ADS) server.
+    ControlPlane(ControlPlaneArgs),
+    /// Run everything on embedded defaults for local use (SQLite store, generated admin token).
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+struct ControlPlaneArgs {
+    /// Where configuration is kept: `sqlite://PATH`.
+    #[arg(long, env = "TOLLGATE_STORE", default_value = "sqlite://tollgate.db")]
+    store: String,
+    /// Address of the admin REST API.
+    #[arg(long, env = "TOLLGATE_ADMIN_ADDR", default_value = "0.0.0.0:9000")]
+    admin_addr: SocketAddr,
+    /// Address of the gRPC server (ADS).
+    #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "0.0.0.0:18000")]
+    xds_addr: SocketAddr,
+    /// Bearer token required on every admin call (at least 16 characters).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Directory for the SQLite store.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".tollgate")]
+    data_dir: PathBuf,
+    /// Address of the admin REST API.
+    #[arg(long, env = "TOLLGATE_ADMIN_ADDR", default_value = "127.0.0.1:9000")]
+    admin_addr: SocketAddr,
+    /// Address of the gRPC server (ADS).
+    #[arg(long, env = "TOLLGATE_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    xds_addr: SocketAddr,
+    /// Admin token; a random one is generated and printed when absent.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// The shortest admin token accepted: guessing must stay out of reach.
+const MIN_TOKEN_LEN: usize = 16;
+/// How long in-flight work gets after SIGTERM before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::ControlPlane(args) => {
+                if args.admin_token.len() < MIN_TOKEN_LEN {
+                    bail!("--admin-token must be at least {MIN_TOKEN_LEN} characters");
+                }
+                let store = open_store(&args.store)?;
+                let running =
+                    start_control_plane(store, args.admin_addr, args.xds_addr, args.admin_token)
+                        .await?;
+                running.run_until_signal().await
+            }
+            Command::Dev(args) => {
+                std::fs::create_dir_all(&args.data_dir)
+                    .with_context(|| format!("creating {}", args.data_dir.display()))?;
+                let db = args.data_dir.join("tollgate.db");
+                let store =
+                    Store::sqlite(&db).with_context(|| format!("opening {}", db.display()))?;
+                let token = args.admin_token.unwrap_or_else(generate_token);
+                let running =
+                    start_control_plane(store, args.admin_addr, args.xds_addr, token.clone())
+                        .await?;
+                print_dev_banner(&running, &db, &token);
+                running.run_until_signal().await
+            }
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn open_store(url: &str) -> anyhow::Result<Store> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = Path::new(path);
+        return Store::sqlite(path)
+            .with_context(|| format!("opening the SQLite store {}", path.display()));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!("the PostgreSQL store is not available in this build yet; use sqlite://PATH");
+    }
+    bail!("unsupported --store {url:?}: expected sqlite://PATH")
+}
+
+fn generate_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Running {
+    admin_addr: SocketAddr,
+    xds_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn start_control_plane(
+    store: Store,
+    admin_addr: SocketAddr,
+    xds_addr: SocketAddr,
+    admin_token: String,
+) -> anyhow::Result<Running> {
+    // Bind both sockets before serving anything, so a port in use fails the start at once.
+    let xds_listener = TcpListener::bind(xds_addr)
+        .await
+        .with_context(|| format!("binding the xDS address {xds_addr}"))?;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {admin_addr}"))?;
+    let (xds_addr, admin_addr) = (xds_listener.local_addr()?, admin_listener.local_addr()?);
+    let registry = Arc::new(NodeRegistry::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let ads = AdsServer::new(store.clone(), registry.clone(), shutdown_rx.clone());
+    let mut stop_xds = shutdown_rx.clone();
+    let xds = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(ads.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
+                let _ = stop_xds.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("xDS server")
+    });
+
+    let router = tollgate_admin_api::router(AdminState {
+        store: store.clone(),
+        registry,
+        admin_token: admin_token.into(),
+    });
+    let mut stop_admin = shutdown_rx;
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_admin.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("admin API server")
+    });
+    tracing::info!(%admin_addr, %xds_addr, revision = store.current().revision, "control plane started");
+    Ok(Running {
+        admin_addr,
+        xds_addr,
+        shutdown,
+        tasks: vec![xds, admin],
+    })
+}
+
+impl Running {
+    async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut first_to_stop = futures::future::select_all(self.tasks);
+        let tasks = tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutting down");
+                first_to_stop.into_inner()
+            }
+            (result, _, _) = &mut first_to_stop => {
+                // A server stopped without being asked: that is an error either way.
+                result.context("server task panicked")?.context("server stopped")?;
+                bail!("a server stopped unexpectedly");
+            }
+        };
+        self.shutdown.send_replace(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            for task in tasks {
+                task.await.context("server task panicked")??;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace period over; exiting");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn print_dev_banner(running: &Running, db: &Path, token: &str) {
+    println!(
+        "Tollgate dev is running (Ctrl-C to stop).\n\n  \
+         admin API    http://{admin}/v1\n  \
+         admin token  {token}\n  \
+         xDS (ADS)    {xds}\n  \
+         store        {db}\n\n\
+         Try:  curl -H 'Authorization: Bearer {token}' http://{admin}/v1/nodes\n\
+         Point an Envoy at it with examples/envoy/bootstrap.yaml (set its port_value to {xds_port}).",
+        admin = running.admin_addr,
+        xds = running.xds_addr,
+        xds_port = running.xds_addr.port(),
+        db = db.display(),
+    );
+}

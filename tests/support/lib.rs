@@ -1,0 +1,19 @@
+//! Support library for Tollgate's end-to-end tests: handles that spawn the real `tollgate`
+//! control plane, Envoy and in-process fake upstreams on loopback, wait for them to be ready,
+//! kill them on `Drop`, and print their logs when a test fails.
+
+pub mod client;
+pub mod control_plane;
+pub mod envoy;
+pub mod ports;
+pub mod process;
+pub mod upstream;
+pub mod wait;
+
+pub use client::{HttpResponse, get};
+pub use control_plane::ControlPlane;
+pub use envoy::{Envoy, EnvoyOptions, require_envoy};
+pub use ports::free_port;
+pub use process::ChildProcess;
+pub use upstream::{RecordedRequest, Upstream};
+pub use wait::eventually;
