@@ -274,3 +274,22 @@ async fn listeners_follow_node_cluster() {
             .is_err()
     );
 }
+
+/// SIGTERM ends the ADS streams (so the process does not hang on them), exits cleanly, and
+/// Envoy keeps serving what it has.
+#[tokio::test]
+async fn sigterm_shuts_down_promptly_with_envoy_connected() {
+    let Some(mut fleet) = Fleet::start("envoy-sigterm", true).await else {
+        return;
+    };
+    fleet.install_base_config().await;
+    fleet.cp.process().sigterm().unwrap();
+    let exit = fleet.cp.process().wait_exit(Duration::from_secs(8)).await;
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "exit status {exit:?}\n{}",
+        fleet.cp.log()
+    );
+    assert!(fleet.cp.log().contains("shutting down"));
+    assert_eq!(fleet.get("/api/after-shutdown").await.status, 200);
+}

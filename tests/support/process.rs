@@ -144,20 +144,6 @@ impl ChildProcess {
         }
     }
 
-    /// Like [`ChildProcess::wait_exit`] but blocks the current thread; for non-async code.
-    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Prints the name, pid, exit status and whole log to stderr.
     pub fn dump_log(&mut self) {
         let state = match self.try_status() {
