@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_admin_api::AdminState;
+use tollgate_admin_api::client::{self, AdminEndpoint, Format, Outcome};
 use tollgate_control_plane::store::Store;
 use tollgate_control_plane::xds::AdsServer;
 use tollgate_control_plane::xds::nodes::NodeRegistry;
@@ -38,6 +40,62 @@ enum Command {
     ControlPlane(ControlPlaneArgs),
     /// Run everything on embedded defaults for local use (SQLite store, generated admin token).
     Dev(DevArgs),
+    /// Replace the whole configuration with a file's (YAML or JSON), atomically.
+    Apply {
+        /// The configuration document.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show what applying a file would change; exits 2 when something would.
+    Diff {
+        /// The configuration document.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the whole configuration (secrets omitted).
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Yaml)]
+        format: ExportFormat,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The admin API of the control plane.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    admin_url: String,
+    /// Admin bearer token.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+impl AdminArgs {
+    fn endpoint(self) -> AdminEndpoint {
+        AdminEndpoint {
+            url: self.admin_url,
+            token: self.admin_token,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +112,9 @@ struct ControlPlaneArgs {
     /// Bearer token required on every admin call (at least 16 characters).
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
+    /// A second token that may only read (GET) the admin API.
+    #[arg(long, env = "TOLLGATE_READ_ONLY_TOKEN", hide_env_values = true)]
+    read_only_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -72,45 +133,99 @@ struct DevArgs {
     admin_token: Option<String>,
 }
 
-/// The shortest admin token accepted: guessing must stay out of reach.
+/// The shortest token accepted: guessing must stay out of reach.
 const MIN_TOKEN_LEN: usize = 16;
 /// How long in-flight work gets after SIGTERM before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::ControlPlane(args) => {
-                if args.admin_token.len() < MIN_TOKEN_LEN {
-                    bail!("--admin-token must be at least {MIN_TOKEN_LEN} characters");
-                }
-                let store = open_store(&args.store)?;
-                let running =
-                    start_control_plane(store, args.admin_addr, args.xds_addr, args.admin_token)
-                        .await?;
-                running.run_until_signal().await
-            }
-            Command::Dev(args) => {
-                std::fs::create_dir_all(&args.data_dir)
-                    .with_context(|| format!("creating {}", args.data_dir.display()))?;
-                let db = args.data_dir.join("tollgate.db");
-                let store =
-                    Store::sqlite(&db).with_context(|| format!("opening {}", db.display()))?;
-                let token = args.admin_token.unwrap_or_else(generate_token);
-                let running =
-                    start_control_plane(store, args.admin_addr, args.xds_addr, token.clone())
-                        .await?;
-                print_dev_banner(&running, &db, &token);
-                running.run_until_signal().await
-            }
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
         }
-    })
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Differs) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::ControlPlane(args) => {
+            for (flag, token) in [
+                ("--admin-token", Some(&args.admin_token)),
+                ("--read-only-token", args.read_only_token.as_ref()),
+            ] {
+                if token.is_some_and(|t| t.len() < MIN_TOKEN_LEN) {
+                    bail!("{flag} must be at least {MIN_TOKEN_LEN} characters");
+                }
+            }
+            let store = open_store(&args.store)?;
+            let running = start_control_plane(ServeConfig {
+                store,
+                admin_addr: args.admin_addr,
+                xds_addr: args.xds_addr,
+                admin_token: args.admin_token,
+                read_only_token: args.read_only_token,
+            })
+            .await?;
+            running.run_until_signal().await?;
+        }
+        Command::Dev(args) => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            let db = args.data_dir.join("tollgate.db");
+            let store = Store::sqlite(&db).with_context(|| format!("opening {}", db.display()))?;
+            let token = args.admin_token.unwrap_or_else(generate_token);
+            let running = start_control_plane(ServeConfig {
+                store,
+                admin_addr: args.admin_addr,
+                xds_addr: args.xds_addr,
+                admin_token: token.clone(),
+                read_only_token: None,
+            })
+            .await?;
+            print_dev_banner(&running, &db, &token);
+            running.run_until_signal().await?;
+        }
+        Command::Apply {
+            file,
+            dry_run,
+            admin,
+        } => {
+            return Ok(client::apply(&admin.endpoint(), &file, dry_run).await?);
+        }
+        Command::Diff { file, admin } => return Ok(client::diff(&admin.endpoint(), &file).await?),
+        Command::Export { format, admin } => {
+            let format = match format {
+                ExportFormat::Yaml => Format::Yaml,
+                ExportFormat::Json => Format::Json,
+            };
+            print!("{}", client::export(&admin.endpoint(), format).await?);
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+/// What the control plane serves, and where.
+struct ServeConfig {
+    store: Store,
+    admin_addr: SocketAddr,
+    xds_addr: SocketAddr,
+    admin_token: String,
+    read_only_token: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -150,12 +265,14 @@ struct Running {
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-async fn start_control_plane(
-    store: Store,
-    admin_addr: SocketAddr,
-    xds_addr: SocketAddr,
-    admin_token: String,
-) -> anyhow::Result<Running> {
+async fn start_control_plane(config: ServeConfig) -> anyhow::Result<Running> {
+    let ServeConfig {
+        store,
+        admin_addr,
+        xds_addr,
+        admin_token,
+        read_only_token,
+    } = config;
     // Bind both sockets before serving anything, so a port in use fails the start at once.
     let xds_listener = TcpListener::bind(xds_addr)
         .await
@@ -185,6 +302,7 @@ async fn start_control_plane(
         store: store.clone(),
         registry,
         admin_token: admin_token.into(),
+        read_only_token: read_only_token.map(Into::into),
     });
     let mut stop_admin = shutdown_rx;
     let admin = tokio::spawn(async move {

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// No or a wrong token.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The token may not do this (a read-only token writing).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The body exceeds the limit.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge {
@@ -58,6 +61,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { .. } => (StatusCode::CONFLICT, "reference_conflict"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -104,7 +108,9 @@ impl From<StoreError> for ApiError {
                 message: e.to_string(),
                 field: e.field,
             },
-            e @ StoreError::NotFound { .. } => Self::NotFound(e.to_string()),
+            e @ (StoreError::NotFound { .. } | StoreError::UnknownRevision { .. }) => {
+                Self::NotFound(e.to_string())
+            }
             StoreError::Backend(detail) => Self::Internal(detail),
         }
     }

@@ -74,9 +74,9 @@ fn check_path_name(name: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Parses a JSON body, reporting the path of the field that failed.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| {
+/// The request body, or the error for one that could not be read (413 when too large).
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
                 limit: MAX_BODY_BYTES,
@@ -87,24 +87,29 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
                 message: rejection.body_text(),
             }
         }
-    })?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&body);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = (path != "." && !inner.is_syntax() && !inner.is_eof()).then_some(path);
-        let message = if field.is_some() {
-            inner.to_string()
-        } else {
-            format!("request body is not valid JSON: {inner}")
-        };
-        ApiError::InvalidJson { field, message }
-    })?;
-    deserializer.end().map_err(|e| ApiError::InvalidJson {
+    })
+}
+
+/// Parses a JSON body, reporting the path of the field that failed.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body_bytes(body)?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson {
         field: None,
         message: format!("request body is not valid JSON: {e}"),
     })?;
-    Ok(value)
+    // Serde's derived structs also accept arrays; every resource is a JSON object.
+    if !value.is_object() {
+        return Err(ApiError::InvalidJson {
+            field: None,
+            message: "request body must be a JSON object".to_owned(),
+        });
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| ApiError::InvalidJson {
+        field: Some(e.path().to_string()).filter(|p| p != "."),
+        message: e.into_inner().to_string(),
+    })
 }
 
 /// `GET /healthz`: liveness, without auth.
@@ -112,11 +117,45 @@ pub(crate) async fn healthz(State(state): State<AdminState>) -> Json<Value> {
     Json(json!({"status": "ok", "revision": state.store.current().revision}))
 }
 
-/// `GET /v1/{kind}`: every resource of the kind, by name.
-pub(crate) async fn list<K: Kind>(State(state): State<AdminState>) -> Json<Value> {
+/// Page size when `limit` is not given, and the largest accepted.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::InvalidField {
+            field: "limit".to_owned(),
+            message: format!("must be between 1 and {MAX_PAGE}"),
+        }),
+    }
+}
+
+/// `GET /v1/{kind}[?limit=100&after=NAME]`: resources of the kind ordered by name, a page at a
+/// time; `next` is the `after` for the following page, null on the last.
+pub(crate) async fn list<K: Kind>(
+    State(state): State<AdminState>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(page.limit)?;
     let snapshot = state.store.current();
-    let items: Vec<Value> = snapshot.list(K::KIND).iter().map(resource_json).collect();
-    Json(json!({"revision": snapshot.revision, "items": items}))
+    let all = snapshot.list(K::KIND);
+    let start = page
+        .after
+        .as_deref()
+        .map_or(0, |after| all.partition_point(|r| r.name() <= after));
+    let items: Vec<Value> = all[start..].iter().take(limit).map(resource_json).collect();
+    let next = (start + limit < all.len()).then(|| all[start + limit - 1].name().to_owned());
+    Ok(Json(
+        json!({"revision": snapshot.revision, "items": items, "next": next}),
+    ))
 }
 
 /// `GET /v1/{kind}/{name}`.
@@ -214,10 +253,7 @@ pub(crate) async fn revision_status(
     Path(revision): Path<String>,
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let revision: u64 = revision.parse().map_err(|_| ApiError::InvalidField {
-        field: "revision".to_owned(),
-        message: format!("{revision:?} is not a revision number"),
-    })?;
+    let revision = parse_revision(&revision)?;
     let current = state.store.current().revision;
     if revision > current {
         return Err(ApiError::NotFound(format!(
@@ -236,6 +272,62 @@ pub(crate) async fn revision_status(
     let mut body = serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["current_revision"] = current.into();
     Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+/// `GET /v1/revisions[?limit=100&before=N]`: the revision history, newest first.
+pub(crate) async fn revisions(
+    State(state): State<AdminState>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let records = state.store.history(query.before, limit).await?;
+    let next = (records.len() == limit)
+        .then(|| records.last().map(|r| r.revision))
+        .flatten()
+        .filter(|r| *r > 1);
+    let items: Vec<Value> = records
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).expect("history serializes");
+            v["committed_at"] = rfc3339_ms(r.committed_at_ms).into();
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({"current": state.store.current().revision, "items": items, "next": next}),
+    ))
+}
+
+/// `POST /v1/revisions/{n}/rollback`: a new revision equal to revision `n`.
+pub(crate) async fn rollback(
+    State(state): State<AdminState>,
+    Path(revision): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let revision = parse_revision(&revision)?;
+    let outcome = state.store.rollback(revision).await?;
+    Ok(Json(json!({
+        "revision": outcome.revision,
+        "rolled_back_to": revision,
+        "changes": outcome.changed,
+    })))
+}
+
+fn parse_revision(text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| ApiError::InvalidField {
+        field: "revision".to_owned(),
+        message: format!("{text:?} is not a revision number"),
+    })
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 (UTC, millisecond precision).
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// Parses `5s`, `500ms`, `1m` or a bare number of seconds.

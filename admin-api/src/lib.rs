@@ -5,6 +5,8 @@
 //! bearer token; errors are JSON and name the offending field; a rejected write changes nothing.
 
 mod auth;
+pub mod client;
+pub mod config;
 mod error;
 mod handlers;
 
@@ -28,8 +30,10 @@ pub struct AdminState {
     pub store: Store,
     /// Connected nodes and what they acked.
     pub registry: Arc<NodeRegistry>,
-    /// The bearer token every call must present.
+    /// The bearer token that may do everything.
     pub admin_token: Arc<str>,
+    /// A bearer token that may only read (`GET`), if configured.
+    pub read_only_token: Option<Arc<str>>,
 }
 
 /// Builds the admin API router.
@@ -57,10 +61,16 @@ pub fn router(state: AdminState) -> Router {
                 .delete(handlers::delete::<handlers::Listeners>),
         )
         .route("/nodes", get(handlers::nodes))
+        .route("/revisions", get(handlers::revisions))
         .route(
             "/revisions/{revision}/status",
             get(handlers::revision_status),
         )
+        .route(
+            "/revisions/{revision}/rollback",
+            axum::routing::post(handlers::rollback),
+        )
+        .route("/config", get(config::export).put(config::apply))
         .fallback(handlers::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

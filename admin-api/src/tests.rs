@@ -10,9 +10,10 @@ use tollgate_control_plane::store::Store;
 use tollgate_control_plane::xds::nodes::NodeRegistry;
 use tower::ServiceExt;
 
-use crate::{AdminState, MAX_BODY_BYTES, router};
+use crate::{AdminState, router};
 
 const TOKEN: &str = "test-token-0123456789";
+const READ_ONLY: &str = "read-only-token-0123456789";
 
 fn app() -> (axum::Router, Store) {
     let store = Store::in_memory();
@@ -20,6 +21,7 @@ fn app() -> (axum::Router, Store) {
         store: store.clone(),
         registry: Arc::new(NodeRegistry::default()),
         admin_token: TOKEN.into(),
+        read_only_token: Some(READ_ONLY.into()),
     };
     (router(state), store)
 }
@@ -132,9 +134,29 @@ async fn put_get_list_delete_round_trip() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+async fn config_bytes(app: &axum::Router) -> Vec<u8> {
+    let request = Request::get("/v1/config")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+fn body(json: &str) -> Option<Vec<u8>> {
+    Some(json.as_bytes().to_vec())
+}
+
 #[tokio::test]
 async fn bad_requests_name_the_field_and_change_nothing() {
-    let (app, store) = app();
+    let (app, _) = app();
     put(
         &app,
         "/v1/clusters/web",
@@ -147,160 +169,418 @@ async fn bad_requests_name_the_field_and_change_nothing() {
         json!({"match": {"path_prefix": "/"}, "cluster": "web"}),
     )
     .await;
-    let before = store.current();
+    put(&app, "/v1/listeners/public", json!({"port": 8080})).await;
+    let before = config_bytes(&app).await;
+    let long_name = format!("/v1/clusters/{}", "a".repeat(10 * 1024));
+    let long_name: &'static str = Box::leak(long_name.into_boxed_str());
+    let endpoint = |fields: &str| {
+        format!(r#"{{"endpoints": [{{"address": "10.0.0.9", "port": 81{fields}}}]}}"#)
+    };
 
+    use Method as M;
+    use StatusCode as S;
     let cases: Vec<BadRequest> = vec![
+        // Malformed bodies.
         (
-            Method::PUT,
+            M::PUT,
             "/v1/clusters/x",
-            Some(b"{not json".to_vec()),
-            StatusCode::BAD_REQUEST,
+            body("{not json"),
+            S::BAD_REQUEST,
             "invalid_json",
             None,
         ),
         (
-            Method::PUT,
+            M::PUT,
             "/v1/clusters/x",
-            Some(br#"{"endpoints": [{"address": "1.2.3.4", "port": "80"}]}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
+            body(""),
+            S::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body("{} trailing"),
+            S::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body("[]"),
+            S::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        // Wrong types and ranges.
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"endpoints": [{"address": "1.2.3.4", "port": "80"}]}"#),
+            S::BAD_REQUEST,
             "invalid_json",
             Some("endpoints[0].port"),
         ),
         (
-            Method::PUT,
+            M::PUT,
             "/v1/clusters/x",
-            Some(br#"{"endpoints": [{"address": "1.2.3.4", "port": 70000}]}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
+            body(r#"{"endpoints": [{"address": "1.2.3.4", "port": 70000}]}"#),
+            S::BAD_REQUEST,
             "invalid_json",
             Some("endpoints[0].port"),
         ),
         (
-            Method::PUT,
+            M::PUT,
             "/v1/clusters/x",
-            Some(br#"{"endpoints": [{"address": "1.2.3.4", "port": 0}]}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
+            body(r#"{"endpoints": [{"address": "1.2.3.4", "port": -1}]}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("endpoints[0].port"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"endpoints": [{"address": "1.2.3.4", "port": 0}]}"#),
+            S::BAD_REQUEST,
             "invalid_field",
             Some("endpoints[0].port"),
         ),
         (
-            Method::PUT,
+            M::PUT,
             "/v1/clusters/x",
-            Some(br#"{"lb_policy": "fastest"}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
+            body(&endpoint(r#", "weight": 0"#)),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("endpoints[0].weight"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"endpoints": {"address": "1.2.3.4"}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("endpoints"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"connect_timeout_ms": 0}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("connect_timeout_ms"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"endpoints": [{"address": "not a host!", "port": 80}]}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("endpoints[0].address"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(
+                r#"{"endpoints": [{"address": "a.b", "port": 80}, {"address": "a.b", "port": 80}]}"#,
+            ),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("endpoints[1]"),
+        ),
+        // Unknown enum values and fields.
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"lb_policy": "fastest"}"#),
+            S::BAD_REQUEST,
             "invalid_json",
             Some("lb_policy"),
         ),
         (
-            Method::PUT,
+            M::PUT,
             "/v1/clusters/x",
-            Some(br#"{"endpoints": [], "colour": "red"}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
+            body(r#"{"endpoints": [], "colour": "red"}"#),
+            S::BAD_REQUEST,
             "invalid_json",
             Some("colour"),
         ),
         (
-            Method::PUT,
-            "/v1/clusters/x",
-            Some(br#"{"name": "y"}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            Some("name"),
-        ),
-        (
-            Method::PUT,
-            "/v1/clusters/..%2Fetc",
-            Some(b"{}".to_vec()),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            Some("name"),
-        ),
-        (
-            Method::PUT,
+            M::PUT,
             "/v1/routes/r",
-            Some(br#"{"match": {"path_regex": "(a"}, "cluster": "web"}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
+            body(r#"{"match": {"path_prefix": "/", "hostz": []}, "cluster": "web"}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("match.hostz"),
+        ),
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(
+                r#"{"match": {}, "cluster": "web", "retries": {"attempts": 1, "retry_on": ["always"]}}"#,
+            ),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("retries.retry_on[0]"),
+        ),
+        // Invalid regexes, paths, hosts, actions.
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {"path_regex": "(a"}, "cluster": "web"}"#),
+            S::BAD_REQUEST,
             "invalid_field",
             Some("match.path_regex"),
         ),
         (
-            Method::PUT,
+            M::PUT,
             "/v1/routes/r",
-            Some(br#"{"match": {}, "cluster": "ghost"}"#.to_vec()),
-            StatusCode::CONFLICT,
+            body(
+                r#"{"match": {"headers": [{"name": "x-a", "regex": "(?=x)"}]}, "cluster": "web"}"#,
+            ),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("match.headers[0].regex"),
+        ),
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {"path_prefix": "api"}, "cluster": "web"}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("match.path_prefix"),
+        ),
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {"hosts": ["Example.COM"]}, "cluster": "web"}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("match.hosts[0]"),
+        ),
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("cluster"),
+        ),
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {}, "direct_response": {"status": 700}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("direct_response.status"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/l",
+            body(r#"{"address": "localhost", "port": 80}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("address"),
+        ),
+        // Unknown references and conflicts.
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {}, "cluster": "ghost"}"#),
+            S::CONFLICT,
             "reference_conflict",
             Some("cluster"),
         ),
         (
-            Method::PUT,
-            "/v1/listeners/l",
-            Some(br#"{"address": "localhost", "port": 80}"#.to_vec()),
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            Some("address"),
+            M::PUT,
+            "/v1/routes/r",
+            body(
+                r#"{"match": {}, "weighted_clusters": [{"cluster": "web", "weight": 1}, {"cluster": "ghost", "weight": 1}]}"#,
+            ),
+            S::CONFLICT,
+            "reference_conflict",
+            Some("weighted_clusters[1].cluster"),
         ),
         (
-            Method::DELETE,
+            M::PUT,
+            "/v1/listeners/other",
+            body(r#"{"port": 8080}"#),
+            S::CONFLICT,
+            "reference_conflict",
+            Some("port"),
+        ),
+        (
+            M::DELETE,
             "/v1/clusters/web",
             None,
-            StatusCode::CONFLICT,
+            S::CONFLICT,
             "reference_conflict",
             Some("name"),
         ),
         (
-            Method::DELETE,
+            M::DELETE,
             "/v1/clusters/ghost",
             None,
-            StatusCode::NOT_FOUND,
+            S::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        // Names: empty, 10 KB, path traversal, disagreeing with the body.
+        (
+            M::PUT,
+            "/v1/clusters/",
+            body("{}"),
+            S::NOT_FOUND,
             "not_found",
             None,
         ),
         (
-            Method::GET,
+            M::PUT,
+            long_name,
+            body("{}"),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("name"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/..%2F..%2Fetc%2Fpasswd",
+            body("{}"),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("name"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/.hidden",
+            body("{}"),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("name"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"name": "y"}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("name"),
+        ),
+        // Whole-config documents.
+        (
+            M::PUT,
+            "/v1/config",
+            body(r#"{"clusters": [{"name": "", "endpoints": []}]}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("clusters[0].name"),
+        ),
+        (
+            M::PUT,
+            "/v1/config",
+            body(r#"{"clusters": [{"name": "a"}, {"name": "a"}]}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("clusters[1].name"),
+        ),
+        (
+            M::PUT,
+            "/v1/config",
+            body(r#"{"routes": [{"name": "r", "match": {}, "cluster": "gone"}]}"#),
+            S::CONFLICT,
+            "reference_conflict",
+            Some("routes[0].cluster"),
+        ),
+        (
+            M::PUT,
+            "/v1/config",
+            body(r#"{"clusterz": []}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("clusterz"),
+        ),
+        // Revisions and pagination.
+        (
+            M::GET,
             "/v1/revisions/99/status",
             None,
-            StatusCode::NOT_FOUND,
+            S::NOT_FOUND,
             "not_found",
             None,
         ),
         (
-            Method::GET,
+            M::GET,
             "/v1/revisions/two/status",
             None,
-            StatusCode::BAD_REQUEST,
+            S::BAD_REQUEST,
             "invalid_field",
             Some("revision"),
         ),
         (
-            Method::GET,
+            M::GET,
             "/v1/revisions/1/status?wait=soon",
             None,
-            StatusCode::BAD_REQUEST,
+            S::BAD_REQUEST,
             "invalid_field",
             Some("wait"),
         ),
         (
-            Method::GET,
-            "/v1/nothing",
+            M::POST,
+            "/v1/revisions/99/rollback",
             None,
-            StatusCode::NOT_FOUND,
+            S::NOT_FOUND,
             "not_found",
             None,
         ),
+        (
+            M::GET,
+            "/v1/clusters?limit=0",
+            None,
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (M::GET, "/v1/nothing", None, S::NOT_FOUND, "not_found", None),
     ];
+    assert!(cases.len() >= 30);
     for (method, path, body, status, code, field) in cases {
         let (got, body_json) = call(&app, method.clone(), path, body, Some(TOKEN)).await;
-        assert_eq!(got, status, "{method} {path}: {body_json}");
+        let shown = &path[..path.len().min(60)];
+        assert_eq!(got, status, "{method} {shown}: {body_json}");
         assert_eq!(
             error_of(&body_json),
             (code, field),
-            "{method} {path}: {body_json}"
+            "{method} {shown}: {body_json}"
         );
     }
-    let huge = vec![b' '; MAX_BODY_BYTES + 1];
-    let (status, body) = call(&app, Method::PUT, "/v1/clusters/x", Some(huge), Some(TOKEN)).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(error_of(&body).0, "payload_too_large");
-    assert_eq!(*store.current(), *before);
+    // Auth: missing, wrong and read-only tokens.
+    for token in [None, Some("wrong-token-0123456789")] {
+        let (status, body) = call(&app, Method::PUT, "/v1/clusters/x", body("{}"), token).await;
+        assert_eq!(
+            (status, error_of(&body).0),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+    }
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/clusters/x",
+        body("{}"),
+        Some(READ_ONLY),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body).0),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    // A 20 MB body.
+    let huge = vec![b' '; 20 * 1024 * 1024];
+    for path in ["/v1/clusters/x", "/v1/config"] {
+        let (status, body) = call(&app, Method::PUT, path, Some(huge.clone()), Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(error_of(&body).0, "payload_too_large");
+    }
+    assert_eq!(config_bytes(&app).await, before, "GET /v1/config changed");
 }
 
 #[tokio::test]
@@ -352,4 +632,283 @@ fn wait_durations_parse() {
     assert_eq!(parse("3"), Some(Duration::from_secs(3)));
     assert_eq!(parse("s"), None);
     assert_eq!(parse("5h"), None);
+}
+
+async fn call_raw(
+    app: &axum::Router,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes().to_vec(),
+    )
+}
+
+fn sample_document() -> Value {
+    json!({
+        "clusters": [
+            {"name": "users", "endpoints": [{"address": "10.0.0.1", "port": 8080, "weight": 2}],
+             "lb_policy": "least_request", "connect_timeout_ms": 250, "http2": false},
+            {"name": "web", "endpoints": [], "lb_policy": "round_robin", "connect_timeout_ms": 5000, "http2": true}
+        ],
+        "routes": [
+            {"name": "users", "match": {"hosts": ["api.example.com"], "path_prefix": "/users"},
+             "cluster": "users", "timeout_ms": 1500, "priority": 5}
+        ],
+        "listeners": [{"name": "public", "address": "0.0.0.0", "port": 8080}]
+    })
+}
+
+#[tokio::test]
+async fn config_apply_then_export_round_trips_in_json_and_yaml() {
+    let (app, store) = app();
+    let document = sample_document();
+    let (status, body) = put(&app, "/v1/config", document.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["revision"], 1);
+    assert_eq!(body["changes"].as_array().unwrap().len(), 4);
+    assert_eq!(store.history(None, 1).await.unwrap()[0].origin, "config");
+
+    let (status, headers, exported) =
+        call_raw(&app, Method::GET, "/v1/config", &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["tollgate-revision"], "1");
+    assert_eq!(headers["content-type"], "application/json");
+    let exported: Value = serde_json::from_slice(&exported).unwrap();
+    assert_eq!(exported, document, "export gives back the applied document");
+
+    let (_, headers, yaml) = call_raw(
+        &app,
+        Method::GET,
+        "/v1/config",
+        &[("accept", "application/yaml")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(headers["content-type"], "application/yaml");
+    let yaml_text = String::from_utf8(yaml.clone()).unwrap();
+    assert!(
+        yaml_text.contains("lb_policy: least_request"),
+        "{yaml_text}"
+    );
+    // Applying the YAML export changes nothing.
+    let (status, _, body) = call_raw(
+        &app,
+        Method::PUT,
+        "/v1/config",
+        &[("content-type", "application/yaml")],
+        yaml,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (
+            body["revision"].as_u64(),
+            body["changes"].as_array().unwrap().len()
+        ),
+        (Some(1), 0)
+    );
+}
+
+#[tokio::test]
+async fn config_dry_run_lists_exactly_the_changes_and_writes_nothing() {
+    let (app, store) = app();
+    put(&app, "/v1/config", sample_document()).await;
+    let mut next = sample_document();
+    next["clusters"][0]["connect_timeout_ms"] = 300.into(); // updated
+    next["clusters"].as_array_mut().unwrap().remove(1); // web deleted
+    next["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "admin", "address": "127.0.0.1", "port": 8081})); // created
+    let (status, body) = put(&app, "/v1/config?dry_run=true", next.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(body["revision"], 1);
+    let mut summary: Vec<(String, String, String)> = body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().into(),
+                c["name"].as_str().unwrap().into(),
+                c["op"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    summary.sort();
+    assert_eq!(
+        summary,
+        [
+            ("cluster".into(), "users".into(), "updated".into()),
+            ("cluster".into(), "web".into(), "deleted".into()),
+            ("listener".into(), "admin".into(), "created".into()),
+        ]
+    );
+    let users = body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "users")
+        .unwrap();
+    assert_eq!(users["before"]["connect_timeout_ms"], 250);
+    assert_eq!(users["after"]["connect_timeout_ms"], 300);
+    assert_eq!(store.current().revision, 1, "a dry run writes nothing");
+
+    let (_, body) = put(&app, "/v1/config", next).await;
+    assert_eq!(body["revision"], 2);
+    assert!(!store.current().clusters.contains_key("web"));
+}
+
+#[tokio::test]
+async fn lists_are_paginated_by_name() {
+    let (app, _) = app();
+    for i in 0..5 {
+        put(&app, &format!("/v1/clusters/c{i}"), json!({})).await;
+    }
+    let (_, page1) = call(&app, Method::GET, "/v1/clusters?limit=2", None, Some(TOKEN)).await;
+    let names = |page: &Value| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&page1), ["c0", "c1"]);
+    assert_eq!(page1["next"], "c1");
+    let (_, page2) = call(
+        &app,
+        Method::GET,
+        "/v1/clusters?limit=2&after=c1",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(names(&page2), ["c2", "c3"]);
+    let (_, page3) = call(
+        &app,
+        Method::GET,
+        "/v1/clusters?limit=2&after=c3",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(names(&page3), ["c4"]);
+    assert_eq!(page3["next"], Value::Null);
+}
+
+#[tokio::test]
+async fn revisions_history_and_rollback() {
+    let (app, _) = app();
+    put(&app, "/v1/clusters/web", json!({"connect_timeout_ms": 100})).await;
+    put(&app, "/v1/clusters/web", json!({"connect_timeout_ms": 200})).await;
+    put(&app, "/v1/clusters/api", json!({})).await;
+    let (status, history) = call(
+        &app,
+        Method::GET,
+        "/v1/revisions?limit=2",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history["current"], 3);
+    let revisions: Vec<u64> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, [3, 2]);
+    assert_eq!(history["next"], 2);
+    assert_eq!(
+        history["items"][0]["changes"][0],
+        json!({"kind": "cluster", "name": "api", "op": "created"})
+    );
+    assert!(
+        history["items"][0]["committed_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/v1/revisions/1/rollback",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["revision"].as_u64(), body["rolled_back_to"].as_u64()),
+        (Some(4), Some(1))
+    );
+    let (_, web) = call(&app, Method::GET, "/v1/clusters/web", None, Some(TOKEN)).await;
+    assert_eq!(web["connect_timeout_ms"], 100);
+    let (status, _) = call(&app, Method::GET, "/v1/clusters/api", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, history) = call(
+        &app,
+        Method::GET,
+        "/v1/revisions?limit=1",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(history["items"][0]["origin"], "rollback to 1");
+}
+
+#[tokio::test]
+async fn the_read_only_token_reads_but_cannot_write() {
+    let (app, _) = app();
+    put(&app, "/v1/clusters/web", json!({})).await;
+    for path in [
+        "/v1/clusters/web",
+        "/v1/clusters",
+        "/v1/config",
+        "/v1/nodes",
+        "/v1/revisions",
+    ] {
+        let (status, body) = call(&app, Method::GET, path, None, Some(READ_ONLY)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    for (method, path) in [
+        (Method::PUT, "/v1/clusters/x"),
+        (Method::DELETE, "/v1/clusters/web"),
+        (Method::PUT, "/v1/config"),
+        (Method::POST, "/v1/revisions/1/rollback"),
+    ] {
+        let (status, body) = call(
+            &app,
+            method.clone(),
+            path,
+            Some(b"{}".to_vec()),
+            Some(READ_ONLY),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(error_of(&body).0, "forbidden");
+    }
 }

@@ -100,7 +100,7 @@ pub enum Change {
 }
 
 /// What one change did to one resource, as recorded in the revision history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChangedResource {
     /// Kind of the resource.
     pub kind: ResourceKind,
@@ -111,7 +111,7 @@ pub struct ChangedResource {
 }
 
 /// How a resource changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeOp {
     /// It did not exist before.
@@ -155,9 +155,30 @@ pub enum StoreError {
         /// Name of the resource.
         name: String,
     },
+    /// A revision that does not exist was named.
+    #[error("revision {revision} does not exist (current is {current})")]
+    UnknownRevision {
+        /// The revision named.
+        revision: u64,
+        /// The current revision.
+        current: u64,
+    },
     /// The backend failed; the write was rolled back.
     #[error("store backend: {0}")]
     Backend(String),
+}
+
+/// One entry of the revision history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevisionRecord {
+    /// The revision number.
+    pub revision: u64,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub committed_at_ms: u64,
+    /// What made it: `api`, `config` (a whole-config replace) or `rollback to N`.
+    pub origin: String,
+    /// What changed.
+    pub changes: Vec<ChangedResource>,
 }
 
 /// Persistence behind the store. Implementations commit one revision atomically.
@@ -168,26 +189,97 @@ pub trait Backend: Send + 'static {
     fn commit(
         &mut self,
         revision: u64,
+        origin: &str,
         changes: &[(ChangedResource, Option<&Resource>)],
     ) -> Result<(), StoreError>;
+    /// Up to `limit` history entries older than `before` (newest first).
+    fn history(
+        &mut self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RevisionRecord>, StoreError>;
+    /// Every resource as it was at `revision`.
+    fn state_at(&mut self, revision: u64) -> Result<Vec<Resource>, StoreError>;
 }
 
-/// A backend that keeps nothing: for unit tests.
+/// One resource as a revision left it (`None`: deleted).
+type RecordedChange = (ResourceKind, String, Option<Resource>);
+
+/// A backend that keeps everything in memory, history included: for unit tests.
 #[derive(Debug, Default)]
-pub struct MemoryBackend;
+pub struct MemoryBackend {
+    history: Vec<(RevisionRecord, Vec<RecordedChange>)>,
+}
 
 impl Backend for MemoryBackend {
     fn load(&mut self) -> Result<StoreSnapshot, StoreError> {
-        Ok(StoreSnapshot::default())
+        let mut snapshot = StoreSnapshot::default();
+        if let Some((last, _)) = self.history.last() {
+            snapshot.revision = last.revision;
+            for resource in self.state_at(last.revision)? {
+                snapshot.put(resource);
+            }
+        }
+        Ok(snapshot)
     }
 
     fn commit(
         &mut self,
-        _revision: u64,
-        _changes: &[(ChangedResource, Option<&Resource>)],
+        revision: u64,
+        origin: &str,
+        changes: &[(ChangedResource, Option<&Resource>)],
     ) -> Result<(), StoreError> {
+        let record = RevisionRecord {
+            revision,
+            committed_at_ms: now_ms(),
+            origin: origin.to_owned(),
+            changes: changes.iter().map(|(c, _)| c.clone()).collect(),
+        };
+        let specs = changes
+            .iter()
+            .map(|(c, r)| (c.kind, c.name.clone(), r.cloned()))
+            .collect();
+        self.history.push((record, specs));
         Ok(())
     }
+
+    fn history(
+        &mut self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RevisionRecord>, StoreError> {
+        Ok(self
+            .history
+            .iter()
+            .rev()
+            .filter(|(r, _)| before.is_none_or(|b| r.revision < b))
+            .take(limit)
+            .map(|(r, _)| r.clone())
+            .collect())
+    }
+
+    fn state_at(&mut self, revision: u64) -> Result<Vec<Resource>, StoreError> {
+        let mut state: BTreeMap<(ResourceKind, String), Resource> = BTreeMap::new();
+        for (record, specs) in &self.history {
+            if record.revision > revision {
+                break;
+            }
+            for (kind, name, spec) in specs {
+                match spec {
+                    Some(resource) => state.insert((*kind, name.clone()), resource.clone()),
+                    None => state.remove(&(*kind, name.clone())),
+                };
+            }
+        }
+        Ok(state.into_values().collect())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The store: serialises writes, validates them, commits them and publishes the result.
@@ -226,7 +318,7 @@ impl Store {
 
     /// A store that keeps nothing on disk: for unit tests.
     pub fn in_memory() -> Self {
-        Self::open(MemoryBackend).expect("memory backend cannot fail")
+        Self::open(MemoryBackend::default()).expect("memory backend cannot fail")
     }
 
     /// Opens (creating if needed) a SQLite store at `path`.
@@ -248,10 +340,52 @@ impl Store {
     /// Applies `changes` as one revision. Blocks the calling async task only for the commit
     /// itself, on a blocking thread.
     pub async fn write(&self, changes: Vec<Change>) -> Result<WriteOutcome, StoreError> {
+        self.write_as(changes, "api").await
+    }
+
+    /// As [`Store::write`], recording `origin` in the revision history.
+    pub async fn write_as(
+        &self,
+        changes: Vec<Change>,
+        origin: &str,
+    ) -> Result<WriteOutcome, StoreError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.write(changes))
+        let origin = origin.to_owned();
+        tokio::task::spawn_blocking(move || inner.write(&origin, |_| Ok(changes)))
             .await
             .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))?
+    }
+
+    /// Up to `limit` revisions older than `before`, newest first.
+    pub async fn history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RevisionRecord>, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.lock()?.history(before, limit))
+            .await
+            .map_err(|e| StoreError::Backend(format!("history task failed: {e}")))?
+    }
+
+    /// Makes a new revision whose configuration equals revision `target`'s.
+    pub async fn rollback(&self, target: u64) -> Result<WriteOutcome, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.write(&format!("rollback to {target}"), |backend| {
+                let current = inner.feed.borrow().revision;
+                if target == 0 || target > current {
+                    return Err(StoreError::UnknownRevision {
+                        revision: target,
+                        current,
+                    });
+                }
+                let wanted = backend.state_at(target)?;
+                Ok(replace_all(&inner.feed.borrow(), wanted))
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("rollback task failed: {e}")))?
     }
 
     /// As [`Store::write`], but only reports what would change.
@@ -266,11 +400,21 @@ impl Store {
 }
 
 impl Inner {
-    fn write(&self, changes: Vec<Change>) -> Result<WriteOutcome, StoreError> {
-        let mut backend = self
-            .backend
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Box<dyn Backend>>, StoreError> {
+        self.backend
             .lock()
-            .map_err(|_| StoreError::Backend("store lock poisoned".to_owned()))?;
+            .map_err(|_| StoreError::Backend("store lock poisoned".to_owned()))
+    }
+
+    /// Under the write lock: asks `changes` for the changes (it may read the backend), applies
+    /// and validates them, commits and publishes.
+    fn write(
+        &self,
+        origin: &str,
+        changes: impl FnOnce(&mut dyn Backend) -> Result<Vec<Change>, StoreError>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut backend = self.lock()?;
+        let changes = changes(backend.as_mut())?;
         let current = self.feed.borrow().clone();
         let (mut next, changed) = plan(&current, changes)?;
         if changed.is_empty() {
@@ -288,16 +432,37 @@ impl Inner {
             .iter()
             .map(|(c, r)| (c.clone(), r.as_ref()))
             .collect();
-        backend.commit(next.revision, &borrowed)?;
+        backend.commit(next.revision, origin, &borrowed)?;
         let revision = next.revision;
         tracing::info!(
             revision,
+            origin,
             changes = changed.len(),
             "store revision committed"
         );
         self.feed.send_replace(Arc::new(next));
         Ok(WriteOutcome { revision, changed })
     }
+}
+
+/// The changes that turn `current` into exactly `wanted`: puts for every wanted resource,
+/// deletes for the rest (unchanged ones are dropped by [`plan`]).
+pub fn replace_all(current: &StoreSnapshot, wanted: Vec<Resource>) -> Vec<Change> {
+    let keep: std::collections::BTreeSet<(ResourceKind, &str)> =
+        wanted.iter().map(|r| (r.kind(), r.name())).collect();
+    let mut changes = Vec::new();
+    for kind in ResourceKind::ALL {
+        for resource in current.list(kind) {
+            if !keep.contains(&(kind, resource.name())) {
+                changes.push(Change::Delete {
+                    kind,
+                    name: resource.name().to_owned(),
+                });
+            }
+        }
+    }
+    changes.extend(wanted.iter().cloned().map(Change::Put));
+    changes
 }
 
 /// Applies `changes` to a copy of `current` and validates the result; no I/O.

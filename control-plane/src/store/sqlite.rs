@@ -1,11 +1,10 @@
 //! The embedded SQLite backend: the default store, one file, safe across crashes (WAL).
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Backend, ChangedResource, StoreError, StoreSnapshot};
+use super::{Backend, ChangedResource, RevisionRecord, StoreError, StoreSnapshot};
 use crate::model::{Resource, ResourceKind};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -32,6 +31,9 @@ const MIGRATIONS: &[&str] = &[
          spec TEXT,
          PRIMARY KEY (revision, kind, name)
      );",
+    // 2: who made each revision, and a history index to rebuild any revision quickly.
+    "ALTER TABLE revisions ADD COLUMN origin TEXT NOT NULL DEFAULT 'api';
+     CREATE INDEX resource_history_by_resource ON resource_history (kind, name, revision);",
 ];
 
 /// A store backend in one SQLite file.
@@ -125,17 +127,15 @@ impl Backend for SqliteBackend {
     fn commit(
         &mut self,
         revision: u64,
+        origin: &str,
         changes: &[(ChangedResource, Option<&Resource>)],
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(backend_err("begin"))?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         let summary: Vec<&ChangedResource> = changes.iter().map(|(c, _)| c).collect();
         let summary = serde_json::to_string(&summary).expect("change summary serializes");
         tx.execute(
-            "INSERT INTO revisions (revision, committed_at_ms, changes) VALUES (?1, ?2, ?3)",
-            params![revision, now_ms, summary],
+            "INSERT INTO revisions (revision, committed_at_ms, changes, origin) VALUES (?1, ?2, ?3, ?4)",
+            params![revision, super::now_ms() as i64, summary, origin],
         )
         .map_err(backend_err("record revision"))?;
         for (change, resource) in changes {
@@ -160,5 +160,80 @@ impl Backend for SqliteBackend {
             .map_err(backend_err("write history"))?;
         }
         tx.commit().map_err(backend_err("commit"))
+    }
+
+    fn history(
+        &mut self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RevisionRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT revision, committed_at_ms, origin, changes FROM revisions
+                 WHERE revision < ?1 ORDER BY revision DESC LIMIT ?2",
+            )
+            .map_err(backend_err("read history"))?;
+        let before = before.map_or(i64::MAX, |b| b as i64);
+        let rows = stmt
+            .query_map(params![before, limit as i64], |row| {
+                Ok((
+                    row.get::<_, u64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(backend_err("read history"))?;
+        rows.map(|row| {
+            let (revision, at, origin, changes) = row.map_err(backend_err("read history"))?;
+            let changes = serde_json::from_str(&changes).map_err(|e| {
+                StoreError::Backend(format!(
+                    "sqlite: revision {revision} history is unreadable: {e}"
+                ))
+            })?;
+            Ok(RevisionRecord {
+                revision,
+                committed_at_ms: at.max(0) as u64,
+                origin,
+                changes,
+            })
+        })
+        .collect()
+    }
+
+    fn state_at(&mut self, revision: u64) -> Result<Vec<Resource>, StoreError> {
+        // Each resource's latest history row at or before `revision`; a NULL spec is a delete.
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT h.kind, h.name, h.spec FROM resource_history h
+                 WHERE h.revision = (SELECT MAX(revision) FROM resource_history
+                                     WHERE kind = h.kind AND name = h.name AND revision <= ?1)
+                   AND h.spec IS NOT NULL
+                 ORDER BY h.kind, h.name",
+            )
+            .map_err(backend_err("read revision"))?;
+        let rows = stmt
+            .query_map(params![revision], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(backend_err("read revision"))?;
+        rows.map(|row| {
+            let (kind, name, spec) = row.map_err(backend_err("read revision"))?;
+            let kind = ResourceKind::parse(&kind).ok_or_else(|| {
+                StoreError::Backend(format!("sqlite: unknown resource kind {kind:?}"))
+            })?;
+            Resource::from_json(kind, &spec).map_err(|e| {
+                StoreError::Backend(format!(
+                    "sqlite: {kind} {name} at revision {revision} is unreadable: {e}"
+                ))
+            })
+        })
+        .collect()
     }
 }

@@ -215,3 +215,80 @@ fn dry_run_reports_without_writing() {
     assert_eq!(out.changed[0].op, ChangeOp::Created);
     assert!(store.current().clusters.is_empty());
 }
+
+async fn history_and_rollback(store: Store) {
+    store
+        .write(vec![
+            Change::Put(cluster("a", 1)),
+            Change::Put(route("r", "a")),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![
+            Change::Put(cluster("a", 2)),
+            Change::Put(listener("l", 80)),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![
+            Change::Delete {
+                kind: ResourceKind::Route,
+                name: "r".to_owned(),
+            },
+            Change::Put(cluster("b", 3)),
+        ])
+        .await
+        .unwrap();
+    let at_1 = store.current().clone();
+
+    let history = store.history(None, 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        [3, 2, 1]
+    );
+    assert_eq!(history[0].origin, "api");
+    assert!(
+        history[0]
+            .changes
+            .iter()
+            .any(|c| c.name == "r" && c.op == ChangeOp::Deleted)
+    );
+    let older = store.history(Some(3), 1).await.unwrap();
+    assert_eq!(older.iter().map(|r| r.revision).collect::<Vec<_>>(), [2]);
+
+    let out = store.rollback(1).await.unwrap();
+    assert_eq!(out.revision, 4);
+    let now = store.current();
+    assert_eq!(now.get(ResourceKind::Cluster, "a"), Some(cluster("a", 1)));
+    assert_eq!(now.get(ResourceKind::Route, "r"), Some(route("r", "a")));
+    assert!(now.listeners.is_empty() && !now.clusters.contains_key("b"));
+    assert_ne!(*now, *at_1);
+    assert_eq!(
+        store.history(None, 1).await.unwrap()[0].origin,
+        "rollback to 1"
+    );
+
+    // Rolling back to the current state changes nothing; unknown revisions are refused.
+    assert_eq!(store.rollback(4).await.unwrap().revision, 4);
+    assert!(matches!(
+        store.rollback(9).await,
+        Err(StoreError::UnknownRevision { .. })
+    ));
+    assert!(matches!(
+        store.rollback(0).await,
+        Err(StoreError::UnknownRevision { .. })
+    ));
+}
+
+#[tokio::test]
+async fn memory_history_and_rollback() {
+    history_and_rollback(Store::in_memory()).await;
+}
+
+#[tokio::test]
+async fn sqlite_history_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    history_and_rollback(Store::sqlite(&dir.path().join("t.db")).unwrap()).await;
+}
