@@ -89,7 +89,7 @@ async fn cli_diff_apply_export_round_trip_with_ci_exit_codes() {
     assert_eq!(json_doc["clusters"][0]["lb_policy"], "least_request");
 
     // A dry-run apply shows the diff and changes nothing.
-    std::fs::write(&file, FLEET_YAML.replace("port: 8080", "port: 9090")).unwrap();
+    std::fs::write(file, FLEET_YAML.replace("port: 8080", "port: 9090")).unwrap();
     let dry = tollgate(&cp, &["apply", "--dry-run", "-f", file]);
     assert_eq!(dry.status.code(), Some(0));
     let shown = text(&dry.stdout);
@@ -104,7 +104,7 @@ async fn cli_diff_apply_export_round_trip_with_ci_exit_codes() {
 
     // Errors exit 1 and say what is wrong.
     std::fs::write(
-        &file,
+        file,
         "clusters: [{name: x, endpoints: [{address: 10.0.0.1, port: 0}]}]",
     )
     .unwrap();
