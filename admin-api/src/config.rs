@@ -3,23 +3,25 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate_control_plane::model::{Cluster, Listener, Resource, ResourceKind, Route};
 use tollgate_control_plane::store::{StoreError, StoreSnapshot, replace_all};
 
+use crate::responses::{ConfigApplied, ConfigChange, ErrorBody};
 use crate::{AdminState, ApiError};
 
 /// The response header carrying the store revision of an exported document.
 pub const REVISION_HEADER: &str = "tollgate-revision";
 
 /// Everything in the store, in one document. Lists are ordered by name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDocument {
     /// Upstream clusters.
@@ -95,7 +97,13 @@ fn is_yaml(media_type: Option<&HeaderValue>) -> bool {
     })
 }
 
-/// `GET /v1/config`: the whole configuration, YAML when the `Accept` header asks for it.
+/// Export the whole configuration (JSON, or YAML when `Accept: application/yaml`).
+#[utoipa::path(get, path = "/config", tag = "config",
+    responses(
+        (status = 200, description = "The configuration document; the `tollgate-revision` header carries its revision",
+            content((ConfigDocument = "application/json"), (ConfigDocument = "application/yaml"))),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+    ))]
 pub(crate) async fn export(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -125,19 +133,32 @@ pub(crate) async fn export(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// Whether to only report the changes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ApplyQuery {
+    /// Report what would change, change nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
-/// `PUT /v1/config[?dry_run=true]`: replaces everything with the document, atomically.
+/// Replace the whole configuration atomically; with `dry_run=true`, return the diff instead.
+#[utoipa::path(put, path = "/config", tag = "config", params(ApplyQuery),
+    request_body(content((ConfigDocument = "application/json"), (ConfigDocument = "application/yaml"))),
+    responses(
+        (status = 200, description = "Applied (or, on a dry run, what would change)", body = ConfigApplied),
+        (status = 400, description = "Invalid document; `field` names the item, e.g. `routes[2].match.path_regex`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 409, description = "A reference that does not hold", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    ))]
 pub(crate) async fn apply(
     State(state): State<AdminState>,
     Query(query): Query<ApplyQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ConfigApplied>, ApiError> {
     let document: ConfigDocument = if is_yaml(headers.get(header::CONTENT_TYPE)) {
         let body = crate::handlers::body_bytes(body)?;
         let text = std::str::from_utf8(&body).map_err(|_| ApiError::InvalidJson {
@@ -186,27 +207,33 @@ pub(crate) async fn apply(
             .map_err(located)?
     };
     let as_json = |r: Option<Resource>| {
-        r.map_or(Value::Null, |r| {
-            serde_json::from_str(&r.to_json()).expect("resources are JSON")
-        })
+        r.map(|r| serde_json::from_str::<Value>(&r.to_json()).expect("resources are JSON"))
     };
-    let changes: Vec<Value> = outcome
+    let changes = outcome
         .changed
-        .iter()
+        .into_iter()
         .map(|c| {
-            let mut entry = json!({"kind": c.kind, "name": c.name, "op": c.op});
-            if query.dry_run {
+            let (before, after) = if query.dry_run {
                 // The diff: each changed resource as it is and as it would be.
-                entry["before"] = as_json(current.get(c.kind, &c.name));
-                entry["after"] = as_json(wanted_by_key.get(&(c.kind, c.name.clone())).cloned());
+                (
+                    as_json(current.get(c.kind, &c.name)),
+                    as_json(wanted_by_key.get(&(c.kind, c.name.clone())).cloned()),
+                )
+            } else {
+                (None, None)
+            };
+            ConfigChange {
+                kind: c.kind,
+                name: c.name,
+                op: c.op,
+                before,
+                after,
             }
-            entry
         })
         .collect();
-    Ok(axum::Json(json!({
-        "revision": outcome.revision,
-        "dry_run": query.dry_run,
-        "changes": changes,
+    Ok(Json(ConfigApplied {
+        revision: outcome.revision,
+        dry_run: query.dry_run,
+        changes,
     }))
-    .into_response())
 }

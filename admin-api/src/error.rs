@@ -3,8 +3,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tollgate_control_plane::store::StoreError;
+
+use crate::responses::{ErrorBody, ErrorDetail};
 
 /// Everything a handler can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +83,14 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(detail, "admin api internal error");
         }
-        let mut error = json!({"code": code, "message": self.to_string()});
-        if let Some(field) = self.field() {
-            error["field"] = field.into();
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                field: self.field().map(str::to_owned),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -114,4 +118,62 @@ impl From<StoreError> for ApiError {
             StoreError::Backend(detail) => Self::Internal(detail),
         }
     }
+}
+
+/// Turns the error responses axum's own extractors and router produce (plain text or empty:
+/// bad query strings, unsupported methods) into the JSON error body every client expects.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_error || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    // "Failed to deserialize query string: limit: invalid digit found in string"
+    let query_field = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(field, _)| !field.is_empty() && !field.contains(' '));
+    let (code, field, message) = match (status, query_field) {
+        (StatusCode::BAD_REQUEST, Some((field, reason))) => (
+            "invalid_field",
+            Some(field.to_owned()),
+            format!("{field}: {reason}"),
+        ),
+        (StatusCode::BAD_REQUEST, None) => ("invalid_request", None, text),
+        (StatusCode::METHOD_NOT_ALLOWED, _) => (
+            "method_not_allowed",
+            None,
+            "this endpoint does not support the method".to_owned(),
+        ),
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => ("payload_too_large", None, text),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, _) => ("unsupported_media_type", None, text),
+        _ => ("error", None, text),
+    };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            field,
+            message: if message.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_lowercase()
+            } else {
+                message
+            },
+        },
+    };
+    let mut response = (status, Json(body)).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
 }

@@ -1,4 +1,7 @@
-//! Request handlers: parse, call the store or registry, answer JSON.
+//! Request handlers: parse, call the store or registry, answer with typed JSON bodies.
+//!
+//! Every `/v1` operation is annotated for the OpenAPI document; the router is built from these
+//! annotations (see `lib.rs`), so an operation cannot be served without being documented.
 
 use std::time::Duration;
 
@@ -7,22 +10,29 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate_control_plane::model::{
     Cluster, Listener, Resource, ResourceKind, Route, validate_name,
 };
 use tollgate_control_plane::store::{Change, ChangeOp, StoreError};
+use utoipa::IntoParams;
 
+use crate::responses::{
+    ClusterWritten, ErrorBody, Health, ListenerWritten, NodeList, Page, RevisionEntry,
+    RevisionHistory, RevisionStatusBody, RolledBack, RouteWritten, Written,
+};
 use crate::{AdminState, ApiError, MAX_BODY_BYTES};
 
 /// A resource kind served under `/v1/{plural}`.
 pub(crate) trait Kind {
-    type Spec: DeserializeOwned;
+    type Spec: DeserializeOwned + serde::Serialize;
+    type Written: serde::Serialize;
     const KIND: ResourceKind;
     fn into_resource(spec: Self::Spec, name: String) -> Result<Resource, ApiError>;
+    fn from_resource(resource: Resource) -> Option<Self::Spec>;
+    fn written(revision: u64, changed: bool, spec: Self::Spec) -> Self::Written;
 }
 
 /// Body names must agree with the path; an absent body name takes the path's.
@@ -37,35 +47,49 @@ fn adopt_name(body_name: &mut String, path_name: String) -> Result<(), ApiError>
     Ok(())
 }
 
-pub(crate) struct Clusters;
-impl Kind for Clusters {
-    type Spec = Cluster;
-    const KIND: ResourceKind = ResourceKind::Cluster;
-    fn into_resource(mut spec: Cluster, name: String) -> Result<Resource, ApiError> {
-        adopt_name(&mut spec.name, name)?;
-        Ok(Resource::Cluster(spec))
-    }
+macro_rules! kind {
+    ($marker:ident, $spec:ident, $written:ident, $field:ident, $kind:expr) => {
+        pub(crate) struct $marker;
+        impl Kind for $marker {
+            type Spec = $spec;
+            type Written = $written;
+            const KIND: ResourceKind = $kind;
+            fn into_resource(mut spec: $spec, name: String) -> Result<Resource, ApiError> {
+                adopt_name(&mut spec.name, name)?;
+                Ok(Resource::$spec(spec))
+            }
+            fn from_resource(resource: Resource) -> Option<$spec> {
+                match resource {
+                    Resource::$spec(spec) => Some(spec),
+                    _ => None,
+                }
+            }
+            fn written(revision: u64, changed: bool, $field: $spec) -> $written {
+                $written {
+                    revision,
+                    changed,
+                    $field,
+                }
+            }
+        }
+    };
 }
 
-pub(crate) struct Routes;
-impl Kind for Routes {
-    type Spec = Route;
-    const KIND: ResourceKind = ResourceKind::Route;
-    fn into_resource(mut spec: Route, name: String) -> Result<Resource, ApiError> {
-        adopt_name(&mut spec.name, name)?;
-        Ok(Resource::Route(spec))
-    }
-}
-
-pub(crate) struct Listeners;
-impl Kind for Listeners {
-    type Spec = Listener;
-    const KIND: ResourceKind = ResourceKind::Listener;
-    fn into_resource(mut spec: Listener, name: String) -> Result<Resource, ApiError> {
-        adopt_name(&mut spec.name, name)?;
-        Ok(Resource::Listener(spec))
-    }
-}
+kind!(
+    Clusters,
+    Cluster,
+    ClusterWritten,
+    cluster,
+    ResourceKind::Cluster
+);
+kind!(Routes, Route, RouteWritten, route, ResourceKind::Route);
+kind!(
+    Listeners,
+    Listener,
+    ListenerWritten,
+    listener,
+    ResourceKind::Listener
+);
 
 fn check_path_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::InvalidField {
@@ -112,18 +136,17 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
     })
 }
 
-/// `GET /healthz`: liveness, without auth.
-pub(crate) async fn healthz(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({"status": "ok", "revision": state.store.current().revision}))
-}
-
 /// Page size when `limit` is not given, and the largest accepted.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+/// Paging through a list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// Return resources named after this (the previous page's `next`).
     after: Option<String>,
 }
 
@@ -138,12 +161,10 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-/// `GET /v1/{kind}[?limit=100&after=NAME]`: resources of the kind ordered by name, a page at a
-/// time; `next` is the `after` for the following page, null on the last.
-pub(crate) async fn list<K: Kind>(
-    State(state): State<AdminState>,
-    Query(page): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+async fn list<K: Kind>(
+    state: AdminState,
+    page: PageQuery,
+) -> Result<Json<Page<K::Spec>>, ApiError> {
     let limit = page_limit(page.limit)?;
     let snapshot = state.store.current();
     let all = snapshot.list(K::KIND);
@@ -151,33 +172,36 @@ pub(crate) async fn list<K: Kind>(
         .after
         .as_deref()
         .map_or(0, |after| all.partition_point(|r| r.name() <= after));
-    let items: Vec<Value> = all[start..].iter().take(limit).map(resource_json).collect();
     let next = (start + limit < all.len()).then(|| all[start + limit - 1].name().to_owned());
-    Ok(Json(
-        json!({"revision": snapshot.revision, "items": items, "next": next}),
-    ))
+    let items = all
+        .into_iter()
+        .skip(start)
+        .take(limit)
+        .filter_map(K::from_resource)
+        .collect();
+    Ok(Json(Page {
+        revision: snapshot.revision,
+        items,
+        next,
+    }))
 }
 
-/// `GET /v1/{kind}/{name}`.
-pub(crate) async fn get_one<K: Kind>(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_one<K: Kind>(state: AdminState, name: String) -> Result<Json<K::Spec>, ApiError> {
     check_path_name(&name)?;
     state
         .store
         .current()
         .get(K::KIND, &name)
-        .map(|r| Json(resource_json(&r)))
+        .and_then(K::from_resource)
+        .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("{} {name} not found", K::KIND)))
 }
 
-/// `PUT /v1/{kind}/{name}`: create or replace.
-pub(crate) async fn put<K: Kind>(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
+async fn put<K: Kind>(
+    state: AdminState,
+    name: String,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<K::Written>), ApiError> {
     check_path_name(&name)?;
     let spec: K::Spec = parse_body(body)?;
     let resource = K::into_resource(spec, name.clone())?;
@@ -187,8 +211,8 @@ pub(crate) async fn put<K: Kind>(
         .store
         .current()
         .get(K::KIND, &name)
-        .map(|r| resource_json(&r))
-        .unwrap_or(Value::Null);
+        .and_then(K::from_resource)
+        .ok_or_else(|| ApiError::Internal(format!("{} {name} missing after its write", K::KIND)))?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -196,20 +220,15 @@ pub(crate) async fn put<K: Kind>(
     };
     Ok((
         status,
-        Json(json!({
-            "revision": outcome.revision,
-            "changed": !outcome.changed.is_empty(),
-            K::KIND.as_str(): stored,
-        })),
-    )
-        .into_response())
+        Json(K::written(
+            outcome.revision,
+            !outcome.changed.is_empty(),
+            stored,
+        )),
+    ))
 }
 
-/// `DELETE /v1/{kind}/{name}`.
-pub(crate) async fn delete<K: Kind>(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn delete<K: Kind>(state: AdminState, name: String) -> Result<Json<Written>, ApiError> {
     check_path_name(&name)?;
     let outcome = state
         .store
@@ -231,28 +250,162 @@ pub(crate) async fn delete<K: Kind>(
             },
             other => other.into(),
         })?;
-    Ok(Json(json!({"revision": outcome.revision})))
+    Ok(Json(Written {
+        revision: outcome.revision,
+    }))
 }
 
-/// `GET /v1/nodes`: connected proxies and what they acked.
-pub(crate) async fn nodes(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({"nodes": state.registry.list()}))
+/// Declares the documented list/get/put/delete operations of one resource kind.
+macro_rules! resource_endpoints {
+    ($module:ident, $kind:ident, $spec:ident, $written:ident, $tag:tt, $collection:tt, $item:tt) => {
+        pub(crate) mod $module {
+            use super::*;
+
+            /// List resources, a page at a time, ordered by name.
+            #[utoipa::path(get, path = $collection, tag = $tag, params(PageQuery),
+                responses(
+                    (status = 200, description = "A page of resources", body = Page<$spec>),
+                    (status = 400, description = "Bad paging parameters", body = ErrorBody),
+                    (status = 401, description = "Missing or wrong token", body = ErrorBody),
+                ))]
+            pub(crate) async fn list(
+                State(state): State<AdminState>,
+                Query(page): Query<PageQuery>,
+            ) -> Result<Json<Page<$spec>>, ApiError> {
+                super::list::<$kind>(state, page).await
+            }
+
+            /// Read one resource.
+            #[utoipa::path(get, path = $item, tag = $tag,
+                params(("name" = String, Path, description = "Resource name")),
+                responses(
+                    (status = 200, description = "The resource", body = $spec),
+                    (status = 400, description = "Invalid name", body = ErrorBody),
+                    (status = 401, description = "Missing or wrong token", body = ErrorBody),
+                    (status = 404, description = "No such resource", body = ErrorBody),
+                ))]
+            pub(crate) async fn get(
+                State(state): State<AdminState>,
+                Path(name): Path<String>,
+            ) -> Result<Json<$spec>, ApiError> {
+                super::get_one::<$kind>(state, name).await
+            }
+
+            /// Create or replace a resource (idempotent).
+            #[utoipa::path(put, path = $item, tag = $tag,
+                params(("name" = String, Path, description = "Resource name")),
+                request_body(content = $spec, content_type = "application/json"),
+                responses(
+                    (status = 200, description = "Replaced, or unchanged", body = $written),
+                    (status = 201, description = "Created", body = $written),
+                    (status = 400, description = "Invalid body or name; `field` names the offending field", body = ErrorBody),
+                    (status = 401, description = "Missing or wrong token", body = ErrorBody),
+                    (status = 403, description = "Read-only token", body = ErrorBody),
+                    (status = 409, description = "Refers to something that does not exist, or conflicts", body = ErrorBody),
+                    (status = 413, description = "Body too large", body = ErrorBody),
+                ))]
+            pub(crate) async fn put(
+                State(state): State<AdminState>,
+                Path(name): Path<String>,
+                body: Result<Bytes, BytesRejection>,
+            ) -> Result<(StatusCode, Json<$written>), ApiError> {
+                super::put::<$kind>(state, name, body).await
+            }
+
+            /// Delete a resource.
+            #[utoipa::path(delete, path = $item, tag = $tag,
+                params(("name" = String, Path, description = "Resource name")),
+                responses(
+                    (status = 200, description = "Deleted", body = Written),
+                    (status = 400, description = "Invalid name", body = ErrorBody),
+                    (status = 401, description = "Missing or wrong token", body = ErrorBody),
+                    (status = 403, description = "Read-only token", body = ErrorBody),
+                    (status = 404, description = "No such resource", body = ErrorBody),
+                    (status = 409, description = "Still used by another resource", body = ErrorBody),
+                ))]
+            pub(crate) async fn delete(
+                State(state): State<AdminState>,
+                Path(name): Path<String>,
+            ) -> Result<Json<Written>, ApiError> {
+                super::delete::<$kind>(state, name).await
+            }
+        }
+    };
 }
 
-#[derive(Debug, Deserialize)]
+resource_endpoints!(
+    clusters,
+    Clusters,
+    Cluster,
+    ClusterWritten,
+    "clusters",
+    "/clusters",
+    "/clusters/{name}"
+);
+resource_endpoints!(
+    routes,
+    Routes,
+    Route,
+    RouteWritten,
+    "routes",
+    "/routes",
+    "/routes/{name}"
+);
+resource_endpoints!(
+    listeners,
+    Listeners,
+    Listener,
+    ListenerWritten,
+    "listeners",
+    "/listeners",
+    "/listeners/{name}"
+);
+
+/// Liveness, without auth.
+pub(crate) async fn healthz(State(state): State<AdminState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        revision: state.store.current().revision,
+    })
+}
+
+/// Connected proxies and what each has acked or rejected.
+#[utoipa::path(get, path = "/nodes", tag = "fleet",
+    responses(
+        (status = 200, description = "Connected nodes", body = NodeList),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+    ))]
+pub(crate) async fn nodes(State(state): State<AdminState>) -> Json<NodeList> {
+    Json(NodeList {
+        nodes: state.registry.list(),
+    })
+}
+
+/// Waiting for convergence.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StatusQuery {
+    /// Block until no node is pending, up to this long (`5s`, `500ms`, `1m`; at most 60 s).
     wait: Option<String>,
 }
 
 /// The longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// `GET /v1/revisions/{n}/status[?wait=5s]`.
+/// How many connected nodes hold revision `n`, and which rejected it.
+#[utoipa::path(get, path = "/revisions/{revision}/status", tag = "fleet",
+    params(("revision" = u64, Path, description = "Store revision"), StatusQuery),
+    responses(
+        (status = 200, description = "Convergence of the revision", body = RevisionStatusBody),
+        (status = 400, description = "Bad revision or wait", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "Revision does not exist yet", body = ErrorBody),
+    ))]
 pub(crate) async fn revision_status(
     State(state): State<AdminState>,
     Path(revision): Path<String>,
     Query(query): Query<StatusQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevisionStatusBody>, ApiError> {
     let revision = parse_revision(&revision)?;
     let current = state.store.current().revision;
     if revision > current {
@@ -269,53 +422,78 @@ pub(crate) async fn revision_status(
     }
     .min(MAX_WAIT);
     let status = state.registry.wait_revision(revision, wait).await;
-    let mut body = serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["current_revision"] = current.into();
-    Ok(Json(body))
+    Ok(Json(RevisionStatusBody {
+        status,
+        current_revision: state.store.current().revision,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Paging through the history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryQuery {
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// Return revisions older than this (the previous page's `next`).
     before: Option<u64>,
 }
 
-/// `GET /v1/revisions[?limit=100&before=N]`: the revision history, newest first.
+/// The revision history, newest first.
+#[utoipa::path(get, path = "/revisions", tag = "revisions", params(HistoryQuery),
+    responses(
+        (status = 200, description = "Revisions, newest first", body = RevisionHistory),
+        (status = 400, description = "Bad paging parameters", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+    ))]
 pub(crate) async fn revisions(
     State(state): State<AdminState>,
     Query(query): Query<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevisionHistory>, ApiError> {
     let limit = page_limit(query.limit)?;
     let records = state.store.history(query.before, limit).await?;
     let next = (records.len() == limit)
         .then(|| records.last().map(|r| r.revision))
         .flatten()
         .filter(|r| *r > 1);
-    let items: Vec<Value> = records
+    let items = records
         .into_iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(&r).expect("history serializes");
-            v["committed_at"] = rfc3339_ms(r.committed_at_ms).into();
-            v
+        .map(|r| RevisionEntry {
+            revision: r.revision,
+            committed_at: rfc3339_ms(r.committed_at_ms),
+            committed_at_ms: r.committed_at_ms,
+            origin: r.origin,
+            changes: r.changes,
         })
         .collect();
-    Ok(Json(
-        json!({"current": state.store.current().revision, "items": items, "next": next}),
-    ))
+    Ok(Json(RevisionHistory {
+        current: state.store.current().revision,
+        items,
+        next,
+    }))
 }
 
-/// `POST /v1/revisions/{n}/rollback`: a new revision equal to revision `n`.
+/// Make a new revision whose configuration equals revision `n`'s.
+#[utoipa::path(post, path = "/revisions/{revision}/rollback", tag = "revisions",
+    params(("revision" = u64, Path, description = "The revision to restore")),
+    responses(
+        (status = 200, description = "Rolled back", body = RolledBack),
+        (status = 400, description = "Bad revision", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such revision", body = ErrorBody),
+        (status = 409, description = "The old configuration conflicts", body = ErrorBody),
+    ))]
 pub(crate) async fn rollback(
     State(state): State<AdminState>,
     Path(revision): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolledBack>, ApiError> {
     let revision = parse_revision(&revision)?;
     let outcome = state.store.rollback(revision).await?;
-    Ok(Json(json!({
-        "revision": outcome.revision,
-        "rolled_back_to": revision,
-        "changes": outcome.changed,
-    })))
+    Ok(Json(RolledBack {
+        revision: outcome.revision,
+        rolled_back_to: revision,
+        changes: outcome.changed,
+    }))
 }
 
 fn parse_revision(text: &str) -> Result<u64, ApiError> {
@@ -349,10 +527,6 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// Fallback for unknown paths.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".to_owned())
-}
-
-fn resource_json(resource: &Resource) -> Value {
-    serde_json::from_str(&resource.to_json()).expect("stored resources are JSON")
 }
 
 #[cfg(test)]

@@ -9,16 +9,20 @@ pub mod client;
 pub mod config;
 mod error;
 mod handlers;
+pub mod responses;
 
 pub use error::ApiError;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use axum::{Json, Router};
 use tollgate_control_plane::store::Store;
 use tollgate_control_plane::xds::nodes::NodeRegistry;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The largest request body accepted (a whole-config upload fits comfortably).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -36,50 +40,114 @@ pub struct AdminState {
     pub read_only_token: Option<Arc<str>>,
 }
 
+/// The OpenAPI document's fixed parts; operations and schemas come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Tollgate admin API", description = "Manage Tollgate's routes, clusters and listeners, and watch the fleet take them up."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token security scheme.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// Every `/v1` operation, registered with its OpenAPI annotation: an operation cannot be served
+/// without being in the document.
+fn v1_routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(handlers::clusters::list))
+        .routes(routes!(
+            handlers::clusters::get,
+            handlers::clusters::put,
+            handlers::clusters::delete
+        ))
+        .routes(routes!(handlers::routes::list))
+        .routes(routes!(
+            handlers::routes::get,
+            handlers::routes::put,
+            handlers::routes::delete
+        ))
+        .routes(routes!(handlers::listeners::list))
+        .routes(routes!(
+            handlers::listeners::get,
+            handlers::listeners::put,
+            handlers::listeners::delete
+        ))
+        .routes(routes!(handlers::nodes))
+        .routes(routes!(handlers::revisions))
+        .routes(routes!(handlers::revision_status))
+        .routes(routes!(handlers::rollback))
+        .routes(routes!(config::export, config::apply))
+}
+
+/// The OpenAPI document of the admin API, with `/v1` paths.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/v1", v1_routes())
+        .split_for_parts();
+    add_openapi_path(&mut api);
+    api
+}
+
+/// Documents `GET /v1/openapi.json` itself.
+fn add_openapi_path(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, ResponseBuilder};
+    let operation = OperationBuilder::new()
+        .summary(Some("This OpenAPI document"))
+        .tag("meta")
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("OpenAPI 3 document")
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(ObjectBuilder::new()))
+                        .build(),
+                ),
+        )
+        .build();
+    api.paths
+        .add_path_operation("/v1/openapi.json", vec![HttpMethod::Get], operation);
+}
+
 /// Builds the admin API router.
 pub fn router(state: AdminState) -> Router {
-    let v1 = Router::new()
-        .route("/clusters", get(handlers::list::<handlers::Clusters>))
+    let document = Arc::new(openapi());
+    let (v1, _) = v1_routes()
         .route(
-            "/clusters/{name}",
-            get(handlers::get_one::<handlers::Clusters>)
-                .put(handlers::put::<handlers::Clusters>)
-                .delete(handlers::delete::<handlers::Clusters>),
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
-        .route("/routes", get(handlers::list::<handlers::Routes>))
-        .route(
-            "/routes/{name}",
-            get(handlers::get_one::<handlers::Routes>)
-                .put(handlers::put::<handlers::Routes>)
-                .delete(handlers::delete::<handlers::Routes>),
-        )
-        .route("/listeners", get(handlers::list::<handlers::Listeners>))
-        .route(
-            "/listeners/{name}",
-            get(handlers::get_one::<handlers::Listeners>)
-                .put(handlers::put::<handlers::Listeners>)
-                .delete(handlers::delete::<handlers::Listeners>),
-        )
-        .route("/nodes", get(handlers::nodes))
-        .route("/revisions", get(handlers::revisions))
-        .route(
-            "/revisions/{revision}/status",
-            get(handlers::revision_status),
-        )
-        .route(
-            "/revisions/{revision}/rollback",
-            axum::routing::post(handlers::rollback),
-        )
-        .route("/config", get(config::export).put(config::apply))
         .fallback(handlers::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin_token,
-        ));
+        ))
+        .split_for_parts();
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .nest("/v1", v1)
         .fallback(handlers::not_found)
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

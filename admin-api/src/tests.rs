@@ -912,3 +912,61 @@ async fn the_read_only_token_reads_but_cannot_write() {
         assert_eq!(error_of(&body).0, "forbidden");
     }
 }
+
+#[tokio::test]
+async fn every_operation_is_documented_and_every_documented_operation_is_served() {
+    let document = serde_json::to_value(crate::openapi()).unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let expected: std::collections::BTreeSet<(String, String)> = [
+        ("GET", "/v1/clusters"),
+        ("GET", "/v1/clusters/{name}"),
+        ("PUT", "/v1/clusters/{name}"),
+        ("DELETE", "/v1/clusters/{name}"),
+        ("GET", "/v1/routes"),
+        ("GET", "/v1/routes/{name}"),
+        ("PUT", "/v1/routes/{name}"),
+        ("DELETE", "/v1/routes/{name}"),
+        ("GET", "/v1/listeners"),
+        ("GET", "/v1/listeners/{name}"),
+        ("PUT", "/v1/listeners/{name}"),
+        ("DELETE", "/v1/listeners/{name}"),
+        ("GET", "/v1/nodes"),
+        ("GET", "/v1/revisions"),
+        ("GET", "/v1/revisions/{revision}/status"),
+        ("POST", "/v1/revisions/{revision}/rollback"),
+        ("GET", "/v1/config"),
+        ("PUT", "/v1/config"),
+        ("GET", "/v1/openapi.json"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_owned(), p.to_owned()))
+    .collect();
+    assert_eq!(documented, expected);
+
+    let (app, _) = app();
+    let paths: std::collections::BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        let concrete = path.replace("{name}", "probe").replace("{revision}", "0");
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            let method_ = Method::from_bytes(method.as_bytes()).unwrap();
+            let (status, body) =
+                call(&app, method_, &concrete, Some(b"{}".to_vec()), Some(TOKEN)).await;
+            let fell_through = status == StatusCode::METHOD_NOT_ALLOWED
+                || (status == StatusCode::NOT_FOUND
+                    && body["error"]["message"] == "no such endpoint");
+            let is_documented = documented.contains(&(method.to_owned(), path.clone()));
+            assert_eq!(
+                !fell_through, is_documented,
+                "{method} {concrete}: {status} {body}"
+            );
+        }
+    }
+    let (status, served) = call(&app, Method::GET, "/v1/openapi.json", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served, document);
+}

@@ -100,7 +100,7 @@ pub enum Change {
 }
 
 /// What one change did to one resource, as recorded in the revision history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChangedResource {
     /// Kind of the resource.
     pub kind: ResourceKind,
@@ -111,7 +111,7 @@ pub struct ChangedResource {
 }
 
 /// How a resource changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeOp {
     /// It did not exist before.
@@ -169,7 +169,7 @@ pub enum StoreError {
 }
 
 /// One entry of the revision history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RevisionRecord {
     /// The revision number.
     pub revision: u64,

@@ -19,7 +19,9 @@ use crate::store::StoreSnapshot;
 
 /// Which software a node runs, read from its `user_agent_name`; the translator may tailor its
 /// output to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     /// Envoy (`user_agent_name: envoy`).

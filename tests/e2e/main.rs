@@ -5,3 +5,4 @@ mod declarative;
 mod dev;
 mod envoy_xds;
 mod fixtures;
+mod openapi;

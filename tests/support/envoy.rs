@@ -12,6 +12,7 @@ use tempfile::TempDir;
 use crate::control_plane::ControlPlane;
 use crate::ports::free_port;
 use crate::process::{ChildProcess, log_block, workspace_root};
+use crate::tools::{find_tool, require_tool};
 use crate::wait::{give_up, http_ok, try_eventually};
 
 /// How long `Envoy::start` waits for `/ready`. Against a live control plane Envoy is ready in
@@ -22,17 +23,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(45);
 /// The Envoy binary: `$ENVOY_BIN`, else `<workspace>/.tools/venv/bin/envoy`, else `envoy` on
 /// `PATH`; `None` if none exists.
 pub fn envoy_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
-    }
-    let local = workspace_root().join(".tools/venv/bin/envoy");
-    if local.is_file() {
-        return Some(local);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("envoy"))
-        .find(|candidate| candidate.is_file())
+    find_tool("envoy", "ENVOY_BIN")
 }
 
 /// The Envoy binary for a test that needs one, or `None` (with a printed reason) to skip it.
@@ -41,19 +32,7 @@ pub fn envoy_bin() -> Option<PathBuf> {
 ///
 /// If Envoy is missing and `CI=true`: under CI a missing Envoy is a failure, not a skip.
 pub fn require_envoy() -> Option<PathBuf> {
-    match envoy_bin() {
-        Some(path) => Some(path),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("envoy is required under CI: set $ENVOY_BIN or put `envoy` on PATH")
-        }
-        None => {
-            eprintln!(
-                "skipping: envoy not found ($ENVOY_BIN, .tools/venv/bin/envoy, PATH); \
-                 set $ENVOY_BIN to run this test"
-            );
-            None
-        }
-    }
+    require_tool("envoy", "ENVOY_BIN")
 }
 
 /// How to start an [`Envoy`].

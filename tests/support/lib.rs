@@ -7,6 +7,7 @@ pub mod control_plane;
 pub mod envoy;
 pub mod ports;
 pub mod process;
+pub mod tools;
 pub mod upstream;
 pub mod wait;
 

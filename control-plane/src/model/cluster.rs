@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::ValidationError;
 
 /// A named group of upstream endpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// Unique name; routes refer to it.
@@ -22,6 +22,7 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     /// Time allowed to open a connection to an endpoint.
     #[serde(default = "default_connect_timeout_ms")]
+    #[schema(minimum = 1, maximum = 600_000, default = 5000)]
     pub connect_timeout_ms: u32,
     /// Speak HTTP/2 (prior knowledge, or ALPN with TLS) to the endpoints.
     #[serde(default)]
@@ -33,15 +34,17 @@ fn default_connect_timeout_ms() -> u32 {
 }
 
 /// One upstream address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// An IP address or a DNS name.
     pub address: String,
     /// TCP port.
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Relative share of traffic, 1 to 128.
     #[serde(default = "default_weight")]
+    #[schema(minimum = 1, maximum = 128, default = 1)]
     pub weight: u32,
 }
 
@@ -50,7 +53,9 @@ fn default_weight() -> u32 {
 }
 
 /// Load-balancing algorithms, named as Envoy names them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Weighted round robin.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ValidationError;
 
 /// An address and port that proxies listen on; every route is served on every listener.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Unique name; also the name of the listener's route table in xDS.
@@ -17,6 +17,7 @@ pub struct Listener {
     #[serde(default = "default_address")]
     pub address: String,
     /// TCP port to bind.
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Only proxies whose node cluster is this get the listener; all proxies when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

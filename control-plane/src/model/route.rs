@@ -9,7 +9,7 @@ use super::{ValidationError, validate_regex};
 /// A request matcher and the action taken for requests it matches.
 ///
 /// Exactly one action is set: `cluster`, `weighted_clusters`, `redirect` or `direct_response`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Unique name.
@@ -51,7 +51,7 @@ pub struct Route {
 }
 
 /// What a request must look like for a route to take it. All given conditions must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Host names (exact, `*.suffix` or `prefix.*`); any host when empty.
@@ -78,7 +78,7 @@ pub struct RouteMatch {
 }
 
 /// A condition on one request header. Exactly one of `exact`, `prefix`, `regex`, `present`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name, case-insensitive.
@@ -101,7 +101,7 @@ pub struct HeaderMatch {
 }
 
 /// A condition on one query parameter. Exactly one of `exact`, `regex`, `present`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryMatch {
     /// Parameter name.
@@ -118,7 +118,7 @@ pub struct QueryMatch {
 }
 
 /// One target of a weighted split.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedCluster {
     /// Cluster name.
@@ -128,7 +128,7 @@ pub struct WeightedCluster {
 }
 
 /// An HTTP redirect answered by the proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
     /// New scheme (`http` or `https`).
@@ -159,7 +159,7 @@ fn default_redirect_status() -> u16 {
 }
 
 /// A response produced by the proxy itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponse {
     /// Status code, 200 to 599.
@@ -171,7 +171,7 @@ pub struct DirectResponse {
 
 /// Path and host rewrites applied before forwarding. `path_prefix` and `path_regex` exclude
 /// each other.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     /// Replace the matched `match.path_prefix` with this.
@@ -189,7 +189,7 @@ pub struct Rewrite {
 }
 
 /// Retry policy, in Envoy's terms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Retries after the first attempt, 1 to 10.
@@ -218,7 +218,7 @@ pub const RETRY_CONDITIONS: &[&str] = &[
 ];
 
 /// Header changes: `set` replaces, `add` appends, `remove` deletes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMutations {
     /// Headers set, replacing any existing value.

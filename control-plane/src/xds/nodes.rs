@@ -13,7 +13,7 @@ use super::stream::TypeStatus;
 use crate::translate::NodeKind;
 
 /// One connected ADS stream and what its node holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct NodeStatus {
     /// The node's `id`.
     pub node_id: String,
@@ -39,7 +39,7 @@ pub struct NodeStatus {
 }
 
 /// A node that rejected a revision, with its reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct NackedNode {
     /// The node's `id`.
     pub node_id: String,
@@ -51,7 +51,7 @@ pub struct NackedNode {
 }
 
 /// How far the fleet has taken up one revision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RevisionStatus {
     /// The revision asked about.
     pub revision: u64,

@@ -35,7 +35,7 @@ pub(crate) struct InFlight {
 }
 
 /// A rejected response, as the client explained it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Nack {
     /// The store revision of the rejected response.
     pub revision: u64,
@@ -46,7 +46,7 @@ pub struct Nack {
 }
 
 /// The last response the client accepted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ack {
     /// The `version_info` the client reported (SotW) or the system version (Delta).
     pub version: String,
@@ -156,7 +156,7 @@ impl TypeState {
 }
 
 /// A per-type status snapshot for the node registry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TypeStatus {
     /// Subscribed to every resource of the type.
     pub wildcard: bool,
