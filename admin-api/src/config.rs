@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tollgate_control_plane::model::{Cluster, Listener, Resource, ResourceKind, Route};
+use tollgate_control_plane::model::{
+    Certificate, Cluster, Listener, Resource, ResourceKind, Route,
+};
 use tollgate_control_plane::store::{StoreError, StoreSnapshot, replace_all};
 
 use crate::responses::{ConfigApplied, ConfigChange, ErrorBody};
@@ -33,6 +35,10 @@ pub struct ConfigDocument {
     /// Listeners.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// TLS certificates. Exported without their private keys; a certificate applied without
+    /// `key_pem` keeps the key stored under its name.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
 }
 
 impl ConfigDocument {
@@ -42,6 +48,11 @@ impl ConfigDocument {
             clusters: snapshot.clusters.values().cloned().collect(),
             routes: snapshot.routes.values().cloned().collect(),
             listeners: snapshot.listeners.values().cloned().collect(),
+            certificates: snapshot
+                .certificates
+                .values()
+                .map(Certificate::without_key)
+                .collect(),
         }
     }
 
@@ -65,6 +76,12 @@ impl ConfigDocument {
                     .into_iter()
                     .enumerate()
                     .map(|(i, l)| (format!("listeners[{i}]"), Resource::Listener(l))),
+            )
+            .chain(
+                self.certificates
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("certificates[{i}]"), Resource::Certificate(c))),
             );
         let mut seen = std::collections::HashSet::new();
         for (path, resource) in items {
@@ -172,6 +189,17 @@ pub(crate) async fn apply(
     } else {
         crate::handlers::parse_body(body)?
     };
+    let current = state.store.current();
+    let mut document = document;
+    // Exports leave private keys out: a certificate without one keeps the stored key.
+    for certificate in &mut document.certificates {
+        if certificate.key_pem.is_none() {
+            certificate.key_pem = current
+                .certificates
+                .get(&certificate.name)
+                .and_then(|c| c.key_pem.clone());
+        }
+    }
     let items = document.into_resources()?;
     let index: HashMap<(ResourceKind, String), String> = items
         .iter()
@@ -182,7 +210,6 @@ pub(crate) async fn apply(
         .iter()
         .map(|r| ((r.kind(), r.name().to_owned()), r.clone()))
         .collect();
-    let current = state.store.current();
     let changes = replace_all(&current, wanted);
     // Reference errors name the document item holding the reference, e.g. `routes[1].cluster`.
     let located = |e: StoreError| match e {
@@ -207,7 +234,9 @@ pub(crate) async fn apply(
             .map_err(located)?
     };
     let as_json = |r: Option<Resource>| {
-        r.map(|r| serde_json::from_str::<Value>(&r.to_json()).expect("resources are JSON"))
+        r.map(|r| {
+            serde_json::from_str::<Value>(&r.redacted().to_json()).expect("resources are JSON")
+        })
     };
     let changes = outcome
         .changed

@@ -14,25 +14,29 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    Cluster, Listener, Resource, ResourceKind, Route, validate_name,
+    Certificate, Cluster, Listener, Resource, ResourceKind, Route, validate_name,
 };
 use tollgate_control_plane::store::{Change, ChangeOp, StoreError};
 use utoipa::IntoParams;
 
 use crate::responses::{
-    ClusterWritten, ErrorBody, Health, ListenerWritten, NodeList, Page, RevisionEntry,
-    RevisionHistory, RevisionStatusBody, RolledBack, RouteWritten, Written,
+    CertificateView, CertificateWritten, ClusterWritten, ErrorBody, Health, ListenerWritten,
+    NodeList, Page, RevisionEntry, RevisionHistory, RevisionStatusBody, RolledBack, RouteWritten,
+    Written,
 };
 use crate::{AdminState, ApiError, MAX_BODY_BYTES};
 
 /// A resource kind served under `/v1/{plural}`.
 pub(crate) trait Kind {
-    type Spec: DeserializeOwned + serde::Serialize;
+    /// What clients send.
+    type Spec: DeserializeOwned;
+    /// What clients are shown (secrets left out).
+    type View: serde::Serialize;
     type Written: serde::Serialize;
     const KIND: ResourceKind;
     fn into_resource(spec: Self::Spec, name: String) -> Result<Resource, ApiError>;
-    fn from_resource(resource: Resource) -> Option<Self::Spec>;
-    fn written(revision: u64, changed: bool, spec: Self::Spec) -> Self::Written;
+    fn from_resource(resource: Resource) -> Option<Self::View>;
+    fn written(revision: u64, changed: bool, view: Self::View) -> Self::Written;
 }
 
 /// Body names must agree with the path; an absent body name takes the path's.
@@ -52,6 +56,7 @@ macro_rules! kind {
         pub(crate) struct $marker;
         impl Kind for $marker {
             type Spec = $spec;
+            type View = $spec;
             type Written = $written;
             const KIND: ResourceKind = $kind;
             fn into_resource(mut spec: $spec, name: String) -> Result<Resource, ApiError> {
@@ -90,6 +95,31 @@ kind!(
     listener,
     ResourceKind::Listener
 );
+
+pub(crate) struct Certificates;
+impl Kind for Certificates {
+    type Spec = Certificate;
+    type View = CertificateView;
+    type Written = CertificateWritten;
+    const KIND: ResourceKind = ResourceKind::Certificate;
+    fn into_resource(mut spec: Certificate, name: String) -> Result<Resource, ApiError> {
+        adopt_name(&mut spec.name, name)?;
+        Ok(Resource::Certificate(spec))
+    }
+    fn from_resource(resource: Resource) -> Option<CertificateView> {
+        match resource {
+            Resource::Certificate(cert) => CertificateView::of(&cert),
+            _ => None,
+        }
+    }
+    fn written(revision: u64, changed: bool, certificate: CertificateView) -> CertificateWritten {
+        CertificateWritten {
+            revision,
+            changed,
+            certificate,
+        }
+    }
+}
 
 fn check_path_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::InvalidField {
@@ -164,7 +194,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 async fn list<K: Kind>(
     state: AdminState,
     page: PageQuery,
-) -> Result<Json<Page<K::Spec>>, ApiError> {
+) -> Result<Json<Page<K::View>>, ApiError> {
     let limit = page_limit(page.limit)?;
     let snapshot = state.store.current();
     let all = snapshot.list(K::KIND);
@@ -186,7 +216,7 @@ async fn list<K: Kind>(
     }))
 }
 
-async fn get_one<K: Kind>(state: AdminState, name: String) -> Result<Json<K::Spec>, ApiError> {
+async fn get_one<K: Kind>(state: AdminState, name: String) -> Result<Json<K::View>, ApiError> {
     check_path_name(&name)?;
     state
         .store
@@ -257,21 +287,21 @@ async fn delete<K: Kind>(state: AdminState, name: String) -> Result<Json<Written
 
 /// Declares the documented list/get/put/delete operations of one resource kind.
 macro_rules! resource_endpoints {
-    ($module:ident, $kind:ident, $spec:ident, $written:ident, $tag:tt, $collection:tt, $item:tt) => {
+    ($module:ident, $kind:ident, $spec:ident, $view:ident, $written:ident, $tag:tt, $collection:tt, $item:tt) => {
         pub(crate) mod $module {
             use super::*;
 
             /// List resources, a page at a time, ordered by name.
             #[utoipa::path(get, path = $collection, tag = $tag, params(PageQuery),
                 responses(
-                    (status = 200, description = "A page of resources", body = Page<$spec>),
+                    (status = 200, description = "A page of resources", body = Page<$view>),
                     (status = 400, description = "Bad paging parameters", body = ErrorBody),
                     (status = 401, description = "Missing or wrong token", body = ErrorBody),
                 ))]
             pub(crate) async fn list(
                 State(state): State<AdminState>,
                 Query(page): Query<PageQuery>,
-            ) -> Result<Json<Page<$spec>>, ApiError> {
+            ) -> Result<Json<Page<$view>>, ApiError> {
                 super::list::<$kind>(state, page).await
             }
 
@@ -279,7 +309,7 @@ macro_rules! resource_endpoints {
             #[utoipa::path(get, path = $item, tag = $tag,
                 params(("name" = String, Path, description = "Resource name")),
                 responses(
-                    (status = 200, description = "The resource", body = $spec),
+                    (status = 200, description = "The resource", body = $view),
                     (status = 400, description = "Invalid name", body = ErrorBody),
                     (status = 401, description = "Missing or wrong token", body = ErrorBody),
                     (status = 404, description = "No such resource", body = ErrorBody),
@@ -287,7 +317,7 @@ macro_rules! resource_endpoints {
             pub(crate) async fn get(
                 State(state): State<AdminState>,
                 Path(name): Path<String>,
-            ) -> Result<Json<$spec>, ApiError> {
+            ) -> Result<Json<$view>, ApiError> {
                 super::get_one::<$kind>(state, name).await
             }
 
@@ -337,6 +367,7 @@ resource_endpoints!(
     clusters,
     Clusters,
     Cluster,
+    Cluster,
     ClusterWritten,
     "clusters",
     "/clusters",
@@ -345,6 +376,7 @@ resource_endpoints!(
 resource_endpoints!(
     routes,
     Routes,
+    Route,
     Route,
     RouteWritten,
     "routes",
@@ -355,10 +387,22 @@ resource_endpoints!(
     listeners,
     Listeners,
     Listener,
+    Listener,
     ListenerWritten,
     "listeners",
     "/listeners",
     "/listeners/{name}"
+);
+
+resource_endpoints!(
+    certificates,
+    Certificates,
+    Certificate,
+    CertificateView,
+    CertificateWritten,
+    "certificates",
+    "/certificates",
+    "/certificates/{name}"
 );
 
 /// Liveness, without auth.

@@ -87,6 +87,12 @@ fn v1_routes() -> OpenApiRouter<AdminState> {
             handlers::listeners::put,
             handlers::listeners::delete
         ))
+        .routes(routes!(handlers::certificates::list))
+        .routes(routes!(
+            handlers::certificates::get,
+            handlers::certificates::put,
+            handlers::certificates::delete
+        ))
         .routes(routes!(handlers::nodes))
         .routes(routes!(handlers::revisions))
         .routes(routes!(handlers::revision_status))

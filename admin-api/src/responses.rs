@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tollgate_control_plane::model::{Cluster, Listener, ResourceKind, Route};
+use tollgate_control_plane::model::{
+    Certificate, CertificateInfo, Cluster, Listener, ResourceKind, Route,
+};
 use tollgate_control_plane::store::{ChangeOp, ChangedResource};
 use tollgate_control_plane::xds::nodes::{NodeStatus, RevisionStatus};
 use utoipa::ToSchema;
@@ -51,6 +53,35 @@ written!(
     Listener,
     "A listener was created or replaced."
 );
+written!(
+    CertificateWritten,
+    certificate,
+    CertificateView,
+    "A certificate was created or replaced."
+);
+
+/// A certificate as the API shows it: the chain and what it says, never the private key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateView {
+    /// Unique name.
+    pub name: String,
+    /// PEM certificate chain.
+    pub cert_pem: String,
+    /// Names, validity and fingerprint of the leaf certificate.
+    #[serde(flatten)]
+    pub info: CertificateInfo,
+}
+
+impl CertificateView {
+    /// The view of a stored certificate (`None` if it cannot be read, which validation prevents).
+    pub fn of(certificate: &Certificate) -> Option<Self> {
+        Some(Self {
+            name: certificate.name.clone(),
+            cert_pem: certificate.cert_pem.clone(),
+            info: certificate.info().ok()?,
+        })
+    }
+}
 
 /// The store revision after a write.
 #[derive(Debug, Serialize, ToSchema)]

@@ -672,7 +672,8 @@ fn sample_document() -> Value {
             {"name": "users", "match": {"hosts": ["api.example.com"], "path_prefix": "/users"},
              "cluster": "users", "timeout_ms": 1500, "priority": 5}
         ],
-        "listeners": [{"name": "public", "address": "0.0.0.0", "port": 8080}]
+        "listeners": [{"name": "public", "address": "0.0.0.0", "port": 8080}],
+        "certificates": []
     })
 }
 
@@ -935,6 +936,10 @@ async fn every_operation_is_documented_and_every_documented_operation_is_served(
         ("GET", "/v1/listeners/{name}"),
         ("PUT", "/v1/listeners/{name}"),
         ("DELETE", "/v1/listeners/{name}"),
+        ("GET", "/v1/certificates"),
+        ("GET", "/v1/certificates/{name}"),
+        ("PUT", "/v1/certificates/{name}"),
+        ("DELETE", "/v1/certificates/{name}"),
         ("GET", "/v1/nodes"),
         ("GET", "/v1/revisions"),
         ("GET", "/v1/revisions/{revision}/status"),
@@ -969,4 +974,140 @@ async fn every_operation_is_documented_and_every_documented_operation_is_served(
     let (status, served) = call(&app, Method::GET, "/v1/openapi.json", None, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(served, document);
+}
+
+/// A self-signed certificate for `names` and its PEM private key.
+fn self_signed(names: &[&str]) -> (String, String) {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    (certified.cert.pem(), certified.signing_key.serialize_pem())
+}
+
+#[tokio::test]
+async fn certificate_keys_are_write_only_and_checked() {
+    let (app, store) = app();
+    let (cert, key) = self_signed(&["api.example.com", "www.example.com"]);
+    let marker = key.lines().nth(1).unwrap().to_owned();
+    let (status, body) = put(
+        &app,
+        "/v1/certificates/api",
+        json!({"cert_pem": cert, "key_pem": key}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["certificate"]["server_names"],
+        json!(["api.example.com", "www.example.com"])
+    );
+    assert_eq!(
+        body["certificate"]["sha256_fingerprint"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+
+    // The key is never returned: not by GET, list, export, dry-run diffs or history.
+    let mut seen = Vec::new();
+    for path in [
+        "/v1/certificates/api",
+        "/v1/certificates",
+        "/v1/config",
+        "/v1/revisions",
+    ] {
+        seen.push(
+            call(&app, Method::GET, path, None, Some(TOKEN))
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    seen.push(
+        put(&app, "/v1/config?dry_run=true", json!({}))
+            .await
+            .1
+            .to_string(),
+    );
+    seen.push(body.to_string());
+    for text in &seen {
+        assert!(
+            !text.contains(&marker) && !text.contains("PRIVATE KEY"),
+            "key leaked: {text}"
+        );
+    }
+
+    // Replacing without a key keeps the stored one; the export re-applies unchanged.
+    let (status, body) = put(&app, "/v1/certificates/api", json!({"cert_pem": cert})).await;
+    assert_eq!(
+        (status, body["changed"].as_bool()),
+        (StatusCode::OK, Some(false)),
+        "{body}"
+    );
+    let export = call(&app, Method::GET, "/v1/config", None, Some(TOKEN))
+        .await
+        .1;
+    let (status, body) = put(&app, "/v1/config", export).await;
+    assert_eq!(
+        (status, body["changes"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{body}"
+    );
+    assert_eq!(
+        store.current().certificates["api"].key_pem.as_deref(),
+        Some(key.as_str())
+    );
+
+    // Bad certificates and keys name the field.
+    let (_, other_key) = self_signed(&["other.example.com"]);
+    let cases = [
+        (json!({"cert_pem": cert, "key_pem": other_key}), "key_pem"),
+        (json!({"cert_pem": "not pem", "key_pem": key}), "cert_pem"),
+        (
+            json!({"cert_pem": cert, "key_pem": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}),
+            "key_pem",
+        ),
+        (json!({"cert_pem": cert}), "key_pem"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = put(&app, "/v1/certificates/fresh", body).await;
+        assert_eq!(
+            (status, error_of(&answer)),
+            (StatusCode::BAD_REQUEST, ("invalid_field", Some(field))),
+            "{answer}"
+        );
+    }
+
+    // Listeners refer to certificates; one in use cannot be deleted.
+    let (status, body) = put(
+        &app,
+        "/v1/listeners/https",
+        json!({"port": 8443, "tls": {"certificates": ["nope"]}}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            StatusCode::CONFLICT,
+            ("reference_conflict", Some("tls.certificates[0]"))
+        )
+    );
+    let (status, _) = put(
+        &app,
+        "/v1/listeners/https",
+        json!({"port": 8443, "tls": {"certificates": ["api"]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = call(
+        &app,
+        Method::DELETE,
+        "/v1/certificates/api",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body).0),
+        (StatusCode::CONFLICT, "reference_conflict")
+    );
 }

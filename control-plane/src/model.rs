@@ -4,12 +4,14 @@
 //! resulting configuration through [`check_references`]; the translator can then rely on a
 //! model that is internally consistent.
 
+mod certificate;
 mod cluster;
 mod listener;
 mod route;
 
+pub use certificate::{Certificate, CertificateInfo};
 pub use cluster::{Cluster, Endpoint, LbPolicy, MAX_ENDPOINT_WEIGHT, MAX_ENDPOINTS};
-pub use listener::Listener;
+pub use listener::{Listener, ListenerTls};
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
     RETRY_CONDITIONS, Redirect, Retries, Rewrite, Route, RouteMatch, WeightedCluster,
@@ -42,11 +44,18 @@ pub enum ResourceKind {
     Route,
     /// A listener.
     Listener,
+    /// A TLS certificate.
+    Certificate,
 }
 
 impl ResourceKind {
     /// All kinds, in the order the store loads them.
-    pub const ALL: [ResourceKind; 3] = [Self::Cluster, Self::Route, Self::Listener];
+    pub const ALL: [ResourceKind; 4] = [
+        Self::Cluster,
+        Self::Route,
+        Self::Listener,
+        Self::Certificate,
+    ];
 
     /// The singular name used in the store and in messages.
     pub fn as_str(self) -> &'static str {
@@ -54,6 +63,7 @@ impl ResourceKind {
             Self::Cluster => "cluster",
             Self::Route => "route",
             Self::Listener => "listener",
+            Self::Certificate => "certificate",
         }
     }
 
@@ -82,6 +92,8 @@ pub enum Resource {
     Route(Route),
     /// A listener.
     Listener(Listener),
+    /// A TLS certificate.
+    Certificate(Certificate),
 }
 
 impl Resource {
@@ -91,6 +103,7 @@ impl Resource {
             Self::Cluster(_) => ResourceKind::Cluster,
             Self::Route(_) => ResourceKind::Route,
             Self::Listener(_) => ResourceKind::Listener,
+            Self::Certificate(_) => ResourceKind::Certificate,
         }
     }
 
@@ -100,6 +113,7 @@ impl Resource {
             Self::Cluster(c) => &c.name,
             Self::Route(r) => &r.name,
             Self::Listener(l) => &l.name,
+            Self::Certificate(c) => &c.name,
         }
     }
 
@@ -111,6 +125,7 @@ impl Resource {
             Self::Cluster(c) => c.validate(),
             Self::Route(r) => r.validate(),
             Self::Listener(l) => l.validate(),
+            Self::Certificate(c) => c.validate(),
         }
     }
 
@@ -120,6 +135,7 @@ impl Resource {
             Self::Cluster(c) => serde_json::to_string(c),
             Self::Route(r) => serde_json::to_string(r),
             Self::Listener(l) => serde_json::to_string(l),
+            Self::Certificate(c) => serde_json::to_string(c),
         }
         .expect("model types always serialize")
     }
@@ -130,7 +146,16 @@ impl Resource {
             ResourceKind::Cluster => Self::Cluster(serde_json::from_str(json)?),
             ResourceKind::Route => Self::Route(serde_json::from_str(json)?),
             ResourceKind::Listener => Self::Listener(serde_json::from_str(json)?),
+            ResourceKind::Certificate => Self::Certificate(serde_json::from_str(json)?),
         })
+    }
+
+    /// The resource as it may be shown to people: private keys removed.
+    pub fn redacted(&self) -> Resource {
+        match self {
+            Self::Certificate(c) => Self::Certificate(c.without_key()),
+            other => other.clone(),
+        }
     }
 }
 
@@ -206,15 +231,31 @@ pub struct ReferenceError {
     pub message: String,
 }
 
-/// Confirms that every route names clusters that exist, and that no two listeners would bind
-/// the same port on the same proxies.
+/// Confirms that every route names clusters that exist, every listener certificates that
+/// exist, and that no two listeners would bind the same port on the same proxies.
 pub fn check_references(
     clusters: &BTreeMap<String, Cluster>,
     routes: &BTreeMap<String, Route>,
     listeners: &BTreeMap<String, Listener>,
+    certificates: &BTreeMap<String, Certificate>,
 ) -> Result<(), ReferenceError> {
     let mut bound: Vec<&Listener> = Vec::new();
     for listener in listeners.values() {
+        for (i, name) in listener
+            .tls
+            .iter()
+            .flat_map(|t| &t.certificates)
+            .enumerate()
+        {
+            if !certificates.contains_key(name) {
+                return Err(ReferenceError {
+                    kind: ResourceKind::Listener,
+                    name: listener.name.clone(),
+                    field: format!("tls.certificates[{i}]"),
+                    message: format!("unknown certificate {name}"),
+                });
+            }
+        }
         if let Some(other) = bound.iter().find(|o| listener.binds_same_as(o)) {
             return Err(ReferenceError {
                 kind: ResourceKind::Listener,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::model::{
-    Cluster, Listener, ReferenceError, Resource, ResourceKind, Route, ValidationError,
+    Certificate, Cluster, Listener, ReferenceError, Resource, ResourceKind, Route, ValidationError,
     check_references,
 };
 
@@ -30,6 +30,8 @@ pub struct StoreSnapshot {
     pub routes: BTreeMap<String, Route>,
     /// Listeners by name.
     pub listeners: BTreeMap<String, Listener>,
+    /// TLS certificates by name.
+    pub certificates: BTreeMap<String, Certificate>,
 }
 
 impl StoreSnapshot {
@@ -39,6 +41,11 @@ impl StoreSnapshot {
             ResourceKind::Cluster => self.clusters.get(name).cloned().map(Resource::Cluster),
             ResourceKind::Route => self.routes.get(name).cloned().map(Resource::Route),
             ResourceKind::Listener => self.listeners.get(name).cloned().map(Resource::Listener),
+            ResourceKind::Certificate => self
+                .certificates
+                .get(name)
+                .cloned()
+                .map(Resource::Certificate),
         }
     }
 
@@ -58,6 +65,12 @@ impl StoreSnapshot {
                 .cloned()
                 .map(Resource::Listener)
                 .collect(),
+            ResourceKind::Certificate => self
+                .certificates
+                .values()
+                .cloned()
+                .map(Resource::Certificate)
+                .collect(),
         }
     }
 
@@ -72,6 +85,9 @@ impl StoreSnapshot {
             Resource::Listener(l) => {
                 self.listeners.insert(l.name.clone(), l);
             }
+            Resource::Certificate(c) => {
+                self.certificates.insert(c.name.clone(), c);
+            }
         }
     }
 
@@ -80,6 +96,7 @@ impl StoreSnapshot {
             ResourceKind::Cluster => self.clusters.remove(name).is_some(),
             ResourceKind::Route => self.routes.remove(name).is_some(),
             ResourceKind::Listener => self.listeners.remove(name).is_some(),
+            ResourceKind::Certificate => self.certificates.remove(name).is_some(),
         }
     }
 }
@@ -474,7 +491,17 @@ fn plan(
     let mut touched: BTreeMap<(ResourceKind, String), ()> = BTreeMap::new();
     for change in changes {
         match change {
-            Change::Put(resource) => {
+            Change::Put(mut resource) => {
+                // Private keys are write-only, so clients cannot send them back: a certificate
+                // written without a key keeps the one stored under its name.
+                if let Resource::Certificate(cert) = &mut resource
+                    && cert.key_pem.is_none()
+                {
+                    cert.key_pem = next
+                        .certificates
+                        .get(&cert.name)
+                        .and_then(|c| c.key_pem.clone());
+                }
                 resource.validate().map_err(|source| StoreError::Invalid {
                     kind: resource.kind(),
                     name: resource.name().to_owned(),
@@ -491,7 +518,12 @@ fn plan(
             }
         }
     }
-    check_references(&next.clusters, &next.routes, &next.listeners)?;
+    check_references(
+        &next.clusters,
+        &next.routes,
+        &next.listeners,
+        &next.certificates,
+    )?;
     let changed = touched
         .into_keys()
         .filter_map(|(kind, name)| {

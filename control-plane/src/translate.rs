@@ -52,14 +52,16 @@ pub struct NodeGroup {
     pub cluster: String,
 }
 
-/// The xDS resource types, in the order they are pushed: clusters and their endpoints before
-/// the listeners and routes that use them ("make before break").
+/// The xDS resource types, in the order they are pushed: clusters, their endpoints and the
+/// secrets listeners use before the listeners and routes that use them ("make before break").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     /// CDS.
     Cluster,
     /// EDS.
     Endpoint,
+    /// SDS.
+    Secret,
     /// LDS.
     Listener,
     /// RDS.
@@ -68,13 +70,20 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// All types, in push order.
-    pub const ALL: [ResourceType; 4] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route];
+    pub const ALL: [ResourceType; 5] = [
+        Self::Cluster,
+        Self::Endpoint,
+        Self::Secret,
+        Self::Listener,
+        Self::Route,
+    ];
 
     /// The type URL clients subscribe with.
     pub fn type_url(self) -> &'static str {
         match self {
             Self::Cluster => type_url::CLUSTER,
             Self::Endpoint => type_url::ENDPOINT,
+            Self::Secret => type_url::SECRET,
             Self::Listener => type_url::LISTENER,
             Self::Route => type_url::ROUTE,
         }
@@ -90,6 +99,7 @@ impl ResourceType {
         match self {
             Self::Cluster => "clusters",
             Self::Endpoint => "endpoints",
+            Self::Secret => "secrets",
             Self::Listener => "listeners",
             Self::Route => "routes",
         }
@@ -113,7 +123,7 @@ impl fmt::Display for ResourceType {
 }
 
 /// One translated resource with its content version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct XdsResource {
     /// Resource name.
     pub name: String,
@@ -121,6 +131,18 @@ pub struct XdsResource {
     pub version: String,
     /// The encoded resource.
     pub body: Any,
+}
+
+impl fmt::Debug for XdsResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The body may be a secret (SDS): show its size, never its bytes.
+        f.debug_struct("XdsResource")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("type_url", &self.body.type_url)
+            .field("bytes", &self.body.value.len())
+            .finish()
+    }
 }
 
 impl XdsResource {
@@ -139,10 +161,10 @@ impl XdsResource {
 pub struct XdsSnapshot {
     /// The store revision this was built from.
     pub revision: u64,
-    resources: [BTreeMap<String, XdsResource>; 4],
-    /// Names each type's resources are referred to by from other resources (RDS names from
-    /// listeners, EDS names from clusters, clusters from routes).
-    referenced: [BTreeSet<String>; 4],
+    resources: [BTreeMap<String, XdsResource>; 5],
+    /// Names each type's resources are referred to by from other resources (RDS and SDS names
+    /// from listeners, EDS names from clusters, clusters from routes).
+    referenced: [BTreeSet<String>; 5],
 }
 
 impl XdsSnapshot {
@@ -164,6 +186,7 @@ impl XdsSnapshot {
         for ty in [
             ResourceType::Cluster,
             ResourceType::Endpoint,
+            ResourceType::Secret,
             ResourceType::Route,
         ] {
             if let Some(missing) = self
@@ -237,6 +260,22 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
         }
         let virtual_hosts = route::virtual_hosts(&routes);
         for listener in listeners {
+            let certificates: Vec<&crate::model::Certificate> = listener
+                .tls
+                .iter()
+                .flat_map(|tls| &tls.certificates)
+                .filter_map(|name| store.certificates.get(name))
+                .collect();
+            for certificate in &certificates {
+                out.refer(ResourceType::Secret, &certificate.name);
+                out.insert(
+                    ResourceType::Secret,
+                    XdsResource::new(
+                        certificate.name.clone(),
+                        tollgate_proto::pack_any(&listener::secret(certificate)),
+                    ),
+                );
+            }
             let route_config = route::route_configuration(&listener.name, virtual_hosts.clone());
             out.refer(ResourceType::Route, &listener.name);
             out.insert(
@@ -250,7 +289,7 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
                 ResourceType::Listener,
                 XdsResource::new(
                     listener.name.clone(),
-                    tollgate_proto::pack_any(&listener::translate(listener)),
+                    tollgate_proto::pack_any(&listener::translate(listener, &certificates)),
                 ),
             );
         }

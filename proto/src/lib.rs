@@ -28,6 +28,8 @@ pub mod type_url {
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     /// RDS: `envoy.config.route.v3.RouteConfiguration`.
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// SDS: `envoy.extensions.transport_sockets.tls.v3.Secret`.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 }
 
 #[cfg(test)]
@@ -44,5 +46,9 @@ mod tests {
         );
         assert_eq!(type_url::LISTENER, listener::v3::Listener::type_url());
         assert_eq!(type_url::ROUTE, route::v3::RouteConfiguration::type_url());
+        assert_eq!(
+            type_url::SECRET,
+            envoy::extensions::transport_sockets::tls::v3::Secret::type_url()
+        );
     }
 }

@@ -6,3 +6,4 @@ mod dev;
 mod envoy_xds;
 mod fixtures;
 mod openapi;
+mod tls;

@@ -22,6 +22,18 @@ pub struct Listener {
     /// Only proxies whose node cluster is this get the listener; all proxies when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_cluster: Option<String>,
+    /// Terminate TLS with these certificates (chosen by SNI); plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate names. A client's SNI picks the certificate whose names match it; the first
+    /// certificate serves clients without SNI or with an unknown name.
+    pub certificates: Vec<String>,
 }
 
 fn default_address() -> String {
@@ -57,6 +69,26 @@ impl Listener {
         }
         if self.port == 0 {
             return Err(ValidationError::new("port", "must be between 1 and 65535"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.certificates.is_empty() {
+                return Err(ValidationError::new(
+                    "tls.certificates",
+                    "must name at least one certificate",
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, name) in tls.certificates.iter().enumerate() {
+                super::validate_name(name).map_err(|e| {
+                    ValidationError::new(format!("tls.certificates[{i}]"), e.message)
+                })?;
+                if !seen.insert(name) {
+                    return Err(ValidationError::new(
+                        format!("tls.certificates[{i}]"),
+                        format!("duplicate certificate {name}"),
+                    ));
+                }
+            }
         }
         if let Some(cluster) = &self.node_cluster
             && (cluster.is_empty() || cluster.len() > 128)

@@ -41,6 +41,7 @@ fn listener(name: &str, port: u16) -> Resource {
         address: "127.0.0.1".to_owned(),
         port,
         node_cluster: None,
+        tls: None,
     })
 }
 

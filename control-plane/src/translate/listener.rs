@@ -6,9 +6,58 @@ use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
 use tollgate_proto::google::protobuf::BoolValue;
 
-use crate::model::Listener;
+use tollgate_proto::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector_pb;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 
-pub(super) fn translate(listener: &Listener) -> listener_pb::Listener {
+use crate::model::{Certificate, Listener};
+
+/// The SDS secret carrying a certificate and its key.
+pub(super) fn secret(certificate: &Certificate) -> tls_pb::Secret {
+    let inline = |text: &str| core_pb::DataSource {
+        specifier: Some(core_pb::data_source::Specifier::InlineString(
+            text.to_owned(),
+        )),
+        ..Default::default()
+    };
+    tls_pb::Secret {
+        name: certificate.name.clone(),
+        r#type: Some(tls_pb::secret::Type::TlsCertificate(
+            tls_pb::TlsCertificate {
+                certificate_chain: Some(inline(&certificate.cert_pem)),
+                private_key: Some(inline(certificate.key_pem.as_deref().unwrap_or_default())),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// A transport socket terminating TLS with one certificate, fetched over SDS (ADS).
+fn tls_transport_socket(certificate: &Certificate) -> core_pb::TransportSocket {
+    let context = tls_pb::DownstreamTlsContext {
+        common_tls_context: Some(tls_pb::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![tls_pb::SdsSecretConfig {
+                name: certificate.name.clone(),
+                sds_config: Some(super::ads_config_source()),
+            }],
+            alpn_protocols: vec!["h2".to_owned(), "http/1.1".to_owned()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core_pb::TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(core_pb::transport_socket::ConfigType::TypedConfig(
+            tollgate_proto::pack_any(&context),
+        )),
+    }
+}
+
+/// Builds the listener. With TLS, each certificate gets a filter chain matched on the SNI names
+/// it covers, and the first certificate also serves as the default chain (no or unknown SNI).
+pub(super) fn translate(
+    listener: &Listener,
+    certificates: &[&Certificate],
+) -> listener_pb::Listener {
     let hcm = hcm_pb::HttpConnectionManager {
         stat_prefix: listener.name.clone(),
         codec_type: hcm_pb::http_connection_manager::CodecType::Auto as i32,
@@ -33,20 +82,63 @@ pub(super) fn translate(listener: &Listener) -> listener_pb::Listener {
         merge_slashes: true,
         ..Default::default()
     };
-    listener_pb::Listener {
+    let filters = vec![listener_pb::Filter {
+        name: "envoy.filters.network.http_connection_manager".to_owned(),
+        config_type: Some(listener_pb::filter::ConfigType::TypedConfig(
+            tollgate_proto::pack_any(&hcm),
+        )),
+    }];
+    let mut out = listener_pb::Listener {
         name: listener.name.clone(),
         address: Some(socket_address(&listener.address, listener.port)),
-        filter_chains: vec![listener_pb::FilterChain {
-            filters: vec![listener_pb::Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(listener_pb::filter::ConfigType::TypedConfig(
-                    tollgate_proto::pack_any(&hcm),
-                )),
-            }],
-            ..Default::default()
-        }],
         ..Default::default()
+    };
+    let Some(default_certificate) = certificates.first() else {
+        out.filter_chains = vec![listener_pb::FilterChain {
+            filters,
+            ..Default::default()
+        }];
+        return out;
+    };
+    // SNI-based chain selection needs the TLS inspector to read the ClientHello first.
+    out.listener_filters = vec![listener_pb::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_owned(),
+        config_type: Some(listener_pb::listener_filter::ConfigType::TypedConfig(
+            tollgate_proto::pack_any(&tls_inspector_pb::TlsInspector::default()),
+        )),
+        ..Default::default()
+    }];
+    let mut claimed = std::collections::BTreeSet::new();
+    for certificate in certificates {
+        // A name two certificates cover goes to the first; Envoy refuses duplicate matches.
+        let names: Vec<String> = certificate
+            .info()
+            .map(|info| info.server_names)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| claimed.insert(name.clone()))
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        out.filter_chains.push(listener_pb::FilterChain {
+            name: format!("tls:{}", certificate.name),
+            filter_chain_match: Some(listener_pb::FilterChainMatch {
+                server_names: names,
+                ..Default::default()
+            }),
+            filters: filters.clone(),
+            transport_socket: Some(tls_transport_socket(certificate)),
+            ..Default::default()
+        });
     }
+    out.default_filter_chain = Some(listener_pb::FilterChain {
+        name: format!("tls-default:{}", default_certificate.name),
+        filters,
+        transport_socket: Some(tls_transport_socket(default_certificate)),
+        ..Default::default()
+    });
+    out
 }
 
 pub(super) fn socket_address(address: &str, port: u16) -> core_pb::Address {

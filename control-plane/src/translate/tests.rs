@@ -40,6 +40,7 @@ fn load(name: &str) -> StoreSnapshot {
             .into_iter()
             .map(|l| (l.name.clone(), l))
             .collect(),
+        certificates: Default::default(),
     };
     for c in snapshot.clusters.values() {
         crate::model::Resource::Cluster(c.clone())
@@ -49,8 +50,13 @@ fn load(name: &str) -> StoreSnapshot {
     for r in snapshot.routes.values() {
         crate::model::Resource::Route(r.clone()).validate().unwrap();
     }
-    crate::model::check_references(&snapshot.clusters, &snapshot.routes, &snapshot.listeners)
-        .unwrap();
+    crate::model::check_references(
+        &snapshot.clusters,
+        &snapshot.routes,
+        &snapshot.listeners,
+        &snapshot.certificates,
+    )
+    .unwrap();
     snapshot
 }
 
@@ -92,6 +98,7 @@ fn render(snapshot: &XdsSnapshot) -> String {
                         hcm(&listener)
                     )
                 }
+                ResourceType::Secret => "<secret: contents not rendered>".to_owned(),
                 ResourceType::Route => {
                     format!("{:#?}", decode::<route_pb::RouteConfiguration>(r))
                 }
@@ -272,4 +279,83 @@ fn consistency_check_finds_dangling_names() {
             name: "public".to_owned()
         })
     );
+}
+
+fn certificate(name: &str, hosts: &[&str]) -> crate::model::Certificate {
+    let certified = rcgen::generate_simple_self_signed(
+        hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    crate::model::Certificate {
+        name: name.to_owned(),
+        cert_pem: certified.cert.pem(),
+        key_pem: Some(certified.signing_key.serialize_pem()),
+    }
+}
+
+#[test]
+fn tls_listeners_pick_certificates_by_sni_and_fetch_them_over_sds() {
+    use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+    let mut store = load("basic");
+    for cert in [
+        certificate("a", &["a.example.com", "shared.example.com"]),
+        certificate("b", &["b.example.com", "shared.example.com"]),
+    ] {
+        crate::model::Resource::Certificate(cert.clone())
+            .validate()
+            .unwrap();
+        store.certificates.insert(cert.name.clone(), cert);
+    }
+    let listener = store.listeners.get_mut("public").unwrap();
+    listener.tls = Some(crate::model::ListenerTls {
+        certificates: vec!["a".to_owned(), "b".to_owned()],
+    });
+    let snapshot = translate(&store, &edge()).unwrap();
+    assert_eq!(
+        snapshot
+            .referenced(ResourceType::Secret)
+            .iter()
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let secret: tls_pb::Secret = decode(&snapshot.resources(ResourceType::Secret)["a"]);
+    let Some(tls_pb::secret::Type::TlsCertificate(tls)) = secret.r#type else {
+        panic!("a TLS certificate secret")
+    };
+    assert!(tls.private_key.is_some() && tls.certificate_chain.is_some());
+
+    let listener: listener_pb::Listener =
+        decode(&snapshot.resources(ResourceType::Listener)["public"]);
+    assert_eq!(
+        listener.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let chains: Vec<(String, Vec<String>)> = listener
+        .filter_chains
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.filter_chain_match
+                    .clone()
+                    .unwrap_or_default()
+                    .server_names,
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            (
+                "tls:a".to_owned(),
+                vec!["a.example.com".to_owned(), "shared.example.com".to_owned()]
+            ),
+            ("tls:b".to_owned(), vec!["b.example.com".to_owned()]),
+        ],
+        "a name two certificates share goes to the first"
+    );
+    assert_eq!(listener.default_filter_chain.unwrap().name, "tls-default:a");
+    // The secret's bytes never show in debug output.
+    let debug = format!("{snapshot:?}");
+    assert!(!debug.contains("PRIVATE KEY"));
 }

@@ -405,7 +405,7 @@ fn unknown_types_are_ignored() {
     let mut st = StreamState::default();
     st.on_snapshot(snap(&store(1, 1, false)));
     let mut r = req(CDS, &[], "", "");
-    r.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into();
+    r.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();
     assert_eq!(st.on_sotw_request(&r), RequestKind::Unknown);
     assert!(st.poll_sotw().is_empty());
 }
