@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    Certificate, Cluster, Listener, Resource, ResourceKind, Route,
+    ApiKeyHasher, Certificate, Cluster, Consumer, ConsumerSpec, Listener, Resource, ResourceKind,
+    Route,
 };
 use tollgate_control_plane::store::{StoreError, StoreSnapshot, replace_all};
 
@@ -39,6 +40,10 @@ pub struct ConfigDocument {
     /// `key_pem` keeps the key stored under its name.
     #[serde(default)]
     pub certificates: Vec<Certificate>,
+    /// Consumers. Exported without their API keys; a consumer applied without `api_keys`
+    /// keeps the keys stored under its name.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerSpec>,
 }
 
 impl ConfigDocument {
@@ -53,12 +58,24 @@ impl ConfigDocument {
                 .values()
                 .map(Certificate::without_key)
                 .collect(),
+            consumers: snapshot.consumers.values().map(Consumer::to_spec).collect(),
         }
     }
 
     /// The document's resources, each checked on its own; errors name the item, e.g.
     /// `routes[2].match.path_regex`.
-    fn into_resources(self) -> Result<Vec<(String, Resource)>, ApiError> {
+    fn into_resources(self, hasher: &ApiKeyHasher) -> Result<Vec<(String, Resource)>, ApiError> {
+        let mut consumers = Vec::with_capacity(self.consumers.len());
+        for (i, spec) in self.consumers.into_iter().enumerate() {
+            let path = format!("consumers[{i}]");
+            let consumer = spec
+                .into_consumer(hasher)
+                .map_err(|e| ApiError::InvalidField {
+                    field: format!("{path}.{}", e.field),
+                    message: e.message,
+                })?;
+            consumers.push((path, Resource::Consumer(consumer)));
+        }
         let mut out = Vec::new();
         let items = self
             .clusters
@@ -82,7 +99,8 @@ impl ConfigDocument {
                     .into_iter()
                     .enumerate()
                     .map(|(i, c)| (format!("certificates[{i}]"), Resource::Certificate(c))),
-            );
+            )
+            .chain(consumers);
         let mut seen = std::collections::HashSet::new();
         for (path, resource) in items {
             resource.validate().map_err(|e| ApiError::InvalidField {
@@ -200,7 +218,7 @@ pub(crate) async fn apply(
                 .and_then(|c| c.key_pem.clone());
         }
     }
-    let items = document.into_resources()?;
+    let items = document.into_resources(state.store.api_key_hasher())?;
     let index: HashMap<(ResourceKind, String), String> = items
         .iter()
         .map(|(path, r)| ((r.kind(), r.name().to_owned()), path.clone()))

@@ -14,15 +14,16 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    Certificate, Cluster, Listener, Resource, ResourceKind, Route, validate_name,
+    ApiKeyHasher, Certificate, Cluster, ConsumerSpec, Listener, Resource, ResourceKind, Route,
+    validate_name,
 };
 use tollgate_control_plane::store::{Change, ChangeOp, StoreError};
 use utoipa::IntoParams;
 
 use crate::responses::{
-    CertificateView, CertificateWritten, ClusterWritten, ErrorBody, Health, ListenerWritten,
-    NodeList, Page, RevisionEntry, RevisionHistory, RevisionStatusBody, RolledBack, RouteWritten,
-    Written,
+    CertificateView, CertificateWritten, ClusterWritten, ConsumerView, ConsumerWritten, ErrorBody,
+    Health, ListenerWritten, NodeList, Page, RevisionEntry, RevisionHistory, RevisionStatusBody,
+    RolledBack, RouteWritten, Written,
 };
 use crate::{AdminState, ApiError, MAX_BODY_BYTES};
 
@@ -34,7 +35,11 @@ pub(crate) trait Kind {
     type View: serde::Serialize;
     type Written: serde::Serialize;
     const KIND: ResourceKind;
-    fn into_resource(spec: Self::Spec, name: String) -> Result<Resource, ApiError>;
+    fn into_resource(
+        spec: Self::Spec,
+        name: String,
+        hasher: &ApiKeyHasher,
+    ) -> Result<Resource, ApiError>;
     fn from_resource(resource: Resource) -> Option<Self::View>;
     fn written(revision: u64, changed: bool, view: Self::View) -> Self::Written;
 }
@@ -59,7 +64,11 @@ macro_rules! kind {
             type View = $spec;
             type Written = $written;
             const KIND: ResourceKind = $kind;
-            fn into_resource(mut spec: $spec, name: String) -> Result<Resource, ApiError> {
+            fn into_resource(
+                mut spec: $spec,
+                name: String,
+                _hasher: &ApiKeyHasher,
+            ) -> Result<Resource, ApiError> {
                 adopt_name(&mut spec.name, name)?;
                 Ok(Resource::$spec(spec))
             }
@@ -102,7 +111,11 @@ impl Kind for Certificates {
     type View = CertificateView;
     type Written = CertificateWritten;
     const KIND: ResourceKind = ResourceKind::Certificate;
-    fn into_resource(mut spec: Certificate, name: String) -> Result<Resource, ApiError> {
+    fn into_resource(
+        mut spec: Certificate,
+        name: String,
+        _hasher: &ApiKeyHasher,
+    ) -> Result<Resource, ApiError> {
         adopt_name(&mut spec.name, name)?;
         Ok(Resource::Certificate(spec))
     }
@@ -117,6 +130,41 @@ impl Kind for Certificates {
             revision,
             changed,
             certificate,
+        }
+    }
+}
+
+pub(crate) struct Consumers;
+impl Kind for Consumers {
+    type Spec = ConsumerSpec;
+    type View = ConsumerView;
+    type Written = ConsumerWritten;
+    const KIND: ResourceKind = ResourceKind::Consumer;
+    fn into_resource(
+        mut spec: ConsumerSpec,
+        name: String,
+        hasher: &ApiKeyHasher,
+    ) -> Result<Resource, ApiError> {
+        adopt_name(&mut spec.name, name)?;
+        let consumer = spec
+            .into_consumer(hasher)
+            .map_err(|e| ApiError::InvalidField {
+                field: e.field,
+                message: e.message,
+            })?;
+        Ok(Resource::Consumer(consumer))
+    }
+    fn from_resource(resource: Resource) -> Option<ConsumerView> {
+        match resource {
+            Resource::Consumer(consumer) => Some(ConsumerView::of(&consumer)),
+            _ => None,
+        }
+    }
+    fn written(revision: u64, changed: bool, consumer: ConsumerView) -> ConsumerWritten {
+        ConsumerWritten {
+            revision,
+            changed,
+            consumer,
         }
     }
 }
@@ -234,7 +282,7 @@ async fn put<K: Kind>(
 ) -> Result<(StatusCode, Json<K::Written>), ApiError> {
     check_path_name(&name)?;
     let spec: K::Spec = parse_body(body)?;
-    let resource = K::into_resource(spec, name.clone())?;
+    let resource = K::into_resource(spec, name.clone(), state.store.api_key_hasher())?;
     let outcome = state.store.write(vec![Change::Put(resource)]).await?;
     let created = outcome.changed.iter().any(|c| c.op == ChangeOp::Created);
     let stored = state
@@ -403,6 +451,17 @@ resource_endpoints!(
     "certificates",
     "/certificates",
     "/certificates/{name}"
+);
+
+resource_endpoints!(
+    consumers,
+    Consumers,
+    ConsumerSpec,
+    ConsumerView,
+    ConsumerWritten,
+    "consumers",
+    "/consumers",
+    "/consumers/{name}"
 );
 
 /// Liveness, without auth.

@@ -93,6 +93,12 @@ fn v1_routes() -> OpenApiRouter<AdminState> {
             handlers::certificates::put,
             handlers::certificates::delete
         ))
+        .routes(routes!(handlers::consumers::list))
+        .routes(routes!(
+            handlers::consumers::get,
+            handlers::consumers::put,
+            handlers::consumers::delete
+        ))
         .routes(routes!(handlers::nodes))
         .routes(routes!(handlers::revisions))
         .routes(routes!(handlers::revision_status))

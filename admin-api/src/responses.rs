@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    Certificate, CertificateInfo, Cluster, Listener, ResourceKind, Route,
+    Certificate, CertificateInfo, Cluster, Consumer, Listener, ResourceKind, Route,
 };
 use tollgate_control_plane::store::{ChangeOp, ChangedResource};
 use tollgate_control_plane::xds::nodes::{NodeStatus, RevisionStatus};
@@ -59,6 +59,39 @@ written!(
     CertificateView,
     "A certificate was created or replaced."
 );
+
+written!(
+    ConsumerWritten,
+    consumer,
+    ConsumerView,
+    "A consumer was created or replaced."
+);
+
+/// A consumer as the API shows it: API keys only as short ids, never the keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerView {
+    /// Unique name.
+    pub name: String,
+    /// Quota plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Free-form labels.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Short ids of the consumer's API keys (a prefix of each keyed hash).
+    pub api_key_ids: Vec<String>,
+}
+
+impl ConsumerView {
+    /// The view of a stored consumer.
+    pub fn of(consumer: &Consumer) -> Self {
+        Self {
+            name: consumer.name.clone(),
+            tier: consumer.tier.clone(),
+            metadata: consumer.metadata.clone(),
+            api_key_ids: consumer.api_key_ids(),
+        }
+    }
+}
 
 /// A certificate as the API shows it: the chain and what it says, never the private key.
 #[derive(Debug, Serialize, ToSchema)]

@@ -673,7 +673,8 @@ fn sample_document() -> Value {
              "cluster": "users", "timeout_ms": 1500, "priority": 5}
         ],
         "listeners": [{"name": "public", "address": "0.0.0.0", "port": 8080}],
-        "certificates": []
+        "certificates": [],
+        "consumers": [{"name": "acme", "tier": "pro"}]
     })
 }
 
@@ -684,7 +685,7 @@ async fn config_apply_then_export_round_trips_in_json_and_yaml() {
     let (status, body) = put(&app, "/v1/config", document.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["revision"], 1);
-    assert_eq!(body["changes"].as_array().unwrap().len(), 4);
+    assert_eq!(body["changes"].as_array().unwrap().len(), 5);
     assert_eq!(store.history(None, 1).await.unwrap()[0].origin, "config");
 
     let (status, headers, exported) =
@@ -940,6 +941,10 @@ async fn every_operation_is_documented_and_every_documented_operation_is_served(
         ("GET", "/v1/certificates/{name}"),
         ("PUT", "/v1/certificates/{name}"),
         ("DELETE", "/v1/certificates/{name}"),
+        ("GET", "/v1/consumers"),
+        ("GET", "/v1/consumers/{name}"),
+        ("PUT", "/v1/consumers/{name}"),
+        ("DELETE", "/v1/consumers/{name}"),
         ("GET", "/v1/nodes"),
         ("GET", "/v1/revisions"),
         ("GET", "/v1/revisions/{revision}/status"),
@@ -1110,4 +1115,99 @@ async fn certificate_keys_are_write_only_and_checked() {
         (status, error_of(&body).0),
         (StatusCode::CONFLICT, "reference_conflict")
     );
+}
+
+#[tokio::test]
+async fn consumer_api_keys_are_write_only_hashed_and_unique() {
+    let (app, store) = app();
+    let key = "live_0123456789abcdefKEY";
+    let (status, body) = put(
+        &app,
+        "/v1/consumers/acme",
+        json!({"tier": "pro", "metadata": {"team": "billing"}, "api_keys": [key]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hash = store.api_key_hasher().hash(key);
+    assert_eq!(body["consumer"]["api_key_ids"], json!([hash[..12]]));
+    assert_eq!(
+        store.current().consumers["acme"].api_key_hashes,
+        Some(vec![hash.clone()])
+    );
+
+    // Neither the key nor its full hash is ever shown.
+    let mut seen = vec![body.to_string()];
+    for path in [
+        "/v1/consumers/acme",
+        "/v1/consumers",
+        "/v1/config",
+        "/v1/revisions",
+    ] {
+        seen.push(
+            call(&app, Method::GET, path, None, Some(TOKEN))
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    seen.push(
+        put(&app, "/v1/config?dry_run=true", json!({}))
+            .await
+            .1
+            .to_string(),
+    );
+    for text in &seen {
+        assert!(
+            !text.contains(key) && !text.contains(&hash),
+            "leaked: {text}"
+        );
+    }
+
+    // Omitted keys are kept (so an export re-applies unchanged); [] removes them.
+    let (_, body) = put(&app, "/v1/consumers/acme", json!({"tier": "enterprise"})).await;
+    assert_eq!(body["consumer"]["api_key_ids"].as_array().unwrap().len(), 1);
+    let export = call(&app, Method::GET, "/v1/config", None, Some(TOKEN))
+        .await
+        .1;
+    let (_, applied) = put(&app, "/v1/config", export).await;
+    assert_eq!(applied["changes"], json!([]));
+    assert_eq!(
+        store.current().consumers["acme"].api_key_hashes,
+        Some(vec![hash])
+    );
+
+    // A key identifies one consumer; weak keys are refused.
+    let (status, body) = put(&app, "/v1/consumers/other", json!({"api_keys": [key]})).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            StatusCode::CONFLICT,
+            ("reference_conflict", Some("api_keys[0]"))
+        ),
+        "{body}"
+    );
+    let (status, body) = put(&app, "/v1/consumers/other", json!({"api_keys": ["short"]})).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            StatusCode::BAD_REQUEST,
+            ("invalid_field", Some("api_keys[0]"))
+        )
+    );
+    let (status, body) = put(
+        &app,
+        "/v1/config",
+        json!({"consumers": [{"name": "x", "api_keys": ["tiny"]}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            StatusCode::BAD_REQUEST,
+            ("invalid_field", Some("consumers[0].api_keys[0]"))
+        )
+    );
+
+    let (_, body) = put(&app, "/v1/consumers/acme", json!({"api_keys": []})).await;
+    assert_eq!(body["consumer"]["api_key_ids"], json!([]));
 }

@@ -6,11 +6,13 @@
 
 mod certificate;
 mod cluster;
+mod consumer;
 mod listener;
 mod route;
 
 pub use certificate::{Certificate, CertificateInfo};
 pub use cluster::{Cluster, Endpoint, LbPolicy, MAX_ENDPOINT_WEIGHT, MAX_ENDPOINTS};
+pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{Listener, ListenerTls};
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
@@ -46,15 +48,18 @@ pub enum ResourceKind {
     Listener,
     /// A TLS certificate.
     Certificate,
+    /// A consumer of the APIs.
+    Consumer,
 }
 
 impl ResourceKind {
     /// All kinds, in the order the store loads them.
-    pub const ALL: [ResourceKind; 4] = [
+    pub const ALL: [ResourceKind; 5] = [
         Self::Cluster,
         Self::Route,
         Self::Listener,
         Self::Certificate,
+        Self::Consumer,
     ];
 
     /// The singular name used in the store and in messages.
@@ -64,6 +69,7 @@ impl ResourceKind {
             Self::Route => "route",
             Self::Listener => "listener",
             Self::Certificate => "certificate",
+            Self::Consumer => "consumer",
         }
     }
 
@@ -94,6 +100,8 @@ pub enum Resource {
     Listener(Listener),
     /// A TLS certificate.
     Certificate(Certificate),
+    /// A consumer.
+    Consumer(Consumer),
 }
 
 impl Resource {
@@ -104,6 +112,7 @@ impl Resource {
             Self::Route(_) => ResourceKind::Route,
             Self::Listener(_) => ResourceKind::Listener,
             Self::Certificate(_) => ResourceKind::Certificate,
+            Self::Consumer(_) => ResourceKind::Consumer,
         }
     }
 
@@ -114,6 +123,7 @@ impl Resource {
             Self::Route(r) => &r.name,
             Self::Listener(l) => &l.name,
             Self::Certificate(c) => &c.name,
+            Self::Consumer(c) => &c.name,
         }
     }
 
@@ -126,6 +136,7 @@ impl Resource {
             Self::Route(r) => r.validate(),
             Self::Listener(l) => l.validate(),
             Self::Certificate(c) => c.validate(),
+            Self::Consumer(c) => c.validate(),
         }
     }
 
@@ -136,6 +147,7 @@ impl Resource {
             Self::Route(r) => serde_json::to_string(r),
             Self::Listener(l) => serde_json::to_string(l),
             Self::Certificate(c) => serde_json::to_string(c),
+            Self::Consumer(c) => serde_json::to_string(c),
         }
         .expect("model types always serialize")
     }
@@ -147,6 +159,7 @@ impl Resource {
             ResourceKind::Route => Self::Route(serde_json::from_str(json)?),
             ResourceKind::Listener => Self::Listener(serde_json::from_str(json)?),
             ResourceKind::Certificate => Self::Certificate(serde_json::from_str(json)?),
+            ResourceKind::Consumer => Self::Consumer(serde_json::from_str(json)?),
         })
     }
 
@@ -154,6 +167,10 @@ impl Resource {
     pub fn redacted(&self) -> Resource {
         match self {
             Self::Certificate(c) => Self::Certificate(c.without_key()),
+            Self::Consumer(c) => Self::Consumer(Consumer {
+                api_key_hashes: None,
+                ..c.clone()
+            }),
             other => other.clone(),
         }
     }
@@ -277,6 +294,24 @@ pub fn check_references(
                     name: route.name.clone(),
                     field,
                     message: format!("unknown cluster {cluster}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Confirms that no API key belongs to two consumers: a presented key must identify one.
+pub fn check_unique_api_keys(consumers: &BTreeMap<String, Consumer>) -> Result<(), ReferenceError> {
+    let mut owners: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for consumer in consumers.values() {
+        for (i, hash) in consumer.api_key_hashes.iter().flatten().enumerate() {
+            if let Some(owner) = owners.insert(hash, &consumer.name) {
+                return Err(ReferenceError {
+                    kind: ResourceKind::Consumer,
+                    name: consumer.name.clone(),
+                    field: format!("api_keys[{i}]"),
+                    message: format!("this API key already belongs to consumer {owner}"),
                 });
             }
         }

@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::model::{
-    Certificate, Cluster, Listener, ReferenceError, Resource, ResourceKind, Route, ValidationError,
-    check_references,
+    ApiKeyHasher, Certificate, Cluster, Consumer, Listener, ReferenceError, Resource, ResourceKind,
+    Route, ValidationError, check_references, check_unique_api_keys,
 };
 
 /// The whole configuration at one revision. Cheap to share, never mutated.
@@ -32,6 +32,8 @@ pub struct StoreSnapshot {
     pub listeners: BTreeMap<String, Listener>,
     /// TLS certificates by name.
     pub certificates: BTreeMap<String, Certificate>,
+    /// Consumers by name.
+    pub consumers: BTreeMap<String, Consumer>,
 }
 
 impl StoreSnapshot {
@@ -46,31 +48,21 @@ impl StoreSnapshot {
                 .get(name)
                 .cloned()
                 .map(Resource::Certificate),
+            ResourceKind::Consumer => self.consumers.get(name).cloned().map(Resource::Consumer),
         }
     }
 
     /// All resources of a kind, ordered by name.
     pub fn list(&self, kind: ResourceKind) -> Vec<Resource> {
+        fn all<T: Clone>(map: &BTreeMap<String, T>, wrap: fn(T) -> Resource) -> Vec<Resource> {
+            map.values().cloned().map(wrap).collect()
+        }
         match kind {
-            ResourceKind::Cluster => self
-                .clusters
-                .values()
-                .cloned()
-                .map(Resource::Cluster)
-                .collect(),
-            ResourceKind::Route => self.routes.values().cloned().map(Resource::Route).collect(),
-            ResourceKind::Listener => self
-                .listeners
-                .values()
-                .cloned()
-                .map(Resource::Listener)
-                .collect(),
-            ResourceKind::Certificate => self
-                .certificates
-                .values()
-                .cloned()
-                .map(Resource::Certificate)
-                .collect(),
+            ResourceKind::Cluster => all(&self.clusters, Resource::Cluster),
+            ResourceKind::Route => all(&self.routes, Resource::Route),
+            ResourceKind::Listener => all(&self.listeners, Resource::Listener),
+            ResourceKind::Certificate => all(&self.certificates, Resource::Certificate),
+            ResourceKind::Consumer => all(&self.consumers, Resource::Consumer),
         }
     }
 
@@ -88,6 +80,9 @@ impl StoreSnapshot {
             Resource::Certificate(c) => {
                 self.certificates.insert(c.name.clone(), c);
             }
+            Resource::Consumer(c) => {
+                self.consumers.insert(c.name.clone(), c);
+            }
         }
     }
 
@@ -97,6 +92,7 @@ impl StoreSnapshot {
             ResourceKind::Route => self.routes.remove(name).is_some(),
             ResourceKind::Listener => self.listeners.remove(name).is_some(),
             ResourceKind::Certificate => self.certificates.remove(name).is_some(),
+            ResourceKind::Consumer => self.consumers.remove(name).is_some(),
         }
     }
 }
@@ -217,6 +213,16 @@ pub trait Backend: Send + 'static {
     ) -> Result<Vec<RevisionRecord>, StoreError>;
     /// Every resource as it was at `revision`.
     fn state_at(&mut self, revision: u64) -> Result<Vec<Resource>, StoreError>;
+    /// The server secret API keys are hashed under, created (random) on first use and kept.
+    fn api_key_secret(&mut self) -> Result<Vec<u8>, StoreError>;
+}
+
+/// A new random secret for keyed hashes.
+pub(crate) fn random_secret() -> Vec<u8> {
+    use rand::RngCore;
+    let mut secret = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    secret
 }
 
 /// One resource as a revision left it (`None`: deleted).
@@ -226,6 +232,7 @@ type RecordedChange = (ResourceKind, String, Option<Resource>);
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     history: Vec<(RevisionRecord, Vec<RecordedChange>)>,
+    secret: Option<Vec<u8>>,
 }
 
 impl Backend for MemoryBackend {
@@ -290,6 +297,10 @@ impl Backend for MemoryBackend {
         }
         Ok(state.into_values().collect())
     }
+
+    fn api_key_secret(&mut self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.secret.get_or_insert_with(random_secret).clone())
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -310,6 +321,7 @@ struct Inner {
     // and each write validates against the state it will replace.
     backend: Mutex<Box<dyn Backend>>,
     feed: watch::Sender<Arc<StoreSnapshot>>,
+    hasher: ApiKeyHasher,
 }
 
 impl std::fmt::Debug for Store {
@@ -324,11 +336,13 @@ impl Store {
     /// Opens a store over `backend`, loading its latest revision.
     pub fn open(mut backend: impl Backend) -> Result<Self, StoreError> {
         let snapshot = backend.load()?;
+        let hasher = ApiKeyHasher::new(backend.api_key_secret()?);
         let (feed, _) = watch::channel(Arc::new(snapshot));
         Ok(Self {
             inner: Arc::new(Inner {
                 backend: Mutex::new(Box::new(backend)),
                 feed,
+                hasher,
             }),
         })
     }
@@ -341,6 +355,11 @@ impl Store {
     /// Opens (creating if needed) a SQLite store at `path`.
     pub fn sqlite(path: &std::path::Path) -> Result<Self, StoreError> {
         Self::open(SqliteBackend::open(path)?)
+    }
+
+    /// Hashes API keys under this store's server secret.
+    pub fn api_key_hasher(&self) -> &ApiKeyHasher {
+        &self.inner.hasher
     }
 
     /// The current configuration.
@@ -502,6 +521,15 @@ fn plan(
                         .get(&cert.name)
                         .and_then(|c| c.key_pem.clone());
                 }
+                // Likewise API keys: a consumer written without keys keeps its stored hashes.
+                if let Resource::Consumer(consumer) = &mut resource
+                    && consumer.api_key_hashes.is_none()
+                {
+                    consumer.api_key_hashes = next
+                        .consumers
+                        .get(&consumer.name)
+                        .and_then(|c| c.api_key_hashes.clone());
+                }
                 resource.validate().map_err(|source| StoreError::Invalid {
                     kind: resource.kind(),
                     name: resource.name().to_owned(),
@@ -524,6 +552,7 @@ fn plan(
         &next.listeners,
         &next.certificates,
     )?;
+    check_unique_api_keys(&next.consumers)?;
     let changed = touched
         .into_keys()
         .filter_map(|(kind, name)| {

@@ -34,7 +34,12 @@ const MIGRATIONS: &[&str] = &[
     // 2: who made each revision, and a history index to rebuild any revision quickly.
     "ALTER TABLE revisions ADD COLUMN origin TEXT NOT NULL DEFAULT 'api';
      CREATE INDEX resource_history_by_resource ON resource_history (kind, name, revision);",
+    // 3: server-wide settings, such as the secret API keys are hashed under.
+    "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
+
+/// The settings key of the API-key hashing secret (hex).
+const API_KEY_SECRET: &str = "api_key_secret";
 
 /// A store backend in one SQLite file.
 #[derive(Debug)]
@@ -235,5 +240,38 @@ impl Backend for SqliteBackend {
             })
         })
         .collect()
+    }
+
+    fn api_key_secret(&mut self) -> Result<Vec<u8>, StoreError> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(backend_err("read settings"))?;
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![API_KEY_SECRET],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(backend_err("read settings"))?;
+        let secret = match stored {
+            Some(hex_secret) => hex::decode(hex_secret).map_err(|e| {
+                StoreError::Backend(format!(
+                    "sqlite: the stored API key secret is unreadable: {e}"
+                ))
+            })?,
+            None => {
+                let secret = super::random_secret();
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                    params![API_KEY_SECRET, hex::encode(&secret)],
+                )
+                .map_err(backend_err("write settings"))?;
+                secret
+            }
+        };
+        tx.commit().map_err(backend_err("write settings"))?;
+        Ok(secret)
     }
 }

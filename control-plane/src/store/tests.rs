@@ -293,3 +293,23 @@ async fn sqlite_history_and_rollback() {
     let dir = tempfile::tempdir().unwrap();
     history_and_rollback(Store::sqlite(&dir.path().join("t.db")).unwrap()).await;
 }
+
+#[test]
+fn sqlite_keeps_the_api_key_secret_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let first = Store::sqlite(&path)
+        .unwrap()
+        .api_key_hasher()
+        .hash("some-key-0123456789");
+    let again = Store::sqlite(&path)
+        .unwrap()
+        .api_key_hasher()
+        .hash("some-key-0123456789");
+    assert_eq!(first, again);
+    let elsewhere = Store::sqlite(&dir.path().join("other.db"))
+        .unwrap()
+        .api_key_hasher()
+        .hash("some-key-0123456789");
+    assert_ne!(first, elsewhere, "each store has its own random secret");
+}

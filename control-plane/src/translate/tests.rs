@@ -41,6 +41,7 @@ fn load(name: &str) -> StoreSnapshot {
             .map(|l| (l.name.clone(), l))
             .collect(),
         certificates: Default::default(),
+        consumers: Default::default(),
     };
     for c in snapshot.clusters.values() {
         crate::model::Resource::Cluster(c.clone())
