@@ -981,6 +981,28 @@ async fn every_operation_is_documented_and_every_documented_operation_is_served(
     assert_eq!(served, document);
 }
 
+/// Everything the API shows about a resource kind: its list, the named item, the export, a
+/// dry-run diff against an empty config, and the revision history, concatenated.
+async fn everything_shown(app: &axum::Router, collection: &str, name: &str) -> String {
+    let mut shown = String::new();
+    for path in [
+        &format!("{collection}/{name}"),
+        collection,
+        "/v1/config",
+        "/v1/revisions",
+    ] {
+        shown += &call(app, Method::GET, path, None, Some(TOKEN))
+            .await
+            .1
+            .to_string();
+    }
+    shown += &put(app, "/v1/config?dry_run=true", json!({}))
+        .await
+        .1
+        .to_string();
+    shown
+}
+
 /// A self-signed certificate for `names` and its PEM private key.
 fn self_signed(names: &[&str]) -> (String, String) {
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -1013,33 +1035,11 @@ async fn certificate_keys_are_write_only_and_checked() {
     );
 
     // The key is never returned: not by GET, list, export, dry-run diffs or history.
-    let mut seen = Vec::new();
-    for path in [
-        "/v1/certificates/api",
-        "/v1/certificates",
-        "/v1/config",
-        "/v1/revisions",
-    ] {
-        seen.push(
-            call(&app, Method::GET, path, None, Some(TOKEN))
-                .await
-                .1
-                .to_string(),
-        );
-    }
-    seen.push(
-        put(&app, "/v1/config?dry_run=true", json!({}))
-            .await
-            .1
-            .to_string(),
+    let shown = everything_shown(&app, "/v1/certificates", "api").await + &body.to_string();
+    assert!(
+        !shown.contains(&marker) && !shown.contains("PRIVATE KEY"),
+        "key leaked: {shown}"
     );
-    seen.push(body.to_string());
-    for text in &seen {
-        assert!(
-            !text.contains(&marker) && !text.contains("PRIVATE KEY"),
-            "key leaked: {text}"
-        );
-    }
 
     // Replacing without a key keeps the stored one; the export re-applies unchanged.
     let (status, body) = put(&app, "/v1/certificates/api", json!({"cert_pem": cert})).await;
@@ -1136,32 +1136,11 @@ async fn consumer_api_keys_are_write_only_hashed_and_unique() {
     );
 
     // Neither the key nor its full hash is ever shown.
-    let mut seen = vec![body.to_string()];
-    for path in [
-        "/v1/consumers/acme",
-        "/v1/consumers",
-        "/v1/config",
-        "/v1/revisions",
-    ] {
-        seen.push(
-            call(&app, Method::GET, path, None, Some(TOKEN))
-                .await
-                .1
-                .to_string(),
-        );
-    }
-    seen.push(
-        put(&app, "/v1/config?dry_run=true", json!({}))
-            .await
-            .1
-            .to_string(),
+    let shown = everything_shown(&app, "/v1/consumers", "acme").await + &body.to_string();
+    assert!(
+        !shown.contains(key) && !shown.contains(&hash),
+        "leaked: {shown}"
     );
-    for text in &seen {
-        assert!(
-            !text.contains(key) && !text.contains(&hash),
-            "leaked: {text}"
-        );
-    }
 
     // Omitted keys are kept (so an export re-applies unchanged); [] removes them.
     let (_, body) = put(&app, "/v1/consumers/acme", json!({"tier": "enterprise"})).await;
