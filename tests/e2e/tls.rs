@@ -59,8 +59,22 @@ async fn get_tls(
 }
 
 #[tokio::test]
-async fn envoy_terminates_tls_with_sds_certificates_chosen_by_sni() {
-    let Some(fleet) = Fleet::start("envoy-tls", true).await else {
+async fn sotw_envoy_terminates_tls_with_sds_certificates_chosen_by_sni() {
+    terminates_tls(false).await;
+}
+
+#[tokio::test]
+async fn delta_envoy_terminates_tls_with_sds_certificates_chosen_by_sni() {
+    terminates_tls(true).await;
+}
+
+async fn terminates_tls(delta: bool) {
+    let node_id = if delta {
+        "envoy-tls-delta"
+    } else {
+        "envoy-tls-sotw"
+    };
+    let Some(fleet) = Fleet::start(node_id, delta).await else {
         return;
     };
     fleet.install_base_config().await;
