@@ -54,11 +54,31 @@ async fn obeys_admin_changes(delta: bool) {
     assert_eq!(seen["path"], "/v2/users");
     assert!(seen["headers"].get("x-route").is_none());
 
+    // Header values are literal: `%` is not Envoy's substitution syntax to users.
+    let revision = fleet
+        .cp
+        .put_ok(
+            "routes",
+            "api",
+            json!({"match": {"path_prefix": "/api"}, "cluster": "b",
+            "request_headers": {"set": {"x-discount": "50% off %UPSTREAM_HOST%"}},
+            "response_headers": {"add": {"x-rate": "100%"}}}),
+        )
+        .await
+        .unwrap();
+    fleet.cp.wait_converged(revision, CONVERGE).await.unwrap();
+    let response = fleet.get("/api/users").await;
+    assert_eq!(response.header("x-rate"), Some("100%"));
+    assert_eq!(
+        response.json().unwrap()["headers"]["x-discount"],
+        "50% off %UPSTREAM_HOST%"
+    );
+
     // Deleting the route gives 404.
     let revision = fleet.cp.delete_ok("routes", "api").await.unwrap();
     fleet.cp.wait_converged(revision, CONVERGE).await.unwrap();
     assert_eq!(fleet.get("/api/users").await.status, 404);
-    assert_eq!(fleet.upstream_b.request_count(), 1);
+    assert_eq!(fleet.upstream_b.request_count(), 2);
 }
 
 #[tokio::test]

@@ -287,7 +287,9 @@ fn header_values(mutations: &HeaderMutations) -> Vec<core_pb::HeaderValueOption>
         |name: &String, value: &String, action: HeaderAppendAction| core_pb::HeaderValueOption {
             header: Some(core_pb::HeaderValue {
                 key: name.clone(),
-                value: value.clone(),
+                // Envoy reads `%…%` in header values as per-request substitutions; the values
+                // users give are literal, so `%` is escaped.
+                value: value.replace('%', "%%"),
                 ..Default::default()
             }),
             append_action: action as i32,

@@ -360,3 +360,30 @@ fn tls_listeners_pick_certificates_by_sni_and_fetch_them_over_sds() {
     let debug = format!("{snapshot:?}");
     assert!(!debug.contains("PRIVATE KEY"));
 }
+
+#[test]
+fn header_values_are_literal_for_envoy() {
+    let mut store = load("basic");
+    store
+        .routes
+        .get_mut("users-api")
+        .unwrap()
+        .request_headers
+        .set
+        .insert("x-discount".to_owned(), "50% %HOST%".to_owned());
+    let snapshot = translate(&store, &edge()).unwrap();
+    let config: route_pb::RouteConfiguration =
+        decode(&snapshot.resources(ResourceType::Route)["public"]);
+    let value = config.virtual_hosts[0]
+        .routes
+        .iter()
+        .find(|r| r.name == "users-api")
+        .unwrap()
+        .request_headers_to_add
+        .iter()
+        .find_map(|h| h.header.as_ref().filter(|h| h.key == "x-discount"))
+        .unwrap()
+        .value
+        .clone();
+    assert_eq!(value, "50%% %%HOST%%");
+}
