@@ -472,6 +472,21 @@ pub(crate) async fn healthz(State(state): State<AdminState>) -> Json<Health> {
     })
 }
 
+/// Prometheus metrics, without auth (they carry counts, never names or secrets).
+pub(crate) async fn metrics(State(state): State<AdminState>) -> impl axum::response::IntoResponse {
+    let body = state
+        .store
+        .metrics()
+        .render(state.store.current().revision, &state.registry.list());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
 /// Connected proxies and what each has acked or rejected.
 #[utoipa::path(get, path = "/nodes", tag = "fleet",
     responses(

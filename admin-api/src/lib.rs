@@ -157,6 +157,7 @@ pub fn router(state: AdminState) -> Router {
         .split_for_parts();
     Router::new()
         .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
         .nest("/v1", v1)
         .fallback(handlers::not_found)
         .layer(axum::middleware::map_response(error::json_errors))

@@ -1190,3 +1190,101 @@ async fn consumer_api_keys_are_write_only_hashed_and_unique() {
     let (_, body) = put(&app, "/v1/consumers/acme", json!({"api_keys": []})).await;
     assert_eq!(body["consumer"]["api_key_ids"], json!([]));
 }
+
+/// Parses the Prometheus text format into `(series with labels, value)` pairs, checking that
+/// every sample line is well formed.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("malformed sample line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("malformed value in {line:?}"));
+        if let Some(open) = series.find('{') {
+            assert!(series.ends_with('}'), "unclosed labels in {line:?}");
+            assert!(
+                series[open + 1..series.len() - 1]
+                    .split(',')
+                    .all(|kv| kv.contains("=\"")),
+                "{line:?}"
+            );
+        }
+        samples.insert(series.to_owned(), value);
+    }
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    samples
+}
+
+#[tokio::test]
+async fn metrics_count_store_writes_exactly() {
+    let (app, _) = app();
+    put(&app, "/v1/clusters/a", json!({})).await; // committed
+    put(&app, "/v1/clusters/a", json!({})).await; // unchanged
+    put(&app, "/v1/clusters/b", json!({"connect_timeout_ms": 0})).await; // rejected
+    put(
+        &app,
+        "/v1/routes/r",
+        json!({"match": {}, "cluster": "ghost"}),
+    )
+    .await; // rejected
+    call(
+        &app,
+        Method::POST,
+        "/v1/revisions/1/rollback",
+        None,
+        Some(TOKEN),
+    )
+    .await; // unchanged
+    let request = Request::get("/metrics").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "no token needed");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let samples = parse_metrics(&text);
+    let get = |series: &str| {
+        samples
+            .get(series)
+            .copied()
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+    };
+    assert_eq!(
+        get(r#"tollgate_store_writes_total{outcome="committed"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"tollgate_store_writes_total{outcome="unchanged"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"tollgate_store_writes_total{outcome="rejected"}"#),
+        2.0
+    );
+    assert_eq!(get("tollgate_store_write_duration_seconds_count"), 5.0);
+    assert_eq!(get("tollgate_store_revision"), 1.0);
+    assert_eq!(
+        get(r#"tollgate_xds_connected_nodes{kind="envoy",protocol="sotw"}"#),
+        0.0
+    );
+}

@@ -6,6 +6,7 @@
 //! [`xds::nodes`] registry records what each proxy acked or rejected.
 
 pub mod cache;
+pub mod metrics;
 pub mod model;
 pub mod store;
 pub mod translate;

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::metrics::{self, Metrics};
+
 use crate::model::{
     ApiKeyHasher, Certificate, Cluster, Consumer, Listener, ReferenceError, Resource, ResourceKind,
     Route, ValidationError, check_references, check_unique_api_keys,
@@ -34,6 +36,9 @@ pub struct StoreSnapshot {
     pub certificates: BTreeMap<String, Certificate>,
     /// Consumers by name.
     pub consumers: BTreeMap<String, Consumer>,
+    /// When this revision was committed by this process (`None` for the revision loaded at
+    /// start-up); lets the xDS side measure commit-to-ACK time without reading clocks itself.
+    pub committed_at: Option<std::time::Instant>,
 }
 
 impl StoreSnapshot {
@@ -322,6 +327,7 @@ struct Inner {
     backend: Mutex<Box<dyn Backend>>,
     feed: watch::Sender<Arc<StoreSnapshot>>,
     hasher: ApiKeyHasher,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Store {
@@ -343,6 +349,7 @@ impl Store {
                 backend: Mutex::new(Box::new(backend)),
                 feed,
                 hasher,
+                metrics: Arc::new(Metrics::default()),
             }),
         })
     }
@@ -355,6 +362,11 @@ impl Store {
     /// Opens (creating if needed) a SQLite store at `path`.
     pub fn sqlite(path: &std::path::Path) -> Result<Self, StoreError> {
         Self::open(SqliteBackend::open(path)?)
+    }
+
+    /// The control plane's metrics; the store records its writes here.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Hashes API keys under this store's server secret.
@@ -449,6 +461,23 @@ impl Inner {
         origin: &str,
         changes: impl FnOnce(&mut dyn Backend) -> Result<Vec<Change>, StoreError>,
     ) -> Result<WriteOutcome, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.write_locked(origin, changes);
+        let outcome = match &result {
+            Ok(out) if out.changed.is_empty() => metrics::WriteOutcome::Unchanged,
+            Ok(_) => metrics::WriteOutcome::Committed,
+            Err(StoreError::Backend(_)) => metrics::WriteOutcome::Failed,
+            Err(_) => metrics::WriteOutcome::Rejected,
+        };
+        self.metrics.store_write(outcome, started.elapsed());
+        result
+    }
+
+    fn write_locked(
+        &self,
+        origin: &str,
+        changes: impl FnOnce(&mut dyn Backend) -> Result<Vec<Change>, StoreError>,
+    ) -> Result<WriteOutcome, StoreError> {
         let mut backend = self.lock()?;
         let changes = changes(backend.as_mut())?;
         let current = self.feed.borrow().clone();
@@ -460,6 +489,7 @@ impl Inner {
             });
         }
         next.revision = current.revision + 1;
+        next.committed_at = Some(std::time::Instant::now());
         let records: Vec<_> = changed
             .iter()
             .map(|c| (c.clone(), next.get(c.kind, &c.name)))

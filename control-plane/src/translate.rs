@@ -161,6 +161,8 @@ impl XdsResource {
 pub struct XdsSnapshot {
     /// The store revision this was built from.
     pub revision: u64,
+    /// When that revision was committed, if by this process (carried, not read from a clock).
+    pub committed_at: Option<std::time::Instant>,
     resources: [BTreeMap<String, XdsResource>; 5],
     /// Names each type's resources are referred to by from other resources (RDS and SDS names
     /// from listeners, EDS names from clusters, clusters from routes).
@@ -229,6 +231,7 @@ pub enum TranslateError {
 pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot, TranslateError> {
     let mut out = XdsSnapshot {
         revision: store.revision,
+        committed_at: store.committed_at,
         ..XdsSnapshot::default()
     };
     for cluster in store.clusters.values() {

@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::cache::SnapshotCache;
 use crate::store::Store;
-use crate::translate::{NodeGroup, NodeKind};
+use crate::translate::{NodeGroup, NodeKind, ResourceType};
 use nodes::{NodeRegistry, NodeStatus};
 use stream::RequestKind;
 use stream::StreamState;
@@ -232,12 +232,26 @@ impl AdsServer {
         let mut feed = self.store.subscribe();
         let mut shutdown = self.shutdown.clone();
         let mut state = StreamState::default();
+        let metrics = self.store.metrics().clone();
         let snapshot = feed.borrow_and_update().clone();
         state.on_snapshot(self.cache.get(&group, &snapshot));
         let mut next = Some(first);
         loop {
             if let Some(req) = next.take() {
                 let kind = P::apply(&mut state, &req);
+                let ty = ResourceType::from_type_url(P::type_url(&req));
+                match (kind, ty) {
+                    (RequestKind::Ack, Some(ty)) => {
+                        let since_commit = state
+                            .types
+                            .get(&ty)
+                            .and_then(|st| st.acked_committed_at)
+                            .map(|at| at.elapsed());
+                        metrics.acked(ty.short_name(), since_commit);
+                    }
+                    (RequestKind::Nack, Some(ty)) => metrics.nacked(ty.short_name()),
+                    _ => {}
+                }
                 match kind {
                     RequestKind::Nack => tracing::warn!(
                         type_url = P::type_url(&req),
@@ -254,6 +268,9 @@ impl AdsServer {
             for resp in P::poll(&mut state) {
                 let (type_url, nonce, count) = P::describe(&resp);
                 tracing::debug!(type_url, nonce, resources = count, "push");
+                if let Some(ty) = ResourceType::from_type_url(type_url) {
+                    metrics.pushed(ty.short_name());
+                }
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }

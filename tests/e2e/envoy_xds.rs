@@ -247,6 +247,30 @@ async fn nack_is_reported_and_not_repeated(delta: bool) {
     );
     assert_eq!(fleet.envoy.stat(rejected_stat).await.unwrap(), Some(1));
 
+    // The control plane's metrics agree: exactly one NACK, of routes; one Envoy connected.
+    let metrics = support::get(&format!("{}/metrics", fleet.cp.admin_url()), None)
+        .await
+        .unwrap()
+        .body;
+    let sample = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("{series} missing in\n{metrics}"))
+    };
+    assert_eq!(sample(r#"tollgate_xds_nacks_total{type="routes"}"#), 1.0);
+    let protocol = if delta { "delta" } else { "sotw" };
+    assert_eq!(
+        sample(&format!(
+            r#"tollgate_xds_connected_nodes{{kind="envoy",protocol="{protocol}"}}"#
+        )),
+        1.0
+    );
+    assert!(sample(r#"tollgate_xds_commit_to_ack_seconds_count{type="clusters"}"#) >= 1.0);
+
     // Fixing the config clears the rejection.
     let revision = fleet.cp.delete_ok("routes", "huge").await.unwrap();
     fleet.cp.wait_converged(revision, CONVERGE).await.unwrap();

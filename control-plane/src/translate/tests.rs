@@ -42,6 +42,7 @@ fn load(name: &str) -> StoreSnapshot {
             .collect(),
         certificates: Default::default(),
         consumers: Default::default(),
+        committed_at: None,
     };
     for c in snapshot.clusters.values() {
         crate::model::Resource::Cluster(c.clone())

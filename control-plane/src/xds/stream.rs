@@ -32,6 +32,7 @@ pub(crate) enum RequestKind {
 pub(crate) struct InFlight {
     pub(crate) nonce: String,
     pub(crate) revision: u64,
+    pub(crate) committed_at: Option<std::time::Instant>,
 }
 
 /// A rejected response, as the client explained it.
@@ -75,6 +76,8 @@ pub(crate) struct TypeState {
     /// The client rejected the last response; the same content is not sent again.
     pub(crate) rejecting: bool,
     pub(crate) acked: Option<Ack>,
+    /// When the revision of the last accepted response was committed, for commit-to-ACK time.
+    pub(crate) acked_committed_at: Option<std::time::Instant>,
     pub(crate) last_nack: Option<Nack>,
     pub(crate) synced_revision: Option<u64>,
     pub(crate) responses_sent: u64,
@@ -134,6 +137,7 @@ impl TypeState {
     fn on_ack(&mut self, version: String) {
         if let Some(in_flight) = self.in_flight.take() {
             self.rejecting = false;
+            self.acked_committed_at = in_flight.committed_at;
             self.acked = Some(Ack {
                 version,
                 revision: in_flight.revision,
@@ -249,6 +253,7 @@ impl StreamState {
                 st.in_flight = Some(InFlight {
                     nonce: nonce.clone(),
                     revision: snapshot.revision,
+                    committed_at: snapshot.committed_at,
                 });
                 st.last_nonce = Some(nonce.clone());
                 pushes.push(Push {
