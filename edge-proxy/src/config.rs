@@ -4,13 +4,16 @@
 //! goes through a `TryFrom` here; one that fails is NACKed with the [`ConfigError`] message and
 //! the last good snapshot keeps serving. Nothing past this module touches prost types.
 //!
-//! So far only RDS exists: [`route::RouteTable`].
+//! RDS becomes a [`route::RouteTable`], CDS and EDS [`cluster::Cluster`] and
+//! [`cluster::Endpoints`], LDS a [`listener::Listener`] and SDS a [`listener::TlsCertificate`].
 //!
 //! The rule throughout is Envoy's behaviour, or a NACK. A field that would change how a request
 //! is handled and is not implemented here rejects the resource, naming the field. Ignoring it
 //! would make the proxy answer differently from an Envoy given the same snapshot. Only purely
 //! cosmetic fields (names, stat prefixes, metadata, decorators) are skipped.
 
+pub mod cluster;
+pub mod listener;
 pub mod route;
 
 use std::fmt;
@@ -35,12 +38,24 @@ pub struct ConfigError {
 pub enum Resource {
     /// An RDS `RouteConfiguration`, by name.
     RouteConfig(String),
+    /// A CDS `Cluster`, by name.
+    Cluster(String),
+    /// An EDS `ClusterLoadAssignment`, by cluster name.
+    Endpoints(String),
+    /// An LDS `Listener`, by name.
+    Listener(String),
+    /// An SDS `Secret`, by name.
+    Secret(String),
 }
 
 impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::RouteConfig(name) => write!(f, "route config {name}"),
+            Self::Cluster(name) => write!(f, "cluster {name}"),
+            Self::Endpoints(name) => write!(f, "endpoints of cluster {name}"),
+            Self::Listener(name) => write!(f, "listener {name}"),
+            Self::Secret(name) => write!(f, "secret {name}"),
         }
     }
 }
@@ -163,6 +178,28 @@ impl<T> Within for Result<T, Rejection> {
 
     fn at(self, field: &'static str, index: usize) -> Self {
         self.map_err(|e| e.at(field, index))
+    }
+}
+
+/// A proto `Duration` as a std one; negative or malformed durations are invalid.
+pub(crate) fn duration(
+    d: &tollgate_proto::google::protobuf::Duration,
+) -> Result<std::time::Duration, Reason> {
+    let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
+        return Err(Reason::Invalid("must not be negative".into()));
+    };
+    if nanos >= 1_000_000_000 {
+        return Err(Reason::Invalid("nanos must be below one second".into()));
+    }
+    Ok(std::time::Duration::new(secs, nanos))
+}
+
+/// Refuses values that would split or truncate a header or log line.
+pub(crate) fn no_control_chars(value: &str) -> Result<(), Reason> {
+    if value.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
+        Err(Reason::Invalid(format!("{value:?} contains NUL, CR or LF")))
+    } else {
+        Ok(())
     }
 }
 

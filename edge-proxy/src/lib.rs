@@ -5,8 +5,9 @@
 //! to a cluster's endpoints (CDS/EDS). It will hold the whole configuration in one immutable
 //! snapshot that is swapped atomically.
 //!
-//! So far only the first validated piece exists: [`config::route::RouteTable`]. It turns an RDS
-//! `RouteConfiguration` into a route table with Envoy's matching semantics, or rejects it with
-//! an error fit for a NACK. There is no xDS client, listener or upstream yet.
+//! So far the validation layer exists ([`config`]): every xDS resource type the control plane
+//! serves (LDS, RDS, CDS, EDS, SDS) becomes a validated domain type with Envoy's semantics, or
+//! an error fit for a NACK that names the offending field. There is no xDS client, listener
+//! socket or upstream connection yet.
 
 pub mod config;

@@ -22,9 +22,11 @@ use regex::{Regex, RegexBuilder};
 use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
-use tollgate_proto::google::protobuf as pb;
 
-use super::{ConfigError, Reason, Rejection, Resource, Within as _, reject_if, reject_set};
+use super::{
+    ConfigError, Reason, Rejection, Resource, Within as _, duration, no_control_chars, reject_if,
+    reject_set,
+};
 
 /// Envoy's upstream timeout for a route that does not set one.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -2163,23 +2165,5 @@ fn literal_header_value(value: &str) -> Result<Cow<'_, str>, Reason> {
 }
 
 /// Envoy's rule for strings that end up in headers (`HTTP_HEADER_VALUE`): no NUL, CR or LF.
-fn no_control_chars(value: &str) -> Result<(), Reason> {
-    if value.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
-        Err(Reason::Invalid(format!("{value:?} contains NUL, CR or LF")))
-    } else {
-        Ok(())
-    }
-}
-
-fn duration(d: &pb::Duration) -> Result<Duration, Reason> {
-    let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
-        return Err(Reason::Invalid("must not be negative".into()));
-    };
-    if nanos >= 1_000_000_000 {
-        return Err(Reason::Invalid("nanos must be below one second".into()));
-    }
-    Ok(Duration::new(secs, nanos))
-}
-
 #[cfg(test)]
 mod tests;

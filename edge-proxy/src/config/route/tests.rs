@@ -1878,8 +1878,7 @@ fn accepts_what_the_control_plane_translator_emits() {
         clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
         routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
         listeners: listeners.into_iter().map(|l| (l.name.clone(), l)).collect(),
-        certificates: Default::default(),
-        consumers: Default::default(),
+        ..Default::default()
     };
     let node = NodeGroup {
         kind: NodeKind::Tollgate,
