@@ -382,11 +382,16 @@ fn print_dev_banner(running: &Running, db: &Path, token: &str) {
          admin token  {token}\n  \
          xDS (ADS)    {xds}\n  \
          store        {db}\n\n\
-         Try:  curl -H 'Authorization: Bearer {token}' http://{admin}/v1/nodes\n\
-         Point an Envoy at it with examples/envoy/bootstrap.yaml (set its port_value to {xds_port}).",
+         Try:  curl -H 'Authorization: Bearer {token}' http://{admin}/v1/nodes\n\n\
+         Traffic is served by the proxies you point at it: `envoy -c examples/envoy/bootstrap.yaml`\n\
+         expects ADS on 127.0.0.1:18000{moved}. Tollgate's own edge proxy is not bundled here yet.",
         admin = running.admin_addr,
         xds = running.xds_addr,
-        xds_port = running.xds_addr.port(),
+        moved = if running.xds_addr.port() == 18000 {
+            String::new()
+        } else {
+            format!(" (edit its xDS port_value to {})", running.xds_addr.port())
+        },
         db = db.display(),
     );
 }
