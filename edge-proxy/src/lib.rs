@@ -7,7 +7,10 @@
 //!
 //! So far the validation layer exists ([`config`]): every xDS resource type the control plane
 //! serves (LDS, RDS, CDS, EDS, SDS) becomes a validated domain type with Envoy's semantics, or
-//! an error fit for a NACK that names the offending field. There is no xDS client, listener
-//! socket or upstream connection yet.
+//! an error fit for a NACK that names the offending field. The xDS client ([`xds`]) keeps a
+//! Delta ADS stream to the control plane and publishes each complete, validated state as one
+//! [`snapshot::Snapshot`]; there is no listener socket or upstream connection yet.
 
 pub mod config;
+pub mod snapshot;
+pub mod xds;
