@@ -512,7 +512,7 @@ impl Inner {
 }
 
 /// The changes that turn `current` into exactly `wanted`: puts for every wanted resource,
-/// deletes for the rest (unchanged ones are dropped by [`plan`]).
+/// deletes for the rest (unchanged ones are dropped when the write is planned).
 pub fn replace_all(current: &StoreSnapshot, wanted: Vec<Resource>) -> Vec<Change> {
     let keep: std::collections::BTreeSet<(ResourceKind, &str)> =
         wanted.iter().map(|r| (r.kind(), r.name())).collect();
