@@ -7,3 +7,4 @@ mod envoy_xds;
 mod fixtures;
 mod openapi;
 mod tls;
+mod websocket;

@@ -77,6 +77,11 @@ pub(super) fn translate(
         // These proxies sit at the edge: the peer address is the client (Envoy's edge
         // best practices), and paths are normalised before matching so that `/a/../b` and
         // `//b` cannot slip past a route meant for `/b`.
+        // WebSocket works through the gateway, as Kong and nginx users expect.
+        upgrade_configs: vec![hcm_pb::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_owned(),
+            ..Default::default()
+        }],
         use_remote_address: Some(BoolValue { value: true }),
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,

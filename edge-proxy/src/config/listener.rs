@@ -95,8 +95,8 @@ pub struct TlsTermination {
 ///
 /// Some behaviour is not configurable because the only value accepted is Envoy's default. An
 /// incoming `x-forwarded-client-cert` is removed (`SANITIZE`). The `server` response header is
-/// overwritten. Escaped slashes in paths are left alone. HTTP/1.1 upgrades such as WebSocket
-/// are refused (Envoy answers 403), since no `upgrade_configs` are accepted yet.
+/// overwritten. Escaped slashes in paths are left alone. The only HTTP/1.1 upgrade accepted is
+/// WebSocket (see [`HttpSettings::websocket`]); others are refused, as Envoy answers 403.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// `stat_prefix`, for metrics.
@@ -134,6 +134,9 @@ pub struct HttpSettings {
     pub max_request_headers_kb: u32,
     /// The most request headers accepted (default 100); more gets 431.
     pub max_headers_count: u32,
+    /// Whether WebSocket upgrades (`Upgrade: websocket`) are proxied (an `upgrade_configs`
+    /// entry of type `websocket`). Without it, upgrade requests get 403, as from Envoy.
+    pub websocket: bool,
 }
 
 /// Timeouts of an HTTP connection manager; `None` means none.
@@ -1374,7 +1377,6 @@ fn http_connection_manager(
             *represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         ),
-        (!upgrade_configs.is_empty(), "upgrade_configs"),
         (request_id_extension.is_some(), "request_id_extension"),
         (local_reply_config.is_some(), "local_reply_config"),
         (*strip_matching_host_port, "strip_matching_host_port"),
@@ -1496,6 +1498,7 @@ fn http_connection_manager(
             .map_err(|r| Rejection::new("drain_timeout", r))?
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
     };
+    let websocket = upgrades(upgrade_configs)?;
     Ok(HttpSettings {
         stat_prefix: stat_prefix.clone(),
         route_config_name,
@@ -1513,7 +1516,42 @@ fn http_connection_manager(
         timeouts,
         max_request_headers_kb,
         max_headers_count: common.max_headers_count,
+        websocket,
     })
+}
+
+/// Reads `upgrade_configs`: WebSocket, with no upgrade-specific filters and enabled, is the one
+/// upgrade implemented; returns whether it is on.
+fn upgrades(configs: &[hcm_pb::http_connection_manager::UpgradeConfig]) -> Result<bool, Rejection> {
+    let mut websocket = false;
+    for (i, config) in configs.iter().enumerate() {
+        let hcm_pb::http_connection_manager::UpgradeConfig {
+            upgrade_type,
+            filters,
+            enabled,
+        } = config;
+        if !upgrade_type.eq_ignore_ascii_case("websocket") {
+            return Err(Rejection::new(
+                "upgrade_type",
+                Reason::UnsupportedValue(format!("{upgrade_type:?} (only websocket is)")),
+            )
+            .at("upgrade_configs", i));
+        }
+        if !filters.is_empty() {
+            return Err(Rejection::unsupported("filters").at("upgrade_configs", i));
+        }
+        if enabled.as_ref().is_some_and(|e| !e.value) {
+            // Disabled here and enabled per route is route-level upgrade config, which the
+            // route table does not implement.
+            return Err(Rejection::new(
+                "enabled",
+                Reason::UnsupportedValue("false (per-route upgrades are not supported)".to_owned()),
+            )
+            .at("upgrade_configs", i));
+        }
+        websocket = true;
+    }
+    Ok(websocket)
 }
 
 fn rds(proto: &hcm_pb::Rds) -> Result<String, Rejection> {

@@ -185,6 +185,7 @@ fn default_settings(route: &str) -> HttpSettings {
         },
         max_request_headers_kb: DEFAULT_MAX_REQUEST_HEADERS_KB,
         max_headers_count: DEFAULT_MAX_HEADERS_COUNT,
+        websocket: false,
     }
 }
 
@@ -1061,10 +1062,10 @@ fn unsupported_or_invalid_listeners_are_rejected_naming_the_field() {
             &unsupported,
         ),
         (
-            format!("{HCM}.upgrade_configs"),
+            format!("{HCM}.upgrade_configs[0].upgrade_type"),
             plain,
             Box::new(|l| edit_hcm(l, |h| h.upgrade_configs = vec![Default::default()])),
-            &unsupported,
+            &unsupported_value,
         ),
         (
             format!("{HCM}.forward_client_cert_details"),
@@ -1274,10 +1275,28 @@ fn rejection_messages_read_well() {
          (type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors)"
     );
     let mut proto = plain();
-    edit_hcm(&mut proto, |h| h.upgrade_configs = vec![Default::default()]);
+    edit_hcm(&mut proto, |h| {
+        h.upgrade_configs = vec![hcm_pb::http_connection_manager::UpgradeConfig {
+            upgrade_type: "CONNECT".to_owned(),
+            ..Default::default()
+        }]
+    });
     assert_eq!(
         Listener::try_from(&proto).unwrap_err().to_string(),
-        "listener public: filter_chains[0].filters[0].typed_config.upgrade_configs: not supported"
+        "listener public: filter_chains[0].filters[0].typed_config.upgrade_configs[0].upgrade_type: \
+         not supported: \"CONNECT\" (only websocket is)"
+    );
+    let mut proto = plain();
+    edit_hcm(&mut proto, |h| {
+        h.upgrade_configs = vec![hcm_pb::http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_owned(),
+            ..Default::default()
+        }]
+    });
+    assert!(
+        Listener::try_from(&proto).unwrap().chains()[0]
+            .http
+            .websocket
     );
 }
 
@@ -1603,7 +1622,12 @@ fn accepts_what_the_control_plane_translator_emits() {
     assert_eq!(public.address(), "0.0.0.0:8080".parse().unwrap());
     assert!(!public.is_tls());
     assert_eq!(public.chains().len(), 1);
-    assert_eq!(public.chains()[0].http, default_settings("public"));
+    // The control plane turns WebSocket upgrades on for every listener.
+    let translated = |route: &str| HttpSettings {
+        websocket: true,
+        ..default_settings(route)
+    };
+    assert_eq!(public.chains()[0].http, translated("public"));
 
     let secure = &listeners[1];
     assert_eq!(secure.address(), "0.0.0.0:8443".parse().unwrap());
@@ -1631,7 +1655,7 @@ fn accepts_what_the_control_plane_translator_emits() {
         ]
     );
     for chain in secure.chains().iter().chain(secure.default_chain()) {
-        assert_eq!(chain.http, default_settings("secure"));
+        assert_eq!(chain.http, translated("secure"));
         assert_eq!(
             chain.tls.as_ref().unwrap().alpn,
             ["h2".to_owned(), "http/1.1".to_owned()]
