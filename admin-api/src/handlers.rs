@@ -285,9 +285,10 @@ async fn put<K: Kind>(
     let resource = K::into_resource(spec, name.clone(), state.store.api_key_hasher())?;
     let outcome = state.store.write(vec![Change::Put(resource)]).await?;
     let created = outcome.changed.iter().any(|c| c.op == ChangeOp::Created);
-    let stored = state
-        .store
-        .current()
+    // From the snapshot this write produced: a concurrent write may already have replaced or
+    // deleted the resource in the store's current state.
+    let stored = outcome
+        .snapshot
         .get(K::KIND, &name)
         .and_then(K::from_resource)
         .ok_or_else(|| ApiError::Internal(format!("{} {name} missing after its write", K::KIND)))?;

@@ -141,12 +141,16 @@ pub enum ChangeOp {
 }
 
 /// The outcome of a successful write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
     /// The store's revision after the write. Unchanged when the write changed nothing.
     pub revision: u64,
     /// What changed; empty for a write that repeated the current state.
     pub changed: Vec<ChangedResource>,
+    /// The configuration this write produced (for a dry run, would produce). Read the written
+    /// resources from here, not from [`Store::current`]: a concurrent write may already have
+    /// replaced or deleted them.
+    pub snapshot: Arc<StoreSnapshot>,
 }
 
 /// Why a write was refused or failed. A refused write changes nothing.
@@ -439,10 +443,11 @@ impl Store {
     /// As [`Store::write`], but only reports what would change.
     pub fn dry_run(&self, changes: Vec<Change>) -> Result<WriteOutcome, StoreError> {
         let current = self.current();
-        let (_, changed) = plan(&current, changes)?;
+        let (next, changed) = plan(&current, changes)?;
         Ok(WriteOutcome {
             revision: current.revision,
             changed,
+            snapshot: Arc::new(next),
         })
     }
 }
@@ -486,6 +491,7 @@ impl Inner {
             return Ok(WriteOutcome {
                 revision: current.revision,
                 changed,
+                snapshot: current,
             });
         }
         next.revision = current.revision + 1;
@@ -506,8 +512,13 @@ impl Inner {
             changes = changed.len(),
             "store revision committed"
         );
-        self.feed.send_replace(Arc::new(next));
-        Ok(WriteOutcome { revision, changed })
+        let snapshot = Arc::new(next);
+        self.feed.send_replace(snapshot.clone());
+        Ok(WriteOutcome {
+            revision,
+            changed,
+            snapshot,
+        })
     }
 }
 

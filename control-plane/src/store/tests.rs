@@ -313,3 +313,27 @@ fn sqlite_keeps_the_api_key_secret_across_reopen() {
         .hash("some-key-0123456789");
     assert_ne!(first, elsewhere, "each store has its own random secret");
 }
+
+#[tokio::test]
+async fn a_write_reports_the_snapshot_it_made_even_after_later_writes() {
+    let store = Store::in_memory();
+    let created = store
+        .write(vec![Change::Put(cluster("a", 1))])
+        .await
+        .unwrap();
+    store
+        .write(vec![Change::Delete {
+            kind: ResourceKind::Cluster,
+            name: "a".to_owned(),
+        }])
+        .await
+        .unwrap();
+    assert!(store.current().clusters.is_empty());
+    assert_eq!(created.snapshot.revision, 1);
+    assert_eq!(
+        created.snapshot.get(ResourceKind::Cluster, "a"),
+        Some(cluster("a", 1))
+    );
+    let unchanged = store.write(vec![]).await.unwrap();
+    assert_eq!(unchanged.snapshot.revision, 2);
+}
