@@ -13,6 +13,7 @@
 //! cosmetic fields (names, stat prefixes, metadata, decorators) are skipped.
 
 pub mod cluster;
+mod http_options;
 pub mod listener;
 pub mod route;
 
