@@ -15,7 +15,7 @@ use tollgate_control_plane::model::{
     ApiKeyHasher, Certificate, Cluster, Consumer, ConsumerSpec, Listener, Resource, ResourceKind,
     Route,
 };
-use tollgate_control_plane::store::{StoreError, StoreSnapshot, replace_all};
+use tollgate_control_plane::store::{StoreError, StoreSnapshot, keep_stored_secrets, replace_all};
 
 use crate::responses::{ConfigApplied, ConfigChange, ErrorBody};
 use crate::{AdminState, ApiError};
@@ -64,7 +64,14 @@ impl ConfigDocument {
 
     /// The document's resources, each checked on its own; errors name the item, e.g.
     /// `routes[2].match.path_regex`.
-    fn into_resources(self, hasher: &ApiKeyHasher) -> Result<Vec<(String, Resource)>, ApiError> {
+    ///
+    /// Stored secrets the document leaves out (exports omit them) are filled in first, by the
+    /// store's own rule, so an exported document validates and re-applies unchanged.
+    fn into_resources(
+        self,
+        hasher: &ApiKeyHasher,
+        current: &StoreSnapshot,
+    ) -> Result<Vec<(String, Resource)>, ApiError> {
         let mut consumers = Vec::with_capacity(self.consumers.len());
         for (i, spec) in self.consumers.into_iter().enumerate() {
             let path = format!("consumers[{i}]");
@@ -102,7 +109,8 @@ impl ConfigDocument {
             )
             .chain(consumers);
         let mut seen = std::collections::HashSet::new();
-        for (path, resource) in items {
+        for (path, mut resource) in items {
+            keep_stored_secrets(current, &mut resource);
             resource.validate().map_err(|e| ApiError::InvalidField {
                 field: format!("{path}.{}", e.field),
                 message: e.message,
@@ -208,17 +216,7 @@ pub(crate) async fn apply(
         crate::handlers::parse_body(body)?
     };
     let current = state.store.current();
-    let mut document = document;
-    // Exports leave private keys out: a certificate without one keeps the stored key.
-    for certificate in &mut document.certificates {
-        if certificate.key_pem.is_none() {
-            certificate.key_pem = current
-                .certificates
-                .get(&certificate.name)
-                .and_then(|c| c.key_pem.clone());
-        }
-    }
-    let items = document.into_resources(state.store.api_key_hasher())?;
+    let items = document.into_resources(state.store.api_key_hasher(), &current)?;
     let index: HashMap<(ResourceKind, String), String> = items
         .iter()
         .map(|(path, r)| ((r.kind(), r.name().to_owned()), path.clone()))

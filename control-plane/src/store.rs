@@ -522,6 +522,27 @@ impl Inner {
     }
 }
 
+/// Secrets are write-only, so clients cannot send them back: a certificate written without a
+/// key keeps the key stored under its name, and a consumer written without API keys keeps its
+/// stored key hashes. Every write path applies this before validating.
+pub fn keep_stored_secrets(current: &StoreSnapshot, resource: &mut Resource) {
+    match resource {
+        Resource::Certificate(cert) if cert.key_pem.is_none() => {
+            cert.key_pem = current
+                .certificates
+                .get(&cert.name)
+                .and_then(|c| c.key_pem.clone());
+        }
+        Resource::Consumer(consumer) if consumer.api_key_hashes.is_none() => {
+            consumer.api_key_hashes = current
+                .consumers
+                .get(&consumer.name)
+                .and_then(|c| c.api_key_hashes.clone());
+        }
+        _ => {}
+    }
+}
+
 /// The changes that turn `current` into exactly `wanted`: puts for every wanted resource,
 /// deletes for the rest (unchanged ones are dropped when the write is planned).
 pub fn replace_all(current: &StoreSnapshot, wanted: Vec<Resource>) -> Vec<Change> {
@@ -552,25 +573,7 @@ fn plan(
     for change in changes {
         match change {
             Change::Put(mut resource) => {
-                // Private keys are write-only, so clients cannot send them back: a certificate
-                // written without a key keeps the one stored under its name.
-                if let Resource::Certificate(cert) = &mut resource
-                    && cert.key_pem.is_none()
-                {
-                    cert.key_pem = next
-                        .certificates
-                        .get(&cert.name)
-                        .and_then(|c| c.key_pem.clone());
-                }
-                // Likewise API keys: a consumer written without keys keeps its stored hashes.
-                if let Resource::Consumer(consumer) = &mut resource
-                    && consumer.api_key_hashes.is_none()
-                {
-                    consumer.api_key_hashes = next
-                        .consumers
-                        .get(&consumer.name)
-                        .and_then(|c| c.api_key_hashes.clone());
-                }
+                keep_stored_secrets(&next, &mut resource);
                 resource.validate().map_err(|source| StoreError::Invalid {
                     kind: resource.kind(),
                     name: resource.name().to_owned(),
