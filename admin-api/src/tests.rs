@@ -288,6 +288,216 @@ async fn bad_requests_name_the_field_and_change_nothing() {
             "invalid_field",
             Some("endpoints[1]"),
         ),
+        // Health checks, outlier detection, circuit breakers, upstream TLS.
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            // A missing field is reported on the object that lacks it, the message names it.
+            Some("health_check"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "healthz"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.path"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/a b"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.path"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "host": "bad host"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.host"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "interval_ms": 99}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.interval_ms"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "timeout_ms": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.timeout_ms"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "healthy_threshold": 101}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.healthy_threshold"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "unhealthy_threshold": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.unhealthy_threshold"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "expected_statuses": [200, 99]}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.expected_statuses[1]"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "expected_statuses": [204, 204]}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("health_check.expected_statuses[1]"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "expected_statuses": [70000]}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("health_check.expected_statuses[0]"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"health_check": {"path": "/", "method": "HEAD"}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("health_check.method"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"outlier_detection": {"consecutive_5xx": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("outlier_detection.consecutive_5xx"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"outlier_detection": {"interval_ms": 10}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("outlier_detection.interval_ms"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"outlier_detection": {"base_ejection_time_ms": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("outlier_detection.base_ejection_time_ms"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"outlier_detection": {"max_ejection_percent": 101}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("outlier_detection.max_ejection_percent"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"outlier_detection": {"success_rate": true}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("outlier_detection.success_rate"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"circuit_breakers": {"max_connections": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("circuit_breakers.max_connections"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"circuit_breakers": {"max_retries": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("circuit_breakers.max_retries"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"circuit_breakers": {"max_requests": -1}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("circuit_breakers.max_requests"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"tls": {}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("tls.trusted_ca"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"tls": {"sni": "api.example.com"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("tls.trusted_ca"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"tls": {"trusted_ca": "not a certificate"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("tls.trusted_ca"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"tls": {"verify": false, "trusted_ca": "-----BEGIN CERTIFICATE-----"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("tls.trusted_ca"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"tls": {"verify": false, "sni": "not a name!"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("tls.sni"),
+        ),
+        (
+            M::PUT,
+            "/v1/clusters/x",
+            body(r#"{"tls": {"verify": "no"}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("tls.verify"),
+        ),
         // Unknown enum values and fields.
         (
             M::PUT,
@@ -322,6 +532,16 @@ async fn bad_requests_name_the_field_and_change_nothing() {
             S::BAD_REQUEST,
             "invalid_field",
             Some("retries.retry_on[0]"),
+        ),
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(
+                r#"{"match": {}, "cluster": "web", "retries": {"attempts": 1, "non_idempotent": "yes"}}"#,
+            ),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("retries.non_idempotent"),
         ),
         // Invalid regexes, paths, hosts, actions.
         (
@@ -817,6 +1037,70 @@ async fn lists_are_paginated_by_name() {
     .await;
     assert_eq!(names(&page3), ["c4"]);
     assert_eq!(page3["next"], Value::Null);
+}
+
+#[tokio::test]
+async fn cluster_health_checks_breakers_and_tls_are_stored_with_their_defaults() {
+    let (app, _) = app();
+    let (ca_pem, _) = self_signed(&["ca.example.com"]);
+    let (status, body) = put(
+        &app,
+        "/v1/clusters/users",
+        json!({"endpoints": [{"address": "10.0.0.1", "port": 8443}],
+               "health_check": {"path": "/healthz", "expected_statuses": [200, 204]},
+               "outlier_detection": {"consecutive_5xx": 3},
+               "circuit_breakers": {"max_requests": 64},
+               "tls": {"sni": "users.internal", "trusted_ca": ca_pem}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, cluster) = call(&app, Method::GET, "/v1/clusters/users", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        cluster["health_check"],
+        json!({"path": "/healthz", "interval_ms": 5000, "timeout_ms": 1000,
+               "healthy_threshold": 1, "unhealthy_threshold": 2, "expected_statuses": [200, 204]})
+    );
+    assert_eq!(
+        cluster["outlier_detection"],
+        json!({"consecutive_5xx": 3, "interval_ms": 10000, "base_ejection_time_ms": 30000,
+               "max_ejection_percent": 10})
+    );
+    assert_eq!(
+        cluster["circuit_breakers"],
+        json!({"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 64,
+               "max_retries": 3})
+    );
+    // CA certificates are public: the bundle is shown, unlike a certificate's key.
+    assert_eq!(
+        cluster["tls"],
+        json!({"sni": "users.internal", "trusted_ca": ca_pem, "verify": true})
+    );
+
+    // A key pasted into the bundle would be shown to every reader: refused, and not quoted.
+    let (ca_pem, key_pem) = self_signed(&["ca.example.com"]);
+    let (status, body) = put(
+        &app,
+        "/v1/clusters/leaky",
+        json!({"tls": {"trusted_ca": format!("{ca_pem}{key_pem}")}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(&body), ("invalid_field", Some("tls.trusted_ca")));
+    let secret_line = key_pem.lines().nth(1).unwrap();
+    assert!(!body.to_string().contains(secret_line), "{body}");
+
+    // Without them, nothing is shown: clusters stored before these fields read as before.
+    put(&app, "/v1/clusters/plain", json!({})).await;
+    let (_, plain) = call(&app, Method::GET, "/v1/clusters/plain", None, Some(TOKEN)).await;
+    for field in [
+        "health_check",
+        "outlier_detection",
+        "circuit_breakers",
+        "tls",
+    ] {
+        assert!(plain.get(field).is_none(), "{field}: {plain}");
+    }
 }
 
 #[tokio::test]

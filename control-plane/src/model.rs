@@ -11,7 +11,10 @@ mod listener;
 mod route;
 
 pub use certificate::{Certificate, CertificateInfo};
-pub use cluster::{Cluster, Endpoint, LbPolicy, MAX_ENDPOINT_WEIGHT, MAX_ENDPOINTS};
+pub use cluster::{
+    CircuitBreakers, Cluster, Endpoint, HealthCheck, LbPolicy, MAX_ENDPOINT_WEIGHT, MAX_ENDPOINTS,
+    MAX_TRUSTED_CA_BYTES, OutlierDetection, UpstreamTls,
+};
 pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{Listener, ListenerTls};
 pub use route::{

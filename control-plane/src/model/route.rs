@@ -201,7 +201,16 @@ pub struct Retries {
     /// Timeout of each attempt in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout_ms: Option<u32>,
+    /// Also retry requests with non-idempotent methods (`POST`, `PATCH`, …). Off by default:
+    /// only `GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE` and `TRACE` are retried, since sending
+    /// anything else twice may do its work twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
 }
+
+/// The methods RFC 9110 (section 9.2.2) calls idempotent: the only ones retried unless
+/// [`Retries::non_idempotent`] is set.
+const IDEMPOTENT_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
 
 fn default_retry_on() -> Vec<String> {
     vec!["5xx".to_owned(), "connect-failure".to_owned()]
@@ -260,24 +269,35 @@ impl Route {
         single.into_iter().chain(weighted)
     }
 
-    /// The key routes are ordered by within a virtual host (first match wins): higher
-    /// `priority` first, then exact paths, then regexes, then longer prefixes, then by name so
-    /// the order never depends on insertion.
-    pub fn order_key(&self) -> (std::cmp::Reverse<i32>, u8, std::cmp::Reverse<usize>, &str) {
+    /// The key routes are ordered by within a virtual host (first match wins):
+    /// 1. higher `priority` first;
+    /// 2. then exact paths, then regexes, then prefixes; among prefixes, longer first;
+    /// 3. then, among equal paths, more conditions first: naming hosts counts as one, as do
+    ///    methods, and each header and query condition;
+    /// 4. then a route naming hosts before one that applies to any host (routes without hosts
+    ///    join every virtual host, where the route naming that host is the more specific);
+    /// 5. then by name, so the order never depends on insertion.
+    pub fn order_key(&self) -> impl Ord + '_ {
+        use std::cmp::Reverse;
         let m = &self.matcher;
         let (class, len) = if let Some(p) = &m.path_exact {
-            (0, p.len())
+            (0u8, p.len())
         } else if let Some(r) = &m.path_regex {
             (1, r.len())
         } else {
             (2, m.path_prefix.as_deref().map_or(0, str::len))
         };
-        // Among equal paths, a route with more conditions is more specific.
-        let conditions = m.methods.len().min(1) + m.headers.len() + m.query.len();
+        let any_host = m.hosts.is_empty();
+        let conditions = usize::from(!any_host)
+            + usize::from(!m.methods.is_empty())
+            + m.headers.len()
+            + m.query.len();
         (
-            std::cmp::Reverse(self.priority),
+            Reverse(self.priority),
             class,
-            std::cmp::Reverse(len * 64 + conditions),
+            Reverse(len),
+            Reverse(conditions),
+            any_host,
             &self.name,
         )
     }
@@ -634,6 +654,11 @@ impl Rewrite {
 }
 
 impl Retries {
+    /// The methods whose requests may be retried, or `None` when any method may be.
+    pub fn retried_methods(&self) -> Option<&'static [&'static str]> {
+        (!self.non_idempotent).then_some(IDEMPOTENT_METHODS)
+    }
+
     fn validate(&self) -> Result<(), ValidationError> {
         if self.attempts == 0 || self.attempts > 10 {
             return Err(ValidationError::new("attempts", "must be between 1 and 10"));

@@ -12,6 +12,10 @@ fn cluster(name: &str, port: u16) -> Resource {
         lb_policy: LbPolicy::RoundRobin,
         connect_timeout_ms: 1000,
         http2: false,
+        health_check: None,
+        outlier_detection: None,
+        circuit_breakers: None,
+        tls: None,
     })
 }
 

@@ -275,6 +275,19 @@ fn route_action(route: &Route) -> route_pb::RouteAction {
                 value: retries.attempts,
             }),
             per_try_timeout: retries.per_try_timeout_ms.map(super::duration_ms),
+            // Envoy retries a request only if it matches one of these.
+            retriable_request_headers: retries
+                .retried_methods()
+                .map(|methods| {
+                    string_header(
+                        ":method",
+                        matcher_pb::string_matcher::MatchPattern::SafeRegex(regex_matcher(
+                            &methods.join("|"),
+                        )),
+                    )
+                })
+                .into_iter()
+                .collect(),
             ..Default::default()
         });
     }

@@ -89,7 +89,7 @@ fn render(snapshot: &XdsSnapshot) -> String {
         for r in snapshot.resources(ty).values() {
             writeln!(out, "=== {ty} {} ({})", r.name, r.body.type_url).unwrap();
             let text = match ty {
-                ResourceType::Cluster => format!("{:#?}", decode::<cluster_pb::Cluster>(r)),
+                ResourceType::Cluster => render_cluster(decode::<cluster_pb::Cluster>(r)),
                 ResourceType::Endpoint => {
                     format!("{:#?}", decode::<endpoint_pb::ClusterLoadAssignment>(r))
                 }
@@ -110,6 +110,28 @@ fn render(snapshot: &XdsSnapshot) -> String {
         }
     }
     out
+}
+
+/// A cluster, with its upstream TLS context decoded after it rather than shown as bytes.
+fn render_cluster(mut cluster: cluster_pb::Cluster) -> String {
+    use tollgate_proto::envoy::config::core::v3::transport_socket::ConfigType;
+    use tollgate_proto::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    let tls = match cluster
+        .transport_socket
+        .as_mut()
+        .and_then(|socket| socket.config_type.as_mut())
+    {
+        Some(ConfigType::TypedConfig(any)) => {
+            let context = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+            any.value.clear();
+            Some(context)
+        }
+        None => None,
+    };
+    match tls {
+        Some(tls) => format!("{cluster:#?}\n--- transport_socket.typed_config\n{tls:#?}"),
+        None => format!("{cluster:#?}"),
+    }
 }
 
 #[test]
@@ -387,4 +409,134 @@ fn header_values_are_literal_for_envoy() {
         .value
         .clone();
     assert_eq!(value, "50%% %%HOST%%");
+}
+
+fn route_names(config: &route_pb::RouteConfiguration, domain: &str) -> Vec<String> {
+    config
+        .virtual_hosts
+        .iter()
+        .find(|vh| vh.domains == [domain])
+        .unwrap_or_else(|| panic!("no virtual host for {domain}"))
+        .routes
+        .iter()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_route_naming_the_host_outranks_an_equal_host_less_one() {
+    let mut store = load("basic");
+    let add = |store: &mut StoreSnapshot, json: serde_json::Value| {
+        let route: Route = serde_json::from_value(json).unwrap();
+        crate::model::Resource::Route(route.clone())
+            .validate()
+            .unwrap();
+        store.routes.insert(route.name.clone(), route);
+    };
+    // The host-less route's name sorts first: before hosts counted, it won on that host too.
+    add(
+        &mut store,
+        serde_json::json!({"name": "a-orders-any-host", "match": {"path_prefix": "/orders"},
+                           "cluster": "users"}),
+    );
+    add(
+        &mut store,
+        serde_json::json!({"name": "z-orders-api",
+                           "match": {"hosts": ["api.example.com"], "path_prefix": "/orders"},
+                           "cluster": "legacy"}),
+    );
+    // A host-less route with a method condition ties with the host on conditions; the host wins.
+    add(
+        &mut store,
+        serde_json::json!({"name": "a-reports-get",
+                           "match": {"path_prefix": "/reports", "methods": ["GET"]},
+                           "cluster": "users"}),
+    );
+    add(
+        &mut store,
+        serde_json::json!({"name": "z-reports-api",
+                           "match": {"hosts": ["api.example.com"], "path_prefix": "/reports"},
+                           "cluster": "legacy"}),
+    );
+    // Explicit priority still comes first.
+    add(
+        &mut store,
+        serde_json::json!({"name": "b-billing-any-host", "match": {"path_prefix": "/billing"},
+                           "cluster": "users", "priority": 1}),
+    );
+    add(
+        &mut store,
+        serde_json::json!({"name": "a-billing-api",
+                           "match": {"hosts": ["api.example.com"], "path_prefix": "/billing"},
+                           "cluster": "legacy"}),
+    );
+    let snapshot = translate(&store, &edge()).unwrap();
+    let config: route_pb::RouteConfiguration =
+        decode(&snapshot.resources(ResourceType::Route)["public"]);
+    let api = route_names(&config, "api.example.com");
+    let position = |name: &str| api.iter().position(|r| r == name).unwrap();
+    assert!(
+        position("z-orders-api") < position("a-orders-any-host"),
+        "{api:?}"
+    );
+    assert!(
+        position("z-reports-api") < position("a-reports-get"),
+        "{api:?}"
+    );
+    assert!(
+        position("b-billing-any-host") < position("a-billing-api"),
+        "{api:?}"
+    );
+    // Elsewhere only the host-less routes apply.
+    let any = route_names(&config, "*");
+    assert!(
+        any.contains(&"a-orders-any-host".to_owned()) && !any.contains(&"z-orders-api".to_owned())
+    );
+}
+
+#[test]
+fn only_idempotent_requests_are_retried_unless_configured() {
+    use matcher_pb::string_matcher::MatchPattern;
+    use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
+    let retry_policy = |store: &StoreSnapshot| {
+        let snapshot = translate(store, &edge()).unwrap();
+        let config: route_pb::RouteConfiguration =
+            decode(&snapshot.resources(ResourceType::Route)["public"]);
+        let route = config.virtual_hosts[0]
+            .routes
+            .iter()
+            .find(|r| r.name == "users-api")
+            .unwrap()
+            .clone();
+        let Some(route_pb::route::Action::Route(action)) = route.action else {
+            panic!("users-api forwards")
+        };
+        action.retry_policy.unwrap()
+    };
+    let mut store = load("basic");
+    let policy = retry_policy(&store);
+    let [matcher] = policy.retriable_request_headers.as_slice() else {
+        panic!("one matcher: {:?}", policy.retriable_request_headers)
+    };
+    assert_eq!(matcher.name, ":method");
+    assert!(!matcher.invert_match);
+    let Some(route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(string)) =
+        &matcher.header_match_specifier
+    else {
+        panic!("a string match: {matcher:?}")
+    };
+    let Some(MatchPattern::SafeRegex(regex)) = &string.match_pattern else {
+        panic!("a regex: {string:?}")
+    };
+    assert_eq!(regex.regex, "GET|HEAD|OPTIONS|PUT|DELETE|TRACE");
+
+    store
+        .routes
+        .get_mut("users-api")
+        .unwrap()
+        .retries
+        .as_mut()
+        .unwrap()
+        .non_idempotent = true;
+    assert!(retry_policy(&store).retriable_request_headers.is_empty());
 }

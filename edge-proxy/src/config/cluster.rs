@@ -5,25 +5,36 @@
 //! ([`super::route::Forward::pick_cluster`]); the upstream layer looks that name up in the
 //! snapshot and finds a [`Cluster`]. The cluster says where the endpoints come from
 //! ([`Discovery`]), how to pick one ([`LbPolicy`]), how long a connect may take, which HTTP
-//! version to speak and when to refuse work ([`CircuitBreakers`]). For EDS clusters the
-//! endpoints arrive separately, as [`Endpoints`]; [`Cluster::members`] puts the two together.
+//! version to speak, when to refuse work ([`CircuitBreakers`]), how endpoints are checked for
+//! health, actively ([`HealthCheck`]) and passively ([`OutlierDetection`]), and whether they
+//! are reached over TLS ([`UpstreamTls`]). For EDS clusters the endpoints arrive separately, as
+//! [`Endpoints`]; [`Cluster::members`] puts the two together.
 //!
-//! Everything here is data: no load balancer, DNS lookup or connection lives in this module.
+//! Everything here is data: no load balancer, health checker, DNS lookup or connection lives
+//! in this module.
 //!
 //! As in the rest of [`super`], a field that would change behaviour and is not implemented
 //! rejects the resource, naming the field. Envoy's defaults are spelled out where a field is
-//! unset (`connect_timeout` 5 s, circuit-breaker thresholds 1024, ring sizes, …), so the data
-//! path applies the same limits Envoy would, without reading the proto.
+//! unset (`connect_timeout` 5 s, circuit-breaker thresholds 1024, ring sizes, the health
+//! check's 60 s no-traffic interval, the 200-only expected status, …), so the data path
+//! applies the same limits Envoy would, without reading the proto.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::time::Duration;
 
-use prost::{Message as _, Name as _};
+use prost::{Message, Name};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{PemObject as _, SectionKind};
 use tollgate_proto::envoy::config::cluster::v3 as cluster_pb;
 use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::config::endpoint::v3 as endpoint_pb;
+use tollgate_proto::envoy::extensions::transport_sockets::raw_buffer::v3 as raw_buffer_pb;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::envoy::extensions::upstreams::http::v3 as http_options_pb;
+use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
+use tollgate_proto::envoy::r#type::v3 as type_pb;
 use tollgate_proto::google::protobuf as pb;
 
 use super::http_options::{http1_options, http2_options};
@@ -45,6 +56,32 @@ pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.Http
 /// are built from `&'static str` segments, so the map key is spelled out once here.
 const HTTP_PROTOCOL_OPTIONS_FIELD: &str =
     "typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"]";
+
+/// Envoy's health-check `no_traffic_interval` when unset: how often endpoints of a cluster that
+/// has never had traffic are probed.
+pub const DEFAULT_NO_TRAFFIC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Envoy's HTTP health check passes only status 200 when `expected_statuses` is unset.
+pub const DEFAULT_EXPECTED_STATUSES: Range<u16> = 200..201;
+
+/// Envoy's outlier-detection defaults: sweep `interval`, `base_ejection_time`,
+/// `max_ejection_percent`, and `consecutive_5xx`.
+pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`DEFAULT_OUTLIER_INTERVAL`].
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// See [`DEFAULT_OUTLIER_INTERVAL`].
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// See [`DEFAULT_OUTLIER_INTERVAL`].
+pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+/// Envoy caps an ejection at this, or at `base_ejection_time` when that is longer, unless
+/// `max_ejection_time` says otherwise.
+pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+/// Envoy's healthy panic threshold (`common_lb_config.healthy_panic_threshold`, which is
+/// rejected when set): when fewer than this percentage of a cluster's endpoints are healthy
+/// (neither failing active health checks nor ejected), Envoy balances over all of them,
+/// healthy or not, rather than overload the few that are left.
+pub const HEALTHY_PANIC_THRESHOLD_PERCENT: u32 = 50;
 
 /// Envoy's ring hash bounds: default minimum 1024 entries, maximum (and default maximum) 8M.
 const DEFAULT_MIN_RING_SIZE: u64 = 1024;
@@ -69,6 +106,12 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// Limits on the work in flight to this cluster (for the default routing priority).
     pub circuit_breakers: CircuitBreakers,
+    /// Active health checking of every endpoint, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Passive health checking (ejection on consecutive errors), if configured.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the endpoints; `None` is plaintext (`raw_buffer`, or no transport socket).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Where a cluster's endpoints come from (Envoy's discovery `type`).
@@ -181,6 +224,124 @@ impl Default for CircuitBreakers {
             max_retries: 3,
         }
     }
+}
+
+/// Active HTTP health checking (Envoy's `health_checks[0].http_health_check`), with Envoy's
+/// semantics, which the data path must follow:
+///
+/// - every endpoint is probed with `GET path` (`Host: host`), in `protocol`, over the cluster's
+///   own transport (TLS when [`Cluster::tls`] is set), at most `timeout` per probe, on a
+///   connection of its own that is kept for the next probe (Envoy's `reuse_connection`
+///   default; `false` is rejected), outside the cluster's pool and circuit breakers;
+/// - probes run every `interval`, or every `no_traffic_interval` while the cluster has never
+///   had a request routed to it;
+/// - an endpoint starts unhealthy and becomes healthy on its first passed probe; afterwards it
+///   takes `unhealthy_threshold` failed probes in a row to turn unhealthy and
+///   `healthy_threshold` passed ones to turn healthy again;
+/// - a probe passes on a status in `expected_statuses`. Any other status makes the endpoint
+///   unhealthy at once, whatever `unhealthy_threshold` says; only timeouts and connection
+///   failures count towards the threshold;
+/// - unhealthy endpoints get no traffic, unless fewer than
+///   [`HEALTHY_PANIC_THRESHOLD_PERCENT`] of the endpoints are healthy (panic mode: all get
+///   traffic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The request path (with any query), e.g. `/healthz`.
+    pub path: String,
+    /// The `Host` (`:authority`) sent; `None` (an empty `http_health_check.host`) means the
+    /// cluster's name, as in Envoy. Either is checked to be a valid authority.
+    pub host: Option<String>,
+    /// The HTTP version of the probes (`codec_client_type`).
+    pub protocol: UpstreamProtocol,
+    /// Time between probes of one endpoint.
+    pub interval: Duration,
+    /// Time between probes while the cluster has had no traffic yet (Envoy's default: 60 s).
+    pub no_traffic_interval: Duration,
+    /// Time a probe may take; past it, the probe failed.
+    pub timeout: Duration,
+    /// Passed probes in a row that make an unhealthy endpoint healthy (at least 1).
+    pub healthy_threshold: u32,
+    /// Failed probes in a row that make a healthy endpoint unhealthy (at least 1).
+    pub unhealthy_threshold: u32,
+    /// The statuses that pass, as half-open ranges, in config order (Envoy's default:
+    /// [`DEFAULT_EXPECTED_STATUSES`]).
+    pub expected_statuses: Vec<Range<u16>>,
+}
+
+impl HealthCheck {
+    /// Whether a probe answered with `status` passed.
+    pub fn is_expected(&self, status: u16) -> bool {
+        self.expected_statuses.iter().any(|r| r.contains(&status))
+    }
+}
+
+/// Passive health checking (Envoy's `outlier_detection`), limited to what is implemented: the
+/// consecutive-5xx detector. In Envoy's default mode, which is the only one accepted (no
+/// `split_external_local_origin_errors`), connection failures, timeouts and resets count as
+/// 5xx responses too. An `outlier_detection` whose every detector is off ejects nothing, and
+/// becomes `None` in [`Cluster::outlier_detection`].
+///
+/// Every `interval` the detector sweeps: endpoints whose ejection time has passed return. An
+/// endpoint is ejected as soon as it reaches `consecutive_5xx`, unless ejecting it would put
+/// more than `max_ejection_percent` of the cluster's endpoints out (Envoy counts the one being
+/// ejected: with 10 %, a cluster of fewer than 10 endpoints never ejects any); it stays out
+/// for `base_ejection_time` times the number of times it has been ejected, at most
+/// `max_ejection_time`. Returning resets its error count. A 5xx counts only when the endpoint
+/// answered it (or failed to connect, timed out, reset), not when the proxy made it up. A passed active health check
+/// returns an ejected endpoint at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// 5xx responses (or local failures) in a row that eject an endpoint; at least 1.
+    pub consecutive_5xx: u32,
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// The first ejection's length; each further ejection of the same endpoint lasts one more
+    /// multiple of it (Envoy lowers the multiple again while the endpoint behaves).
+    pub base_ejection_time: Duration,
+    /// The longest an ejection lasts: `max_ejection_time`, or the longer of 300 s and
+    /// `base_ejection_time`.
+    pub max_ejection_time: Duration,
+    /// The largest share of the cluster's endpoints ejected at once, in percent (0 to 100).
+    pub max_ejection_percent: u32,
+}
+
+/// TLS to a cluster's endpoints (Envoy's `envoy.transport_sockets.tls` with an
+/// `UpstreamTlsContext`). No client certificate is presented.
+///
+/// The endpoint's certificate is checked as Envoy checks it: not at all without `trusted_ca`;
+/// with it, the chain must lead to one of its certificates (any of them is a trust anchor,
+/// intermediates included) and be valid now, and, when `subject_alt_names` is not empty, the
+/// certificate must carry one of those names as a DNS SAN (wildcard SANs match as RFC 6125
+/// says). With `trusted_ca` but no `subject_alt_names`, **no name is checked**, not even the
+/// SNI: rustls' default verifier, which checks the name it connects to, is stricter than Envoy
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The server name sent (SNI), a lower-case DNS name; none is sent when `None`.
+    pub sni: Option<String>,
+    /// ALPN protocols offered, in order (`h2`, `http/1.1`); none when empty. The HTTP version
+    /// spoken is [`Cluster::protocol`] whatever ALPN picks, as with Envoy's explicit HTTP
+    /// config.
+    pub alpn: Vec<String>,
+    /// The oldest TLS version offered (Envoy's default: 1.2).
+    pub min_version: TlsVersion,
+    /// The newest TLS version offered (Envoy's default for upstreams: 1.2).
+    pub max_version: TlsVersion,
+    /// The trust anchors (DER certificates, in config order, each checked at load to be
+    /// usable as a rustls trust anchor); `None`: any certificate is accepted.
+    pub trusted_ca: Option<Vec<Vec<u8>>>,
+    /// DNS names, lower case, one of which the certificate must carry; empty: any name. Only
+    /// ever set together with `trusted_ca` (Envoy refuses names without a CA).
+    pub subject_alt_names: Vec<String>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
 }
 
 /// The endpoints of an EDS cluster, from one `ClusterLoadAssignment`.
@@ -356,7 +517,6 @@ fn cluster(proto: &cluster_pb::Cluster) -> Result<Cluster, Rejection> {
             per_connection_buffer_high_watermark_timeout.is_some(),
             "per_connection_buffer_high_watermark_timeout",
         ),
-        (!health_checks.is_empty(), "health_checks"),
         (
             max_requests_per_connection.is_some(),
             "max_requests_per_connection",
@@ -387,16 +547,14 @@ fn cluster(proto: &cluster_pb::Cluster) -> Result<Cluster, Rejection> {
             typed_dns_resolver_config.is_some(),
             "typed_dns_resolver_config",
         ),
-        (outlier_detection.is_some(), "outlier_detection"),
         (upstream_bind_config.is_some(), "upstream_bind_config"),
         (lb_subset_config.is_some(), "lb_subset_config"),
         (
             upstream_connection_options.is_some(),
             "upstream_connection_options",
         ),
-        // Both only matter once endpoints can be unhealthy, and health checks and outlier
-        // detection are rejected. Refused rather than ignored, so that implementing those
-        // later cannot forget these.
+        // Both change what happens when endpoints turn unhealthy or are removed; only Envoy's
+        // defaults are accepted.
         (
             *close_connections_on_host_health_failure,
             "close_connections_on_host_health_failure",
@@ -420,16 +578,6 @@ fn cluster(proto: &cluster_pb::Cluster) -> Result<Cluster, Rejection> {
         ),
         (queuing_policies.is_some(), "queuing_policies"),
     ])?;
-    if let Some(socket) = transport_socket {
-        return Err(Rejection::new(
-            "transport_socket",
-            Reason::UnsupportedValue(format!(
-                "transport socket {:?}: upstream TLS is not implemented yet, endpoints are \
-                 reached in plaintext only",
-                socket.name
-            )),
-        ));
-    }
     if wait_for_warm_on_init.is_some_and(|w| !w.value) {
         return Err(Rejection::new(
             "wait_for_warm_on_init",
@@ -544,6 +692,25 @@ fn cluster(proto: &cluster_pb::Cluster) -> Result<Cluster, Rejection> {
         None => CircuitBreakers::default(),
         Some(breakers) => self::circuit_breakers(breakers).within("circuit_breakers")?,
     };
+    let health_check = match health_checks.as_slice() {
+        [] => None,
+        [one] => Some(self::health_check(one, name).at("health_checks", 0)?),
+        // Envoy runs them all, and an endpoint is healthy only if every one passes.
+        [_, _, ..] => {
+            return Err(Rejection::new(
+                "health_checks",
+                Reason::UnsupportedValue("more than one health check".into()),
+            ));
+        }
+    };
+    let outlier_detection = match outlier_detection {
+        None => None,
+        Some(od) => self::outlier_detection(od).within("outlier_detection")?,
+    };
+    let tls = match transport_socket {
+        None => None,
+        Some(socket) => self::transport_socket(socket).within("transport_socket")?,
+    };
     Ok(Cluster {
         name: name.clone(),
         discovery,
@@ -551,7 +718,877 @@ fn cluster(proto: &cluster_pb::Cluster) -> Result<Cluster, Rejection> {
         lb_policy,
         protocol,
         circuit_breakers,
+        health_check,
+        outlier_detection,
+        tls,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Active health checks
+
+#[allow(deprecated)] // `event_log_path` is deprecated, and still writes a log when set
+fn health_check(proto: &core_pb::HealthCheck, cluster: &str) -> Result<HealthCheck, Rejection> {
+    use core_pb::health_check::HealthChecker;
+    let core_pb::HealthCheck {
+        timeout,
+        interval,
+        initial_jitter,
+        interval_jitter,
+        interval_jitter_percent,
+        unhealthy_threshold,
+        healthy_threshold,
+        alt_port,
+        reuse_connection,
+        no_traffic_interval,
+        no_traffic_healthy_interval,
+        unhealthy_interval,
+        unhealthy_edge_interval,
+        healthy_edge_interval,
+        event_log_path,
+        event_logger,
+        event_service,
+        // Only read by the event loggers, which are rejected.
+        always_log_health_check_failures: _,
+        always_log_health_check_success: _,
+        tls_options,
+        transport_socket_match_criteria,
+        health_checker,
+    } = proto;
+    reject_set(&[
+        // Randomised probe times (jitter) are not implemented; zero jitter is no jitter.
+        (is_nonzero(initial_jitter.as_ref()), "initial_jitter"),
+        (is_nonzero(interval_jitter.as_ref()), "interval_jitter"),
+        (*interval_jitter_percent != 0, "interval_jitter_percent"),
+        (alt_port.is_some(), "alt_port"),
+        (
+            reuse_connection.is_some_and(|r| !r.value),
+            "reuse_connection",
+        ),
+        (!event_log_path.is_empty(), "event_log_path"),
+        (!event_logger.is_empty(), "event_logger"),
+        (event_service.is_some(), "event_service"),
+        (tls_options.is_some(), "tls_options"),
+        (
+            transport_socket_match_criteria.is_some(),
+            "transport_socket_match_criteria",
+        ),
+    ])?;
+    // Envoy requires all four.
+    let timeout = required_positive(timeout.as_ref(), "timeout")?;
+    let interval = required_positive(interval.as_ref(), "interval")?;
+    let threshold = |value: &Option<pb::UInt32Value>, field| match value {
+        None => Err(Rejection::new(field, Reason::Missing)),
+        Some(v) if v.value == 0 => Err(Rejection::new(
+            field,
+            Reason::Invalid("must be at least 1".into()),
+        )),
+        Some(v) => Ok(v.value),
+    };
+    let unhealthy_threshold = threshold(unhealthy_threshold, "unhealthy_threshold")?;
+    let healthy_threshold = threshold(healthy_threshold, "healthy_threshold")?;
+    let no_traffic_interval = match no_traffic_interval {
+        None => DEFAULT_NO_TRAFFIC_INTERVAL,
+        Some(d) => positive_duration(d).map_err(|r| Rejection::new("no_traffic_interval", r))?,
+    };
+    // The other intervals, for particular host states, default to one of the two above; only
+    // those defaults are implemented, so each may be set only to the value it defaults to.
+    same_as(
+        no_traffic_healthy_interval.as_ref(),
+        no_traffic_interval,
+        "no_traffic_healthy_interval",
+        "no_traffic_interval",
+    )?;
+    same_as(
+        unhealthy_interval.as_ref(),
+        interval,
+        "unhealthy_interval",
+        "interval",
+    )?;
+    same_as(
+        unhealthy_edge_interval.as_ref(),
+        interval,
+        "unhealthy_edge_interval",
+        "interval",
+    )?;
+    same_as(
+        healthy_edge_interval.as_ref(),
+        interval,
+        "healthy_edge_interval",
+        "interval",
+    )?;
+    let http = match health_checker {
+        Some(HealthChecker::HttpHealthCheck(http)) => http,
+        None => return Err(Rejection::new("http_health_check", Reason::Missing)),
+        Some(HealthChecker::TcpHealthCheck(_)) => {
+            return Err(Rejection::unsupported("tcp_health_check"));
+        }
+        Some(HealthChecker::GrpcHealthCheck(_)) => {
+            return Err(Rejection::unsupported("grpc_health_check"));
+        }
+        Some(HealthChecker::CustomHealthCheck(_)) => {
+            return Err(Rejection::unsupported("custom_health_check"));
+        }
+    };
+    let (path, host, protocol, expected_statuses) =
+        http_health_check(http, cluster).within("http_health_check")?;
+    Ok(HealthCheck {
+        path,
+        host,
+        protocol,
+        interval,
+        no_traffic_interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        expected_statuses,
+    })
+}
+
+/// The path, `Host`, HTTP version and expected statuses of an HTTP health check.
+type HttpCheck = (String, Option<String>, UpstreamProtocol, Vec<Range<u16>>);
+
+fn http_health_check(
+    proto: &core_pb::health_check::HttpHealthCheck,
+    cluster: &str,
+) -> Result<HttpCheck, Rejection> {
+    use core_pb::RequestMethod;
+    use type_pb::CodecClientType;
+    let core_pb::health_check::HttpHealthCheck {
+        host,
+        path,
+        send,
+        receive,
+        // Only read when matching `receive`, which is rejected.
+        response_buffer_size: _,
+        request_headers_to_add,
+        request_headers_to_remove,
+        expected_statuses,
+        retriable_statuses,
+        codec_client_type,
+        service_name_matcher,
+        method,
+    } = proto;
+    reject_set(&[
+        (send.is_some(), "send"),
+        (!receive.is_empty(), "receive"),
+        (!request_headers_to_add.is_empty(), "request_headers_to_add"),
+        (
+            !request_headers_to_remove.is_empty(),
+            "request_headers_to_remove",
+        ),
+        (!retriable_statuses.is_empty(), "retriable_statuses"),
+        (service_name_matcher.is_some(), "service_name_matcher"),
+    ])?;
+    if path.is_empty() {
+        return Err(Rejection::new("path", Reason::Missing));
+    }
+    // Envoy sends any header-safe string; one that is not an origin-form path and query would
+    // not make a valid request here.
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(Rejection::new(
+            "path",
+            Reason::Invalid(format!("{path:?} is not a path (with an optional query)")),
+        ));
+    }
+    // Envoy sends the cluster's name when no host is given.
+    let host_field = if host.is_empty() { cluster } else { host };
+    if host_field.parse::<http::uri::Authority>().is_err() {
+        return Err(Rejection::new(
+            "host",
+            Reason::Invalid(if host.is_empty() {
+                format!("is empty, and the cluster name {cluster:?} is not a valid Host")
+            } else {
+                format!("{host:?} is not a valid Host")
+            }),
+        ));
+    }
+    match RequestMethod::try_from(*method) {
+        Ok(RequestMethod::MethodUnspecified | RequestMethod::Get) => {}
+        Ok(RequestMethod::Connect) => {
+            return Err(Rejection::new(
+                "method",
+                Reason::Invalid("CONNECT cannot be used for health checks".into()),
+            ));
+        }
+        Ok(other) => {
+            return Err(Rejection::new(
+                "method",
+                Reason::UnsupportedValue(format!(
+                    "{} (only GET is implemented)",
+                    other.as_str_name()
+                )),
+            ));
+        }
+        Err(_) => {
+            return Err(Rejection::new(
+                "method",
+                Reason::Invalid(format!("unknown method {method}")),
+            ));
+        }
+    }
+    let protocol = match CodecClientType::try_from(*codec_client_type) {
+        Ok(CodecClientType::Http1) => UpstreamProtocol::Http1,
+        Ok(CodecClientType::Http2) => UpstreamProtocol::Http2,
+        Ok(CodecClientType::Http3) => {
+            return Err(Rejection::new(
+                "codec_client_type",
+                Reason::UnsupportedValue("HTTP3".into()),
+            ));
+        }
+        Err(_) => {
+            return Err(Rejection::new(
+                "codec_client_type",
+                Reason::Invalid(format!("unknown codec client type {codec_client_type}")),
+            ));
+        }
+    };
+    let expected_statuses = if expected_statuses.is_empty() {
+        vec![DEFAULT_EXPECTED_STATUSES]
+    } else {
+        expected_statuses
+            .iter()
+            .enumerate()
+            .map(|(i, range)| {
+                status_range(range).map_err(|r| Rejection::new_at("expected_statuses", i, r))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let host = (!host.is_empty()).then(|| host.clone());
+    Ok((path.clone(), host, protocol, expected_statuses))
+}
+
+/// A half-open status range, with Envoy's rules: `start < end`, `start >= 100`, `end <= 600`.
+fn status_range(proto: &type_pb::Int64Range) -> Result<Range<u16>, Reason> {
+    let type_pb::Int64Range { start, end } = *proto;
+    if start >= end {
+        return Err(Reason::Invalid(format!(
+            "start ({start}) must be less than end ({end})"
+        )));
+    }
+    if start < 100 || end > 600 {
+        return Err(Reason::Invalid(format!(
+            "[{start}, {end}) is outside [100, 600)"
+        )));
+    }
+    // Both are within 100..=600 now.
+    Ok(start as u16..end as u16)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outlier detection
+
+/// The outlier detection, or `None` when no detector is on (then Envoy ejects nothing).
+fn outlier_detection(
+    proto: &cluster_pb::OutlierDetection,
+) -> Result<Option<OutlierDetection>, Rejection> {
+    let cluster_pb::OutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_percent,
+        enforcing_consecutive_5xx,
+        enforcing_success_rate,
+        // Parameters of detectors that must be off (checked below): dead.
+        success_rate_minimum_hosts: _,
+        success_rate_request_volume: _,
+        success_rate_stdev_factor: _,
+        consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure,
+        split_external_local_origin_errors,
+        // The local-origin detectors run only with `split_external_local_origin_errors`, which
+        // is rejected; without it, Envoy ignores these (local failures count as 5xx instead).
+        consecutive_local_origin_failure: _,
+        enforcing_consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        failure_percentage_threshold,
+        enforcing_failure_percentage,
+        enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts: _,
+        failure_percentage_request_volume: _,
+        max_ejection_time,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+        always_eject_one_host,
+        detect_degraded_hosts,
+    } = proto;
+    reject_set(&[
+        (
+            *split_external_local_origin_errors,
+            "split_external_local_origin_errors",
+        ),
+        (
+            is_nonzero(max_ejection_time_jitter.as_ref()),
+            "max_ejection_time_jitter",
+        ),
+        (
+            successful_active_health_check_uneject_host.is_some_and(|v| !v.value),
+            "successful_active_health_check_uneject_host",
+        ),
+        (!monitors.is_empty(), "monitors"),
+        (
+            always_eject_one_host.is_some_and(|v| v.value),
+            "always_eject_one_host",
+        ),
+        (
+            detect_degraded_hosts.is_some_and(|v| v.value),
+            "detect_degraded_hosts",
+        ),
+    ])?;
+    // Envoy validates every percentage, even of detectors that are off.
+    for (value, field) in [
+        (
+            enforcing_consecutive_local_origin_failure,
+            "enforcing_consecutive_local_origin_failure",
+        ),
+        (
+            enforcing_local_origin_success_rate,
+            "enforcing_local_origin_success_rate",
+        ),
+        (failure_percentage_threshold, "failure_percentage_threshold"),
+        (
+            enforcing_failure_percentage_local_origin,
+            "enforcing_failure_percentage_local_origin",
+        ),
+    ] {
+        percent(value.as_ref(), 0, field)?;
+    }
+    // Detectors other than consecutive 5xx must be off. Success rate is on by default.
+    let off = |field: &'static str, value: u32, default: &str| {
+        if value == 0 {
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                field,
+                Reason::UnsupportedValue(format!(
+                    "{value}% ({default}): only consecutive-5xx ejection is implemented; set 0 \
+                     to turn this detector off"
+                )),
+            ))
+        }
+    };
+    let success_rate = percent(
+        enforcing_success_rate.as_ref(),
+        100,
+        "enforcing_success_rate",
+    )?;
+    off("enforcing_success_rate", success_rate, "100 when unset")?;
+    let failure_percentage = percent(
+        enforcing_failure_percentage.as_ref(),
+        0,
+        "enforcing_failure_percentage",
+    )?;
+    off(
+        "enforcing_failure_percentage",
+        failure_percentage,
+        "0 when unset",
+    )?;
+    let gateway = percent(
+        enforcing_consecutive_gateway_failure.as_ref(),
+        0,
+        "enforcing_consecutive_gateway_failure",
+    )?;
+    // A count of 0 turns the detector off as well.
+    if consecutive_gateway_failure.map_or(5, |v| v.value) != 0 {
+        off(
+            "enforcing_consecutive_gateway_failure",
+            gateway,
+            "0 when unset",
+        )?;
+    }
+
+    let enforcing_5xx = percent(
+        enforcing_consecutive_5xx.as_ref(),
+        100,
+        "enforcing_consecutive_5xx",
+    )?;
+    let consecutive_5xx = match (
+        consecutive_5xx.map_or(DEFAULT_CONSECUTIVE_5XX, |v| v.value),
+        enforcing_5xx,
+    ) {
+        // The one implemented detector is off as well; the rest is still validated.
+        (0, _) | (_, 0) => None,
+        (count, 100) => Some(count),
+        // Ejecting with a probability is not implemented.
+        (_, partial) => {
+            return Err(Rejection::new(
+                "enforcing_consecutive_5xx",
+                Reason::UnsupportedValue(format!("{partial}% (only 0 and 100 are implemented)")),
+            ));
+        }
+    };
+    let interval = match interval {
+        None => DEFAULT_OUTLIER_INTERVAL,
+        Some(d) => positive_duration(d).map_err(|r| Rejection::new("interval", r))?,
+    };
+    let base_ejection_time = match base_ejection_time {
+        None => DEFAULT_BASE_EJECTION_TIME,
+        Some(d) => positive_duration(d).map_err(|r| Rejection::new("base_ejection_time", r))?,
+    };
+    let max_ejection_time = match max_ejection_time {
+        None => DEFAULT_MAX_EJECTION_TIME.max(base_ejection_time),
+        Some(d) => {
+            let max = positive_duration(d).map_err(|r| Rejection::new("max_ejection_time", r))?;
+            if max < base_ejection_time {
+                return Err(Rejection::new(
+                    "max_ejection_time",
+                    Reason::Invalid("cannot be smaller than base_ejection_time".into()),
+                ));
+            }
+            max
+        }
+    };
+    let max_ejection_percent = percent(
+        max_ejection_percent.as_ref(),
+        DEFAULT_MAX_EJECTION_PERCENT,
+        "max_ejection_percent",
+    )?;
+    Ok(consecutive_5xx.map(|consecutive_5xx| OutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_time,
+        max_ejection_percent,
+    }))
+}
+
+/// A percentage (0 to 100), `default` when unset.
+fn percent(
+    value: Option<&pb::UInt32Value>,
+    default: u32,
+    field: &'static str,
+) -> Result<u32, Rejection> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.value <= 100 => Ok(v.value),
+        Some(v) => Err(Rejection::new(
+            field,
+            Reason::Invalid(format!("{} is more than 100", v.value)),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream TLS
+
+/// TLS to the endpoints, or `None` for the raw buffer (plaintext) socket.
+fn transport_socket(proto: &core_pb::TransportSocket) -> Result<Option<UpstreamTls>, Rejection> {
+    use core_pb::transport_socket::ConfigType;
+    let core_pb::TransportSocket { name, config_type } = proto;
+    let any = match config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None => return Err(Rejection::new("typed_config", Reason::Missing)),
+    };
+    if is_type::<raw_buffer_pb::RawBuffer>(any) {
+        let raw_buffer_pb::RawBuffer {} = decode(any).within("typed_config")?;
+        return Ok(None);
+    }
+    if !is_type::<tls_pb::UpstreamTlsContext>(any) {
+        return Err(Rejection::new(
+            "typed_config",
+            Reason::UnsupportedValue(format!("transport socket {name:?} ({})", any.type_url)),
+        ));
+    }
+    let context = decode(any).within("typed_config")?;
+    upstream_tls(&context).within("typed_config").map(Some)
+}
+
+#[allow(deprecated)] // `enforce_rsa_key_usage` is deprecated (and ignored by Envoy)
+fn upstream_tls(proto: &tls_pb::UpstreamTlsContext) -> Result<UpstreamTls, Rejection> {
+    let tls_pb::UpstreamTlsContext {
+        common_tls_context,
+        sni,
+        auto_host_sni,
+        auto_sni_san_validation,
+        allow_renegotiation,
+        // Session resumption only saves handshakes; it changes no request's outcome.
+        max_session_keys: _,
+        // Deprecated and ignored by Envoy, which always enforces key usage.
+        enforce_rsa_key_usage: _,
+    } = proto;
+    reject_set(&[
+        (*auto_host_sni, "auto_host_sni"),
+        (*allow_renegotiation, "allow_renegotiation"),
+    ])?;
+    let sni = if sni.is_empty() {
+        None
+    } else {
+        Some(dns_name(sni).map_err(|r| Rejection::new("sni", r))?)
+    };
+    let default = tls_pb::CommonTlsContext::default();
+    let common = common_tls_context.as_ref().unwrap_or(&default);
+    let mut tls = upstream_common_tls(common).within("common_tls_context")?;
+    tls.sni = sni;
+    if *auto_sni_san_validation {
+        // The certificate must carry the SNI sent, whatever SAN matchers say.
+        match (&tls.sni, &tls.trusted_ca) {
+            (Some(sni), Some(_)) => tls.subject_alt_names = vec![sni.clone()],
+            (None, _) => {
+                return Err(Rejection::new(
+                    "auto_sni_san_validation",
+                    Reason::UnsupportedValue("without an sni".into()),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(Rejection::new(
+                    "auto_sni_san_validation",
+                    Reason::Invalid(
+                        "checking names without a trusted_ca is insecure; Envoy refuses it too"
+                            .into(),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(tls)
+}
+
+/// The upstream side of a `CommonTlsContext`: no client certificate, default ciphers; ALPN,
+/// protocol versions and server certificate verification. The SNI is filled in by the caller.
+#[allow(deprecated)] // deprecated fields still change behaviour when set: they must be read
+fn upstream_common_tls(proto: &tls_pb::CommonTlsContext) -> Result<UpstreamTls, Rejection> {
+    use tls_pb::common_tls_context::ValidationContextType;
+    let tls_pb::CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = proto;
+    // Client certificates (mutual TLS to the endpoints) are not implemented.
+    reject_set(&[
+        (!tls_certificates.is_empty(), "tls_certificates"),
+        (
+            !tls_certificate_sds_secret_configs.is_empty(),
+            "tls_certificate_sds_secret_configs",
+        ),
+        (
+            tls_certificate_provider_instance.is_some(),
+            "tls_certificate_provider_instance",
+        ),
+        (
+            custom_tls_certificate_selector.is_some(),
+            "custom_tls_certificate_selector",
+        ),
+        (
+            tls_certificate_certificate_provider.is_some(),
+            "tls_certificate_certificate_provider",
+        ),
+        (
+            tls_certificate_certificate_provider_instance.is_some(),
+            "tls_certificate_certificate_provider_instance",
+        ),
+        (custom_handshaker.is_some(), "custom_handshaker"),
+        (key_log.is_some(), "key_log"),
+    ])?;
+    let (min_version, max_version) = match tls_params {
+        None => (TlsVersion::Tls12, TlsVersion::Tls12),
+        Some(params) => self::tls_params(params).within("tls_params")?,
+    };
+    let alpn = alpn_protocols
+        .iter()
+        .enumerate()
+        .map(|(i, protocol)| match protocol.as_str() {
+            "h2" | "http/1.1" => Ok(protocol.clone()),
+            _ => Err(Rejection::new_at(
+                "alpn_protocols",
+                i,
+                Reason::UnsupportedValue(format!("ALPN protocol {protocol:?}")),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    let (trusted_ca, subject_alt_names) = match validation_context_type {
+        None => (None, Vec::new()),
+        Some(ValidationContextType::ValidationContext(context)) => {
+            validation_context(context).within("validation_context")?
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => {
+            return Err(Rejection::unsupported(
+                "validation_context_sds_secret_config",
+            ));
+        }
+        Some(ValidationContextType::CombinedValidationContext(_)) => {
+            return Err(Rejection::unsupported("combined_validation_context"));
+        }
+        Some(ValidationContextType::ValidationContextCertificateProvider(_)) => {
+            return Err(Rejection::unsupported(
+                "validation_context_certificate_provider",
+            ));
+        }
+        Some(ValidationContextType::ValidationContextCertificateProviderInstance(_)) => {
+            return Err(Rejection::unsupported(
+                "validation_context_certificate_provider_instance",
+            ));
+        }
+    };
+    Ok(UpstreamTls {
+        sni: None,
+        alpn,
+        min_version,
+        max_version,
+        trusted_ca,
+        subject_alt_names,
+    })
+}
+
+/// The protocol versions offered, `(min, max)`; cipher suites, curves and signature algorithms
+/// must be the defaults. Envoy's upstream default is TLS 1.2 only (`TLS_AUTO` means that).
+fn tls_params(proto: &tls_pb::TlsParameters) -> Result<(TlsVersion, TlsVersion), Rejection> {
+    use tls_pb::tls_parameters::TlsProtocol;
+    let tls_pb::TlsParameters {
+        tls_minimum_protocol_version,
+        tls_maximum_protocol_version,
+        cipher_suites,
+        ecdh_curves,
+        signature_algorithms,
+        compliance_policies,
+    } = proto;
+    reject_set(&[
+        (!cipher_suites.is_empty(), "cipher_suites"),
+        (!ecdh_curves.is_empty(), "ecdh_curves"),
+        (!signature_algorithms.is_empty(), "signature_algorithms"),
+        (!compliance_policies.is_empty(), "compliance_policies"),
+    ])?;
+    let version = |value: i32, field: &'static str| match TlsProtocol::try_from(value) {
+        Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12) => Ok(TlsVersion::Tls12),
+        Ok(TlsProtocol::TlSv13) => Ok(TlsVersion::Tls13),
+        // rustls speaks neither.
+        Ok(old @ (TlsProtocol::TlSv10 | TlsProtocol::TlSv11)) => Err(Rejection::new(
+            field,
+            Reason::UnsupportedValue(old.as_str_name().into()),
+        )),
+        Err(_) => Err(Rejection::new(
+            field,
+            Reason::Invalid(format!("unknown TLS version {value}")),
+        )),
+    };
+    let min = version(
+        *tls_minimum_protocol_version,
+        "tls_minimum_protocol_version",
+    )?;
+    let max = version(
+        *tls_maximum_protocol_version,
+        "tls_maximum_protocol_version",
+    )?;
+    if min > max {
+        return Err(Rejection::new(
+            "tls_minimum_protocol_version",
+            Reason::Invalid("is newer than tls_maximum_protocol_version".into()),
+        ));
+    }
+    Ok((min, max))
+}
+
+/// [`UpstreamTls::trusted_ca`] and [`UpstreamTls::subject_alt_names`].
+type Verification = (Option<Vec<Vec<u8>>>, Vec<String>);
+
+/// The trust anchors and DNS names to check; `(None, [])` when nothing is to be checked (no
+/// `trusted_ca`, no SAN matchers: Envoy then accepts any certificate).
+#[allow(deprecated)] // `match_subject_alt_names` is deprecated, and still read by Envoy
+fn validation_context(
+    proto: &tls_pb::CertificateValidationContext,
+) -> Result<Verification, Rejection> {
+    use tls_pb::certificate_validation_context::TrustChainVerification;
+    let tls_pb::CertificateValidationContext {
+        trusted_ca,
+        ca_certificate_provider_instance,
+        system_root_certs,
+        watched_directory,
+        verify_certificate_spki,
+        verify_certificate_hash,
+        match_typed_subject_alt_names,
+        match_subject_alt_names,
+        require_signed_certificate_timestamp,
+        crl,
+        allow_expired_certificate,
+        trust_chain_verification,
+        custom_validator_config,
+        only_verify_leaf_cert_crl,
+        max_verify_depth,
+        // Only changes what a server sends in a CertificateRequest; this is a client.
+        suppress_client_ca_list: _,
+    } = proto;
+    reject_set(&[
+        (
+            ca_certificate_provider_instance.is_some(),
+            "ca_certificate_provider_instance",
+        ),
+        (system_root_certs.is_some(), "system_root_certs"),
+        (watched_directory.is_some(), "watched_directory"),
+        (
+            !verify_certificate_spki.is_empty(),
+            "verify_certificate_spki",
+        ),
+        (
+            !verify_certificate_hash.is_empty(),
+            "verify_certificate_hash",
+        ),
+        (
+            !match_subject_alt_names.is_empty(),
+            "match_subject_alt_names",
+        ),
+        (
+            require_signed_certificate_timestamp.is_some_and(|v| v.value),
+            "require_signed_certificate_timestamp",
+        ),
+        (crl.is_some(), "crl"),
+        (*allow_expired_certificate, "allow_expired_certificate"),
+        (custom_validator_config.is_some(), "custom_validator_config"),
+        (*only_verify_leaf_cert_crl, "only_verify_leaf_cert_crl"),
+        (max_verify_depth.is_some(), "max_verify_depth"),
+    ])?;
+    match TrustChainVerification::try_from(*trust_chain_verification) {
+        Ok(TrustChainVerification::VerifyTrustChain) => {}
+        Ok(other) => {
+            return Err(Rejection::new(
+                "trust_chain_verification",
+                Reason::UnsupportedValue(other.as_str_name().into()),
+            ));
+        }
+        Err(_) => {
+            return Err(Rejection::new(
+                "trust_chain_verification",
+                Reason::Invalid(format!(
+                    "unknown trust chain verification {trust_chain_verification}"
+                )),
+            ));
+        }
+    }
+    let subject_alt_names = match_typed_subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, matcher)| san_matcher(matcher).at("match_typed_subject_alt_names", i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(trusted_ca) = trusted_ca else {
+        if subject_alt_names.is_empty() {
+            return Ok((None, subject_alt_names));
+        }
+        return Err(Rejection::new(
+            "trusted_ca",
+            Reason::Invalid(
+                "is required with match_typed_subject_alt_names: checking names without a \
+                 trusted CA is insecure, and Envoy refuses it too"
+                    .into(),
+            ),
+        ));
+    };
+    let pem = inline_text(trusted_ca).within("trusted_ca")?;
+    let trusted_ca = self::trusted_ca(&pem).map_err(|r| Rejection::new("trusted_ca", r))?;
+    Ok((Some(trusted_ca), subject_alt_names))
+}
+
+/// A SAN matcher: an exact DNS name (wildcards in the certificate match it, as in Envoy).
+fn san_matcher(proto: &tls_pb::SubjectAltNameMatcher) -> Result<String, Rejection> {
+    use matcher_pb::string_matcher::MatchPattern;
+    use tls_pb::subject_alt_name_matcher::SanType;
+    let tls_pb::SubjectAltNameMatcher {
+        san_type,
+        matcher,
+        // Only read for OTHER_NAME, which is rejected.
+        oid: _,
+    } = proto;
+    match SanType::try_from(*san_type) {
+        Ok(SanType::Dns) => {}
+        Ok(SanType::Unspecified) => return Err(Rejection::new("san_type", Reason::Missing)),
+        Ok(other) => {
+            return Err(Rejection::new(
+                "san_type",
+                Reason::UnsupportedValue(other.as_str_name().into()),
+            ));
+        }
+        Err(_) => {
+            return Err(Rejection::new(
+                "san_type",
+                Reason::Invalid(format!("unknown SAN type {san_type}")),
+            ));
+        }
+    }
+    let matcher = matcher
+        .as_ref()
+        .ok_or_else(|| Rejection::new("matcher", Reason::Missing))?;
+    let matcher_pb::StringMatcher {
+        match_pattern,
+        // DNS names compare without case either way.
+        ignore_case: _,
+    } = matcher;
+    let unsupported = match match_pattern {
+        Some(MatchPattern::Exact(name)) => {
+            return dns_name(name).map_err(|r| Rejection::new("exact", r).within("matcher"));
+        }
+        None => return Err(Rejection::new("exact", Reason::Missing).within("matcher")),
+        Some(MatchPattern::Prefix(_)) => "prefix",
+        Some(MatchPattern::Suffix(_)) => "suffix",
+        Some(MatchPattern::SafeRegex(_)) => "safe_regex",
+        Some(MatchPattern::Contains(_)) => "contains",
+        Some(MatchPattern::Custom(_)) => "custom",
+    };
+    Err(Rejection::unsupported(unsupported).within("matcher"))
+}
+
+/// CA certificates from a PEM bundle: certificates only (Envoy would also read CRLs from it,
+/// which are not implemented), each usable as a trust anchor.
+fn trusted_ca(pem: &str) -> Result<Vec<Vec<u8>>, Reason> {
+    let mut certificates = Vec::new();
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
+        let (kind, der) = section.map_err(|e| Reason::Invalid(format!("is not PEM: {e}")))?;
+        if kind != SectionKind::Certificate {
+            return Err(Reason::UnsupportedValue(format!(
+                "a {kind:?} block (only CERTIFICATE blocks are read)"
+            )));
+        }
+        rustls::RootCertStore::empty()
+            .add(CertificateDer::from(der.as_slice()))
+            .map_err(|e| {
+                Reason::Invalid(format!(
+                    "certificate {} cannot be a trust anchor: {e}",
+                    certificates.len() + 1
+                ))
+            })?;
+        certificates.push(der);
+    }
+    if certificates.is_empty() {
+        return Err(Reason::Invalid("holds no CERTIFICATE block".into()));
+    }
+    Ok(certificates)
+}
+
+/// A DNS name as rustls sends it in SNI and matches it against certificates, lower-cased.
+fn dns_name(name: &str) -> Result<String, Reason> {
+    use rustls::pki_types::ServerName;
+    match ServerName::try_from(name) {
+        Ok(ServerName::DnsName(_)) => Ok(name.to_ascii_lowercase()),
+        _ => Err(Reason::Invalid(format!("{name:?} is not a DNS name"))),
+    }
+}
+
+/// The text of an inline `DataSource`; files and environment variables are not read.
+fn inline_text(proto: &core_pb::DataSource) -> Result<String, Rejection> {
+    use core_pb::data_source::Specifier;
+    let core_pb::DataSource {
+        watched_directory,
+        specifier,
+    } = proto;
+    reject_if(watched_directory.is_some(), "watched_directory")?;
+    match specifier {
+        Some(Specifier::InlineString(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Specifier::InlineBytes(b)) if !b.is_empty() => String::from_utf8(b.clone())
+            .map_err(|_| Rejection::new("inline_bytes", Reason::Invalid("is not PEM".into()))),
+        None | Some(Specifier::InlineString(_) | Specifier::InlineBytes(_)) => {
+            Err(Rejection::new("inline_string", Reason::Missing))
+        }
+        // Reading files or the environment is I/O that config building does not do.
+        Some(Specifier::Filename(_)) => Err(Rejection::unsupported("filename")),
+        Some(Specifier::EnvironmentVariable(_)) => {
+            Err(Rejection::unsupported("environment_variable"))
+        }
+    }
 }
 
 fn eds(
@@ -1267,9 +2304,9 @@ fn endpoint<H>(
         observability_name: _,
     } = proto;
     reject_set(&[
-        // Read only by active health checks, which are rejected.
+        // Per-endpoint health-check settings (port, Host, address): not implemented.
         (health_check_config.is_some(), "health_check_config"),
-        // Read by auto_host_rewrite and health checks, both rejected; refused so that
+        // Read by auto_host_rewrite and auto_host_sni, both rejected; refused so that
         // implementing them cannot silently miss it.
         (!hostname.is_empty(), "hostname"),
         (!additional_addresses.is_empty(), "additional_addresses"),
@@ -1349,13 +2386,62 @@ fn socket_address<H>(
 // ---------------------------------------------------------------------------------------------
 // Small helpers (route.rs has its own private copies; the two modules do not share internals).
 
-/// Envoy's rule for strings that may end up in headers (`HTTP_HEADER_VALUE`): no NUL, CR or LF.
+/// A duration that must be more than zero (Envoy's `gt: {}`).
 fn positive_duration(d: &pb::Duration) -> Result<Duration, Reason> {
     let d = duration(d)?;
     if d.is_zero() {
         return Err(Reason::Invalid("must be greater than 0".into()));
     }
     Ok(d)
+}
+
+/// A duration Envoy requires (`required: true, gt: {}`).
+fn required_positive(d: Option<&pb::Duration>, field: &'static str) -> Result<Duration, Rejection> {
+    let d = d.ok_or_else(|| Rejection::new(field, Reason::Missing))?;
+    positive_duration(d).map_err(|r| Rejection::new(field, r))
+}
+
+/// Whether an optional duration is set to something other than zero (negative counts).
+fn is_nonzero(d: Option<&pb::Duration>) -> bool {
+    d.is_some_and(|d| d.seconds != 0 || d.nanos != 0)
+}
+
+/// An optional duration that defaults to `default` (the value of `default_field`) and is
+/// accepted only when unset or equal to it: other values would need behaviour not implemented.
+fn same_as(
+    value: Option<&pb::Duration>,
+    default: Duration,
+    field: &'static str,
+    default_field: &str,
+) -> Result<(), Rejection> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let value = positive_duration(value).map_err(|r| Rejection::new(field, r))?;
+    if value == default {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            field,
+            Reason::UnsupportedValue(format!(
+                "{value:?} (only the same as {default_field}, {default:?}, is implemented)"
+            )),
+        ))
+    }
+}
+
+fn is_type<T: Name>(any: &pb::Any) -> bool {
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    name == T::full_name()
+}
+
+fn decode<T: Message + Default>(any: &pb::Any) -> Result<T, Rejection> {
+    T::decode(any.value.as_slice()).map_err(|e| {
+        Rejection::new(
+            "value",
+            Reason::Invalid(format!("undecodable {}: {e}", any.type_url)),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -175,6 +175,9 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     /// Timeout of each attempt; `None` leaves only the route's overall timeout.
     pub per_try_timeout: Option<Duration>,
+    /// Envoy's `retriable_request_headers`: when not empty, a request is retried only if it
+    /// matches at least one of them. See [`RetryPolicy::retry_allowed`].
+    pub retriable_request_headers: Vec<HeaderMatch>,
 }
 
 /// A retry condition, as named in Envoy's `retry_on`.
@@ -438,6 +441,20 @@ impl RetryPolicy {
     /// Whether `condition` triggers a retry.
     pub fn retries_on(&self, condition: RetryOn) -> bool {
         self.retry_on.contains(&condition)
+    }
+
+    /// Whether this request may be retried at all, whatever the failure: true when
+    /// `retriable_request_headers` is empty or any one of them matches. Envoy's
+    /// `RetryStateImpl` clears every `retry_on` condition (connect failures included) for a
+    /// request that matches none. Envoy asks this of the request as it goes upstream: after the
+    /// route's header mutations and rewrites. The control plane only emits a `:method` matcher,
+    /// which neither changes.
+    pub fn retry_allowed(&self, req: &RequestHead<'_>) -> bool {
+        self.retriable_request_headers.is_empty()
+            || self
+                .retriable_request_headers
+                .iter()
+                .any(|h| h.matches(req))
     }
 }
 
@@ -765,14 +782,14 @@ fn eq_bytes(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
 }
 
 /// Envoy's `StringMatcher`.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct StringMatch {
     pattern: Pattern,
     /// For exact, prefix, suffix and contains; a regex ignores it, as in Envoy.
     ignore_case: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Pattern {
     Exact(String),
     Prefix(String),
@@ -783,6 +800,24 @@ enum Pattern {
     /// The deprecated `exact_match: ""` of header matchers, which Envoy takes as any value.
     Any,
 }
+
+// By hand because `Regex` has no `PartialEq`: two regexes compiled from the same pattern are
+// the same matcher.
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b))
+            | (Self::Prefix(a), Self::Prefix(b))
+            | (Self::Suffix(a), Self::Suffix(b))
+            | (Self::Contains(a), Self::Contains(b)) => a == b,
+            (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
+            (Self::Any, Self::Any) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Pattern {}
 
 impl StringMatch {
     fn matches(&self, value: &str) -> bool {
@@ -798,28 +833,77 @@ impl StringMatch {
     }
 }
 
-/// Envoy's `HeaderMatcher`.
-#[derive(Debug)]
-struct HeaderMatch {
+/// Envoy's `HeaderMatcher`, on a route or a retry policy; built from config only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
     name: HeaderKey,
     rule: HeaderRule,
     invert: bool,
     treat_missing_as_empty: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum HeaderKey {
     Method,
+    /// `:authority`, and also `host`: Envoy's header map answers a lookup of `host` with
+    /// `:authority` (checked against Envoy 1.40), which is the `Host` header in HTTP/1.1.
     Authority,
     Path,
     Scheme,
-    /// `host`. Envoy keeps the HTTP/1.1 `Host` as `:authority`, so a matcher on `host` never
-    /// finds it; matching the `Host` header here would route differently from Envoy.
-    Host,
-    Name(HeaderName),
+    /// A header whose values are matched one by one (Envoy 1.39+,
+    /// `envoy.reloadable_features.match_headers_individually`).
+    Each(HeaderName),
+    /// A header Envoy's header map keeps as one entry ([`JOINED_HEADERS`]): repeated lines are
+    /// joined with `,` as they arrive, so the matcher sees the joined value.
+    Joined(HeaderName),
 }
 
-#[derive(Debug)]
+/// The request headers Envoy 1.40 keeps as one "inline" entry, so that lines repeating one are
+/// appended to it with `,` before any matcher runs; every other header keeps one entry per line.
+/// Envoy does not list them in one place (its core headers plus those its extensions register);
+/// this list is what an Envoy 1.40 route table matched that way, over HTTP/1.1 and HTTP/2
+/// alike, among some 180 common request header names. Sorted, for binary search.
+const JOINED_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "access-control-request-headers",
+    "access-control-request-method",
+    "access-control-request-private-network",
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-type",
+    "expect",
+    "grpc-accept-encoding",
+    "grpc-timeout",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "origin",
+    "pragma",
+    "proxy-status",
+    "referer",
+    "user-agent",
+    "via",
+    "x-client-trace-id",
+    "x-envoy-attempt-count",
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-external-address",
+    "x-envoy-is-timeout-retry",
+    "x-envoy-original-host",
+    "x-envoy-original-path",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum HeaderRule {
     Present(bool),
     /// `[start, end)` over the value parsed as a base-10 integer.
@@ -830,51 +914,79 @@ enum HeaderRule {
     String(StringMatch),
 }
 
+/// What a header matcher compares: one value, or each of several.
+enum Values<'a> {
+    One(Cow<'a, str>),
+    Each(http::header::GetAll<'a, HeaderValue>),
+}
+
 impl HeaderKey {
-    /// The header's value, several values joined with `,` (Envoy's `getAllOfHeaderAsString`).
-    fn value<'a>(&self, req: &RequestHead<'a>) -> Option<Cow<'a, str>> {
-        let name = match self {
-            Self::Method => return Some(Cow::Borrowed(req.method)),
-            Self::Authority => return Some(Cow::Borrowed(req.authority)),
-            Self::Path => return Some(Cow::Borrowed(req.path_and_query)),
-            Self::Scheme => return Some(Cow::Borrowed(req.scheme)),
-            Self::Host => return None,
-            Self::Name(name) => name,
-        };
-        let mut values = req.headers.get_all(name).iter();
-        let first = String::from_utf8_lossy(values.next()?.as_bytes());
-        let Some(second) = values.next() else {
-            return Some(first);
-        };
-        let mut joined = first.into_owned();
-        for value in std::iter::once(second).chain(values) {
-            joined.push(',');
-            joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
+    /// The header's values as Envoy's matcher sees them; `None` when the header is absent.
+    fn values<'a>(&self, req: &RequestHead<'a>) -> Option<Values<'a>> {
+        let one = |value: &'a str| Some(Values::One(Cow::Borrowed(value)));
+        match self {
+            Self::Method => one(req.method),
+            Self::Authority => one(req.authority),
+            Self::Path => one(req.path_and_query),
+            Self::Scheme => one(req.scheme),
+            Self::Each(name) => {
+                let all = req.headers.get_all(name);
+                all.iter().next().is_some().then_some(Values::Each(all))
+            }
+            // Envoy's `getAllOfHeaderAsString`, over the lines an inline entry was made of.
+            Self::Joined(name) => {
+                let mut values = req.headers.get_all(name).iter();
+                let first = lossy(values.next()?);
+                let Some(second) = values.next() else {
+                    return Some(Values::One(first));
+                };
+                let mut joined = first.into_owned();
+                for value in std::iter::once(second).chain(values) {
+                    joined.push(',');
+                    joined.push_str(&lossy(value));
+                }
+                Some(Values::One(Cow::Owned(joined)))
+            }
         }
-        Some(Cow::Owned(joined))
     }
 }
 
+fn lossy(value: &HeaderValue) -> Cow<'_, str> {
+    String::from_utf8_lossy(value.as_bytes())
+}
+
 impl HeaderMatch {
-    fn matches(&self, req: &RequestHead<'_>) -> bool {
-        let value = self.name.value(req);
+    /// Whether the request matches, as Envoy 1.40's `HeaderUtility` decides:
+    /// - presence matchers look only at whether the header is there;
+    /// - a value matcher on an absent header fails, inverted or not, unless
+    ///   `treat_missing_header_as_empty`, which tests the empty string instead;
+    /// - a header sent on several lines matches when any one of its values matches, and
+    ///   `invert_match` then asks that none does. A single line `a,b` is one value. A few
+    ///   standard headers (`user-agent`, `accept`, `x-forwarded-for`, …) are the exception:
+    ///   Envoy joins their lines with `,` first, so they are matched joined.
+    pub fn matches(&self, req: &RequestHead<'_>) -> bool {
+        let values = self.name.values(req);
         if let HeaderRule::Present(present) = self.rule {
-            return (value.is_some() == present) != self.invert;
+            return (values.is_some() == present) != self.invert;
         }
-        let value = match value {
-            Some(value) => value,
-            None if self.treat_missing_as_empty => Cow::Borrowed(""),
+        let matched = match values {
+            Some(Values::One(value)) => self.rule_matches(&value),
+            Some(Values::Each(all)) => all.iter().any(|v| self.rule_matches(&lossy(v))),
+            None if self.treat_missing_as_empty => self.rule_matches(""),
             // A missing header fails a value matcher, inverted or not.
             None => return false,
         };
-        let matched = match &self.rule {
+        matched != self.invert
+    }
+
+    fn rule_matches(&self, value: &str) -> bool {
+        match &self.rule {
             HeaderRule::Range { start, end } => {
                 value.parse::<i64>().is_ok_and(|v| *start <= v && v < *end)
             }
-            HeaderRule::String(m) => m.matches(&value),
-            HeaderRule::Present(_) => unreachable!("handled above"),
-        };
-        matched != self.invert
+            HeaderRule::String(m) => m.matches(value),
+            HeaderRule::Present(_) => unreachable!("presence is decided before values"),
+        }
     }
 }
 
@@ -1378,7 +1490,7 @@ fn header_key(name: &str) -> Result<HeaderKey, Reason> {
     let name = name.to_ascii_lowercase();
     Ok(match name.as_str() {
         ":method" => HeaderKey::Method,
-        ":authority" => HeaderKey::Authority,
+        ":authority" | "host" => HeaderKey::Authority,
         ":path" => HeaderKey::Path,
         ":scheme" => HeaderKey::Scheme,
         "" => return Err(Reason::Missing),
@@ -1386,8 +1498,10 @@ fn header_key(name: &str) -> Result<HeaderKey, Reason> {
             return Err(Reason::UnsupportedValue(format!("pseudo-header {pseudo}")));
         }
         _ => match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(header) if header == http::header::HOST => HeaderKey::Host,
-            Ok(header) => HeaderKey::Name(header),
+            Ok(header) if JOINED_HEADERS.binary_search(&header.as_str()).is_ok() => {
+                HeaderKey::Joined(header)
+            }
+            Ok(header) => HeaderKey::Each(header),
             Err(_) => return Err(Reason::Invalid(format!("{name:?} is not a header name"))),
         },
     })
@@ -1835,10 +1949,6 @@ fn retry_policy(proto: &route_pb::RetryPolicy) -> Result<RetryPolicy, Rejection>
             "rate_limited_retry_back_off",
         ),
         (!retriable_headers.is_empty(), "retriable_headers"),
-        (
-            !retriable_request_headers.is_empty(),
-            "retriable_request_headers",
-        ),
         (*refresh_cluster_on_retry, "refresh_cluster_on_retry"),
     ])?;
 
@@ -1885,10 +1995,16 @@ fn retry_policy(proto: &route_pb::RetryPolicy) -> Result<RetryPolicy, Rejection>
         .transpose()
         .map_err(|r| Rejection::new("per_try_timeout", r))?
         .filter(|d| !d.is_zero());
+    let retriable_request_headers = retriable_request_headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_matcher(h).at("retriable_request_headers", i))
+        .collect::<Result<_, _>>()?;
     Ok(RetryPolicy {
         retry_on: conditions,
         num_retries: num_retries.map_or(1, |n| n.value),
         per_try_timeout,
+        retriable_request_headers,
     })
 }
 

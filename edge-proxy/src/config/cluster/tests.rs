@@ -177,6 +177,9 @@ fn eds_cluster_fields_and_envoys_defaults() {
                 max_requests: 1024,
                 max_retries: 3,
             },
+            health_check: None,
+            outlier_detection: None,
+            tls: None,
         }
     );
     assert_eq!(cluster.eds_service_name(), Some("users"));
@@ -619,26 +622,7 @@ fn unsupported_or_invalid_clusters_are_rejected_naming_the_field() {
     let cases: Vec<(String, Breaker<cluster_pb::Cluster>, Check<'_>)> = vec![
         // The cluster itself.
         ("name".into(), Box::new(|c| c.name.clear()), &missing),
-        (
-            "health_checks".into(),
-            Box::new(|c| c.health_checks = vec![Default::default()]),
-            &unsupported,
-        ),
-        (
-            "outlier_detection".into(),
-            Box::new(|c| c.outlier_detection = Some(Default::default())),
-            &unsupported,
-        ),
-        (
-            "transport_socket".into(),
-            Box::new(|c| {
-                c.transport_socket = Some(core_pb::TransportSocket {
-                    name: "envoy.transport_sockets.tls".into(),
-                    config_type: None,
-                })
-            }),
-            &unsupported_value,
-        ),
+        // Health checks, outlier detection and TLS have their own table, in `health`.
         (
             "transport_socket_matches".into(),
             Box::new(|c| c.transport_socket_matches = vec![Default::default()]),
@@ -1381,16 +1365,13 @@ fn unsupported_or_invalid_assignments_are_rejected_naming_the_field() {
 
 #[test]
 fn rejection_messages_read_well() {
+    // Envoy's success-rate detector is on unless turned off.
     let mut proto = eds_cluster("users");
-    proto.transport_socket = Some(core_pb::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: None,
-    });
+    proto.outlier_detection = Some(Default::default());
     assert_eq!(
         Cluster::try_from(&proto).unwrap_err().to_string(),
-        "cluster users: transport_socket: not supported: transport socket \
-         \"envoy.transport_sockets.tls\": upstream TLS is not implemented yet, endpoints are \
-         reached in plaintext only"
+        "cluster users: outlier_detection.enforcing_success_rate: not supported: 100% (100 when \
+         unset): only consecutive-5xx ejection is implemented; set 0 to turn this detector off"
     );
 
     let proto = with_options(
@@ -1428,11 +1409,14 @@ fn rejection_messages_read_well() {
 // What the control plane actually serves
 
 #[test]
+#[allow(clippy::single_range_in_vec_init)] // lists of status ranges
 fn accepts_what_the_control_plane_translator_emits() {
     use prost::Message as _;
+    use rustls::pki_types::pem::PemObject as _;
     use tollgate_control_plane::model::{
-        Cluster as ModelCluster, Endpoint as ModelEndpoint, LbPolicy as ModelLbPolicy, Listener,
-        Route as ModelRoute,
+        CircuitBreakers as ModelCircuitBreakers, Cluster as ModelCluster,
+        Endpoint as ModelEndpoint, LbPolicy as ModelLbPolicy, Listener, Route as ModelRoute,
+        UpstreamTls as ModelTls,
     };
     use tollgate_control_plane::store::StoreSnapshot;
     use tollgate_control_plane::translate::{NodeGroup, NodeKind, ResourceType, translate};
@@ -1445,9 +1429,17 @@ fn accepts_what_the_control_plane_translator_emits() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let list = |key: &str| fixture[key].clone();
     let mut clusters: Vec<ModelCluster> = serde_json::from_value(list("clusters")).unwrap();
+    let legacy_ca: Vec<Vec<u8>> = {
+        let legacy = clusters.iter().find(|c| c.name == "legacy").unwrap();
+        let pem = legacy.tls.as_ref().unwrap().trusted_ca.as_ref().unwrap();
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|der| der.unwrap().to_vec())
+            .collect()
+    };
     let routes: Vec<ModelRoute> = serde_json::from_value(list("routes")).unwrap();
     let listeners: Vec<Listener> = serde_json::from_value(list("listeners")).unwrap();
-    // Beyond the fixture: every lb policy, IPv6, HTTP/2 over EDS and an empty cluster.
+    // Beyond the fixture: every lb policy, IPv6, HTTP/2 over EDS and an empty cluster; health
+    // check and outlier detection with the model's defaults; TLS without verification.
     let endpoint = |address: &str, port, weight| ModelEndpoint {
         address: address.into(),
         port,
@@ -1480,8 +1472,29 @@ fn accepts_what_the_control_plane_translator_emits() {
             lb_policy,
             connect_timeout_ms: 1_001,
             http2,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breakers: None,
+            tls: None,
         });
     }
+    fn model<'a>(clusters: &'a mut [ModelCluster], name: &str) -> &'a mut ModelCluster {
+        clusters.iter_mut().find(|c| c.name == name).unwrap()
+    }
+    let maglev = model(&mut clusters, "maglev");
+    maglev.health_check = Some(serde_json::from_value(serde_json::json!({"path": "/"})).unwrap());
+    maglev.outlier_detection = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+    maglev.circuit_breakers = Some(ModelCircuitBreakers::default());
+    model(&mut clusters, "random").tls = Some(ModelTls {
+        sni: Some("API.example.com".into()),
+        trusted_ca: None,
+        verify: false,
+    });
+    model(&mut clusters, "ring").tls = Some(ModelTls {
+        sni: None,
+        trusted_ca: None,
+        verify: false,
+    });
     let store = StoreSnapshot {
         revision: 1,
         clusters: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
@@ -1550,7 +1563,32 @@ fn accepts_what_the_control_plane_translator_emits() {
             connect_timeout: Duration::from_millis(250),
             lb_policy: LbPolicy::LeastRequest { choice_count: 2 },
             protocol: UpstreamProtocol::Http1,
-            circuit_breakers: CircuitBreakers::default(),
+            circuit_breakers: CircuitBreakers {
+                max_connections: 100,
+                max_pending_requests: 1024,
+                max_requests: 200,
+                max_retries: 3,
+            },
+            health_check: Some(HealthCheck {
+                path: "/healthz".into(),
+                host: Some("users.internal".into()),
+                protocol: UpstreamProtocol::Http1,
+                interval: Duration::from_secs(2),
+                // The control plane probes at the interval, traffic or not.
+                no_traffic_interval: Duration::from_secs(2),
+                timeout: Duration::from_millis(500),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+                expected_statuses: vec![200..202, 204..205],
+            }),
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx: 3,
+                interval: Duration::from_secs(5),
+                base_ejection_time: Duration::from_secs(15),
+                max_ejection_time: DEFAULT_MAX_EJECTION_TIME,
+                max_ejection_percent: 50,
+            }),
+            tls: None,
         }
     );
     assert_eq!(
@@ -1575,6 +1613,29 @@ fn accepts_what_the_control_plane_translator_emits() {
             lb_policy: LbPolicy::RoundRobin,
             protocol: UpstreamProtocol::Http2,
             circuit_breakers: CircuitBreakers::default(),
+            health_check: Some(HealthCheck {
+                path: "/status?full=1".into(),
+                // Envoy sends the cluster's name.
+                host: None,
+                // In the cluster's HTTP version.
+                protocol: UpstreamProtocol::Http2,
+                interval: Duration::from_secs(5),
+                no_traffic_interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 1,
+                unhealthy_threshold: 2,
+                // Any 2xx: the model's default, not Envoy's 200.
+                expected_statuses: vec![200..300],
+            }),
+            outlier_detection: None,
+            tls: Some(UpstreamTls {
+                sni: Some("legacy.internal".into()),
+                alpn: vec!["h2".into()],
+                min_version: TlsVersion::Tls12,
+                max_version: TlsVersion::Tls13,
+                trusted_ca: Some(legacy_ca),
+                subject_alt_names: vec!["legacy.internal".into()],
+            }),
         }
     );
 
@@ -1598,6 +1659,50 @@ fn accepts_what_the_control_plane_translator_emits() {
         clusters["maglev"].lb_policy,
         LbPolicy::Maglev { table_size: 65_537 }
     );
+    // The model's defaults, as Envoy reads them.
+    let maglev = &clusters["maglev"];
+    assert_eq!(
+        maglev.health_check,
+        Some(HealthCheck {
+            path: "/".into(),
+            host: None,
+            protocol: UpstreamProtocol::Http1,
+            interval: Duration::from_secs(5),
+            no_traffic_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+            expected_statuses: vec![200..300],
+        })
+    );
+    assert_eq!(
+        maglev.outlier_detection,
+        Some(OutlierDetection {
+            consecutive_5xx: 5,
+            interval: DEFAULT_OUTLIER_INTERVAL,
+            base_ejection_time: DEFAULT_BASE_EJECTION_TIME,
+            max_ejection_time: DEFAULT_MAX_EJECTION_TIME,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+        })
+    );
+    assert_eq!(maglev.circuit_breakers, CircuitBreakers::default());
+    // TLS without verification: no validation context, so any certificate.
+    assert_eq!(
+        clusters["random"].tls,
+        Some(UpstreamTls {
+            sni: Some("api.example.com".into()),
+            alpn: vec!["http/1.1".into()],
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            trusted_ca: None,
+            subject_alt_names: vec![],
+        })
+    );
+    let ring_tls = clusters["ring"].tls.as_ref().unwrap();
+    assert_eq!(
+        (ring_tls.sni.as_deref(), ring_tls.alpn.as_slice()),
+        (None, ["h2".to_owned()].as_slice())
+    );
     assert_eq!(clusters["random"].lb_policy, LbPolicy::Random);
     assert!(matches!(
         clusters["random"].members(|_| None),
@@ -1608,3 +1713,5 @@ fn accepts_what_the_control_plane_translator_emits() {
         Members::Endpoints(&[])
     );
 }
+
+mod health;

@@ -191,6 +191,16 @@ fn get(authority: &'static str, path: &'static str) -> Req {
 }
 
 impl Req {
+    fn clone_with_method(&self, method: &'static str) -> Self {
+        Req {
+            method,
+            scheme: self.scheme,
+            authority: self.authority,
+            path: self.path,
+            headers: self.headers.clone(),
+        }
+    }
+
     fn method(mut self, method: &'static str) -> Self {
         self.method = method;
         self
@@ -587,12 +597,15 @@ fn header_matcher_edge_cases() {
                     vec![header("x-b", HeaderSpec::ExactMatch("".into()))],
                 ),
             ),
-            // Envoy keeps Host as :authority; a matcher named `host` never sees it.
+            // Envoy keeps Host as :authority, and a matcher named `host` reads :authority.
             fwd(
                 "host-header",
                 with_headers(
                     prefix("/host"),
-                    vec![header("host", HeaderSpec::PresentMatch(true))],
+                    vec![header(
+                        "host",
+                        HeaderSpec::StringMatch(string(P::Exact("h".into()), false)),
+                    )],
                 ),
             ),
             fwd(
@@ -627,8 +640,9 @@ fn header_matcher_edge_cases() {
         (get("h", "/p").header("x-a", ""), "present"),
         (get("h", "/p").header("x-b", "anything"), "exact-empty"),
         (get("h", "/p"), "rest"),
-        (get("h:8080", "/host").header("host", "h:8080"), "authority"),
-        (get("h", "/host").header("host", "h"), "rest"),
+        (get("h:8080", "/host"), "authority"),
+        (get("h", "/host"), "host-header"),
+        (get("other", "/host").header("host", "h"), "rest"),
         (get("h", "/auth"), "no-auth"),
         (
             get("h", "/auth").header("authorization", "Bearer x"),
@@ -645,6 +659,147 @@ fn header_matcher_edge_cases() {
             req.headers
         );
     }
+}
+
+/// Repeated headers, as Envoy 1.40 matched them (a static Envoy config with these matchers,
+/// requests sent with curl over HTTP/1.1 and HTTP/2).
+#[test]
+fn repeated_headers_match_value_by_value_as_envoy() {
+    use MatchPattern as P;
+    let s = |p: P| HeaderSpec::StringMatch(string(p, false));
+    let matcher = |path: &str, h: route_pb::HeaderMatcher| {
+        fwd(path, with_headers(prefix(&format!("/{path}/")), vec![h]))
+    };
+    let missing_as_empty = |h: route_pb::HeaderMatcher| route_pb::HeaderMatcher {
+        treat_missing_header_as_empty: true,
+        ..h
+    };
+    let range = || {
+        HeaderSpec::RangeMatch(tollgate_proto::envoy::r#type::v3::Int64Range { start: 1, end: 10 })
+    };
+    let table = build(&config(vec![vhost(
+        "v",
+        &["*"],
+        vec![
+            matcher("exact", header("x-h", s(P::Exact("prod".into())))),
+            matcher(
+                "not-exact",
+                inverted(header("x-h", s(P::Exact("prod".into())))),
+            ),
+            matcher("joined", header("x-h", s(P::Exact("dev,prod".into())))),
+            matcher("regex", header("x-h", s(P::SafeRegex(regex("v[0-9]+"))))),
+            matcher("range", header("x-h", range())),
+            matcher("not-range", inverted(header("x-h", range()))),
+            matcher("present", header("x-h", HeaderSpec::PresentMatch(true))),
+            matcher("absent", header("x-h", HeaderSpec::PresentMatch(false))),
+            matcher(
+                "not-prod-or-missing",
+                missing_as_empty(inverted(header("x-h", s(P::Exact("prod".into()))))),
+            ),
+            // Envoy's header map joins repeated lines of its inline headers as they arrive.
+            matcher("ua", header("user-agent", s(P::Exact("b".into())))),
+            matcher("ua-joined", header("user-agent", s(P::Exact("a,b".into())))),
+            fwd("miss", prefix("/")),
+        ],
+    )]));
+    let cases: &[(&'static str, &[&'static str], &str)] = &[
+        ("/exact/", &[], "miss"),
+        ("/exact/", &["prod"], "exact"),
+        ("/exact/", &["dev", "prod"], "exact"),
+        ("/exact/", &["prod", "prod"], "exact"),
+        ("/exact/", &["dev", "test"], "miss"),
+        ("/exact/", &["dev,prod"], "miss"),
+        ("/not-exact/", &[], "miss"),
+        ("/not-exact/", &["dev"], "not-exact"),
+        ("/not-exact/", &["dev", "prod"], "miss"),
+        ("/not-exact/", &["dev", "test"], "not-exact"),
+        ("/not-exact/", &["dev,prod"], "not-exact"),
+        ("/joined/", &["dev", "prod"], "miss"),
+        ("/joined/", &["dev,prod"], "joined"),
+        ("/regex/", &["beta", "v2"], "regex"),
+        ("/regex/", &["dev", "prod"], "miss"),
+        ("/range/", &["abc", "5"], "range"),
+        ("/range/", &["50", "abc"], "miss"),
+        ("/not-range/", &["abc", "5"], "miss"),
+        ("/not-range/", &["50", "abc"], "not-range"),
+        ("/not-range/", &[], "miss"),
+        ("/present/", &["a", "b"], "present"),
+        ("/absent/", &[], "absent"),
+        ("/absent/", &["a", "b"], "miss"),
+        ("/not-prod-or-missing/", &[], "not-prod-or-missing"),
+        ("/not-prod-or-missing/", &["dev", "prod"], "miss"),
+        (
+            "/not-prod-or-missing/",
+            &["dev", "test"],
+            "not-prod-or-missing",
+        ),
+    ];
+    for (path, values, want) in cases {
+        let mut req = get("h", path);
+        for value in *values {
+            req = req.header("x-h", value);
+        }
+        assert_eq!(found(&table, &req), Some(*want), "{path} {values:?}");
+    }
+    let ua = |path: &'static str| {
+        get("h", path)
+            .header("user-agent", "a")
+            .header("user-agent", "b")
+    };
+    assert_eq!(found(&table, &ua("/ua/")), Some("miss"));
+    assert_eq!(found(&table, &ua("/ua-joined/")), Some("ua-joined"));
+}
+
+#[test]
+fn joined_headers_are_sorted_lower_case_names() {
+    assert!(JOINED_HEADERS.windows(2).all(|w| w[0] < w[1]));
+    for name in JOINED_HEADERS {
+        assert_eq!(HeaderName::from_static(name).as_str(), *name);
+    }
+}
+
+#[test]
+fn retries_are_limited_to_requests_matching_a_retriable_request_header() {
+    use MatchPattern as P;
+    let mut action = to_cluster("c");
+    action.retry_policy = Some(route_pb::RetryPolicy {
+        retry_on: "5xx".into(),
+        retriable_request_headers: vec![
+            header(
+                ":method",
+                HeaderSpec::StringMatch(string(P::SafeRegex(regex("GET|PUT")), false)),
+            ),
+            header("x-retry", HeaderSpec::PresentMatch(true)),
+        ],
+        ..Default::default()
+    });
+    let table = single_route_table(route(
+        "r",
+        prefix("/"),
+        route_pb::route::Action::Route(action),
+    ));
+    let retry = forward_of(&table).retry_policy.as_ref().unwrap();
+    assert_eq!(retry.retriable_request_headers.len(), 2);
+    // Any one matcher is enough.
+    assert!(retry.retry_allowed(&get("h", "/").head()));
+    assert!(retry.retry_allowed(&get("h", "/").method("PUT").head()));
+    assert!(retry.retry_allowed(&get("h", "/").method("POST").header("x-retry", "1").head()));
+    assert!(!retry.retry_allowed(&get("h", "/").method("POST").head()));
+    assert!(!retry.retry_allowed(&get("h", "/").method("GETX").head()));
+
+    // Without any, every request may be retried.
+    let mut action = to_cluster("c");
+    action.retry_policy = Some(route_pb::RetryPolicy {
+        retry_on: "5xx".into(),
+        ..Default::default()
+    });
+    let table = single_route_table(route(
+        "r",
+        prefix("/"),
+        route_pb::route::Action::Route(action),
+    ));
+    let retry = forward_of(&table).retry_policy.as_ref().unwrap();
+    assert!(retry.retry_allowed(&get("h", "/").method("POST").head()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,6 +915,7 @@ fn forward_settings_and_defaults() {
             retry_on: vec![RetryOn::FiveXx, RetryOn::Reset],
             num_retries: 3,
             per_try_timeout: Some(Duration::from_millis(250)),
+            retriable_request_headers: Vec::new(),
         })
     );
     assert_eq!(
@@ -778,6 +934,7 @@ fn forward_settings_and_defaults() {
     assert!(!retry.retries_on(RetryOn::FiveXx));
     assert_eq!(retry.num_retries, 1, "Envoy's default");
     assert_eq!(retry.per_try_timeout, None);
+    assert!(retry.retry_allowed(&get("h", "/").method("POST").head()));
 }
 
 #[test]
@@ -1580,6 +1737,23 @@ fn unsupported_or_invalid_configs_are_rejected_naming_the_field() {
             &unsupported_value,
         ),
         (
+            "virtual_hosts[0].routes[0].route.retry_policy.retriable_request_headers[1].name",
+            Box::new(|c| {
+                first_action(c).retry_policy = Some(route_pb::RetryPolicy {
+                    retry_on: "5xx".into(),
+                    retriable_request_headers: vec![
+                        header(
+                            ":method",
+                            HeaderSpec::StringMatch(string(P::Exact("GET".into()), false)),
+                        ),
+                        header(":status", HeaderSpec::PresentMatch(true)),
+                    ],
+                    ..Default::default()
+                })
+            }),
+            &unsupported_value,
+        ),
+        (
             "virtual_hosts[0].routes[0].route.retry_policy.retry_back_off",
             Box::new(|c| {
                 first_action(c).retry_policy = Some(route_pb::RetryPolicy {
@@ -1913,14 +2087,23 @@ fn accepts_what_the_control_plane_translator_emits() {
         Some(HeaderValue::from_static("users.internal"))
     );
     assert_eq!(f.timeout, Some(Duration::from_millis(1500)));
-    assert_eq!(
-        f.retry_policy,
-        Some(RetryPolicy {
-            retry_on: vec![RetryOn::FiveXx, RetryOn::Reset],
-            num_retries: 2,
-            per_try_timeout: Some(Duration::from_millis(500)),
-        })
-    );
+    let retry = f.retry_policy.as_ref().expect("users-api retries");
+    assert_eq!(retry.retry_on, [RetryOn::FiveXx, RetryOn::Reset]);
+    assert_eq!(retry.num_retries, 2);
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(500)));
+    // Only idempotent methods are retried (the route has no `non_idempotent`).
+    for (method, allowed) in [
+        ("GET", true),
+        ("PUT", true),
+        ("POST", false),
+        ("PATCH", false),
+    ] {
+        assert_eq!(
+            retry.retry_allowed(&req.clone_with_method(method).head()),
+            allowed,
+            "{method}"
+        );
+    }
     let mut headers = HeaderMap::new();
     headers.insert("x-debug", HeaderValue::from_static("1"));
     matched.apply_request_headers(&mut headers);
