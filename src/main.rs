@@ -13,9 +13,12 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_admin_api::AdminState;
 use tollgate_admin_api::client::{self, AdminEndpoint, Format, Outcome};
-use tollgate_control_plane::store::Store;
+use tollgate_control_plane::model::{Listener, Resource};
+use tollgate_control_plane::store::{Change, Store};
 use tollgate_control_plane::xds::AdsServer;
 use tollgate_control_plane::xds::nodes::NodeRegistry;
+use tollgate_edge_proxy::ProxyOptions;
+use tollgate_edge_proxy::xds::XdsConfig;
 
 /// Tollgate: an API gateway with an xDS control plane.
 #[derive(Debug, Parser)]
@@ -38,7 +41,10 @@ enum LogFormat {
 enum Command {
     /// Run the control plane: store, admin API and xDS (ADS) server.
     ControlPlane(ControlPlaneArgs),
-    /// Run everything on embedded defaults for local use (SQLite store, generated admin token).
+    /// Run the edge proxy: listeners, routes and clusters come from the control plane (ADS).
+    EdgeProxy(EdgeProxyArgs),
+    /// Run everything on embedded defaults for local use: control plane, admin API and one
+    /// edge proxy (SQLite store, generated admin token, a listener on 8080).
     Dev(DevArgs),
     /// Replace the whole configuration with a file's (YAML or JSON), atomically.
     Apply {
@@ -118,6 +124,32 @@ struct ControlPlaneArgs {
 }
 
 #[derive(Debug, Args)]
+struct EdgeProxyArgs {
+    /// The control plane's xDS (ADS) address.
+    #[arg(long, env = "TOLLGATE_XDS", default_value = "http://127.0.0.1:18000")]
+    xds: String,
+    /// This proxy's node id, as the control plane lists it; defaults to `edge-<hostname>`.
+    #[arg(long, env = "TOLLGATE_NODE_ID")]
+    node_id: Option<String>,
+    /// The node cluster: listeners can be limited to one (`node_cluster` on a listener).
+    #[arg(long, env = "TOLLGATE_NODE_CLUSTER", default_value = "edge")]
+    node_cluster: String,
+    /// Address of the proxy's admin endpoint (`/ready`, `/config_dump`).
+    #[arg(
+        long,
+        env = "TOLLGATE_PROXY_ADMIN_ADDR",
+        default_value = "0.0.0.0:9901"
+    )]
+    admin_addr: SocketAddr,
+    /// Threads serving traffic; defaults to one per CPU.
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+    /// On SIGTERM, how long open connections get to finish their requests (e.g. `5s`).
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
 struct DevArgs {
     /// Directory for the SQLite store.
     #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".tollgate")]
@@ -131,6 +163,16 @@ struct DevArgs {
     /// Admin token; a random one is generated and printed when absent.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The default listener created when the store has none.
+    #[arg(long, env = "TOLLGATE_PROXY_ADDR", default_value = "127.0.0.1:8080")]
+    proxy_addr: SocketAddr,
+    /// Address of the edge proxy's admin endpoint.
+    #[arg(
+        long,
+        env = "TOLLGATE_PROXY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9901"
+    )]
+    proxy_admin_addr: SocketAddr,
 }
 
 /// The shortest token accepted: guessing must stay out of reach.
@@ -141,10 +183,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let worker_threads = match &cli.command {
+        Command::EdgeProxy(args) => args.worker_threads,
+        _ => None,
+    };
+    let mut builder = match worker_threads {
+        // One thread: no work stealing, no cross-thread wake-ups.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -183,22 +236,66 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             .await?;
             running.run_until_signal().await?;
         }
+        Command::EdgeProxy(args) => {
+            let node_id = args.node_id.unwrap_or_else(default_node_id);
+            let options = ProxyOptions {
+                xds: XdsConfig::new(args.xds, node_id, args.node_cluster),
+                admin_addr: args.admin_addr,
+                drain_timeout: args.drain_timeout,
+            };
+            tollgate_edge_proxy::run(options, shutdown_signal(), |handle| {
+                tracing::info!(admin = %handle.admin_addr, "edge proxy started");
+            })
+            .await
+            .context("edge proxy")?;
+        }
         Command::Dev(args) => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating {}", args.data_dir.display()))?;
             let db = args.data_dir.join("tollgate.db");
             let store = Store::sqlite(&db).with_context(|| format!("opening {}", db.display()))?;
+            ensure_default_listener(&store, args.proxy_addr).await?;
             let token = args.admin_token.unwrap_or_else(generate_token);
             let running = start_control_plane(ServeConfig {
-                store,
+                store: store.clone(),
                 admin_addr: args.admin_addr,
                 xds_addr: args.xds_addr,
                 admin_token: token.clone(),
                 read_only_token: None,
             })
             .await?;
-            print_dev_banner(&running, &db, &token);
+            let (proxy_started, proxy_admin) = tokio::sync::oneshot::channel();
+            let (stop_proxy, proxy_stopped) = watch::channel(false);
+            let options = ProxyOptions {
+                xds: XdsConfig::new(format!("http://{}", running.xds_addr), "dev", "edge"),
+                admin_addr: args.proxy_admin_addr,
+                drain_timeout: Duration::from_secs(2),
+            };
+            let proxy = tokio::spawn(async move {
+                let mut stopped = proxy_stopped;
+                tollgate_edge_proxy::run(
+                    options,
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                    |handle| {
+                        let _ = proxy_started.send(handle.admin_addr);
+                    },
+                )
+                .await
+            });
+            let proxy_admin = match proxy_admin.await {
+                Ok(address) => address,
+                Err(_) => {
+                    // The proxy ended before it started: its error says why.
+                    proxy.await.context("edge proxy task")??;
+                    bail!("the edge proxy stopped at start");
+                }
+            };
+            print_dev_banner(&running, &db, &token, &store, proxy_admin);
             running.run_until_signal().await?;
+            stop_proxy.send_replace(true);
+            proxy.await.context("edge proxy task")??;
         }
         Command::Apply {
             file,
@@ -250,6 +347,39 @@ fn open_store(url: &str) -> anyhow::Result<Store> {
         bail!("the PostgreSQL store is not available in this build yet; use sqlite://PATH");
     }
     bail!("unsupported --store {url:?}: expected sqlite://PATH")
+}
+
+/// In `tollgate dev`, a store without listeners gets one, so that the bundled proxy serves
+/// traffic at once.
+async fn ensure_default_listener(store: &Store, address: SocketAddr) -> anyhow::Result<()> {
+    if !store.current().listeners.is_empty() {
+        return Ok(());
+    }
+    let listener = Listener {
+        name: "default".to_owned(),
+        address: address.ip().to_string(),
+        port: address.port(),
+        node_cluster: None,
+        tls: None,
+    };
+    store
+        .write_as(vec![Change::Put(Resource::Listener(listener))], "dev")
+        .await
+        .context("creating the default listener")?;
+    Ok(())
+}
+
+/// `edge-<hostname>`, or `edge-<pid>` when the host has no readable name.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(host) => format!("edge-{host}"),
+        None => format!("edge-{}", std::process::id()),
+    }
 }
 
 fn generate_token() -> String {
@@ -375,16 +505,34 @@ async fn shutdown_signal() {
     }
 }
 
-fn print_dev_banner(running: &Running, db: &Path, token: &str) {
+fn print_dev_banner(
+    running: &Running,
+    db: &Path,
+    token: &str,
+    store: &Store,
+    proxy_admin: SocketAddr,
+) {
+    let current = store.current();
+    let traffic: Vec<String> = current
+        .listeners
+        .values()
+        .map(|l| {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}:{}", l.address, l.port)
+        })
+        .collect();
     println!(
         "Tollgate dev is running (Ctrl-C to stop).\n\n  \
+         traffic      {traffic}\n  \
          admin API    http://{admin}/v1\n  \
          admin token  {token}\n  \
          xDS (ADS)    {xds}\n  \
+         proxy admin  http://{proxy_admin}/ready\n  \
          store        {db}\n\n\
          Try:  curl -H 'Authorization: Bearer {token}' http://{admin}/v1/nodes\n\n\
-         Traffic is served by the proxies you point at it: `envoy -c examples/envoy/bootstrap.yaml`\n\
-         expects ADS on 127.0.0.1:18000{moved}. Tollgate's own edge proxy is not bundled here yet.",
+         Envoy sidecars can join too: `envoy -c examples/envoy/bootstrap.yaml` expects ADS on\n\
+         127.0.0.1:18000{moved}.",
+        traffic = traffic.join(" "),
         admin = running.admin_addr,
         xds = running.xds_addr,
         moved = if running.xds_addr.port() == 18000 {

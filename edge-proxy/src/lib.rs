@@ -1,16 +1,116 @@
 //! The Tollgate edge proxy: the data plane, configured only by the control plane over xDS.
 //!
-//! The finished proxy will accept connections on the listeners it is sent (LDS). It will match
-//! each request against the route table (RDS) and run the route's filters. Then it will forward
-//! to a cluster's endpoints (CDS/EDS). It will hold the whole configuration in one immutable
-//! snapshot that is swapped atomically.
-//!
-//! So far the validation layer exists ([`config`]): every xDS resource type the control plane
-//! serves (LDS, RDS, CDS, EDS, SDS) becomes a validated domain type with Envoy's semantics, or
-//! an error fit for a NACK that names the offending field. The xDS client ([`xds`]) keeps a
-//! Delta ADS stream to the control plane and publishes each complete, validated state as one
-//! [`snapshot::Snapshot`]; there is no listener socket or upstream connection yet.
+//! The request flow, module by module:
+//! - [`xds`] keeps a Delta ADS stream to the control plane; [`config`] validates every resource
+//!   into Envoy-equivalent domain types (or a NACK naming the field), and [`snapshot`] joins
+//!   them into one immutable snapshot.
+//! - [`run`] turns each snapshot into a [`proxy::DataPlane`] (the snapshot plus its
+//!   [`upstream::Upstreams`]) swapped behind one atomic pointer, and reconciles [`listeners`].
+//! - [`listeners`] accept TCP and TLS (certificate by SNI), speak HTTP/1.1 and HTTP/2, and call
+//!   [`proxy::handle`] for every request: route match, redirect / direct response / forward with
+//!   retries and timeouts, to an endpoint picked by [`upstream::balancer`] over a pooled
+//!   connection.
+//! - [`admin`] serves `/ready` and `/config_dump`.
 
+pub mod admin;
 pub mod config;
+pub mod listeners;
+pub mod proxy;
 pub mod snapshot;
+pub mod upstream;
 pub mod xds;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use crate::listeners::Listeners;
+use crate::proxy::{DataPlane, SharedDataPlane};
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstreams;
+use crate::xds::XdsConfig;
+
+/// Everything the edge proxy needs to start.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// The control plane and this proxy's identity.
+    pub xds: XdsConfig,
+    /// Where the admin endpoint listens.
+    pub admin_addr: SocketAddr,
+    /// On shutdown, how long open connections get to finish their requests.
+    pub drain_timeout: Duration,
+}
+
+/// A running proxy's handles, for embedding (`tollgate dev`) and tests.
+#[derive(Debug, Clone)]
+pub struct ProxyHandle {
+    /// The admin endpoint's bound address.
+    pub admin_addr: SocketAddr,
+    /// The data plane in use.
+    pub plane: SharedDataPlane,
+}
+
+/// Runs the edge proxy until `shutdown` completes, then drains: listeners stop accepting,
+/// open connections finish their requests (at most `drain_timeout`), and the xDS stream ends.
+/// `started` is called once the admin endpoint is bound.
+pub async fn run(
+    options: ProxyOptions,
+    shutdown: impl Future<Output = ()>,
+    started: impl FnOnce(ProxyHandle),
+) -> io::Result<()> {
+    let plane: SharedDataPlane = Arc::new(ArcSwapOption::empty());
+    let admin_socket = admin::bind(options.admin_addr).await?;
+    let admin_addr = admin_socket.local_addr()?;
+    let xds = xds::spawn(options.xds);
+    let admin_task = tokio::spawn(admin::serve(
+        admin_socket,
+        admin::AdminState {
+            plane: plane.clone(),
+            xds: xds.status.clone(),
+        },
+    ));
+    started(ProxyHandle {
+        admin_addr,
+        plane: plane.clone(),
+    });
+    let mut listeners = Listeners::new(plane.clone());
+    let mut snapshots = xds.snapshots.clone();
+    tokio::pin!(shutdown);
+    loop {
+        let latest = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = latest {
+            apply(&plane, &mut listeners, snapshot).await;
+        }
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    tracing::error!("xDS client stopped");
+                    break;
+                }
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("draining");
+    listeners.drain(options.drain_timeout).await;
+    admin_task.abort();
+    xds.task.abort();
+    Ok(())
+}
+
+/// Makes `snapshot` the data path's config: upstreams first (reusing pools and health), then
+/// the pointer swap, then the listeners, so that a new listener never sees an older config.
+async fn apply(plane: &SharedDataPlane, listeners: &mut Listeners, snapshot: Arc<Snapshot>) {
+    let previous = plane.load_full();
+    let upstreams = Upstreams::build(&snapshot, previous.as_deref().map(|p| &*p.upstreams));
+    plane.store(Some(Arc::new(DataPlane {
+        snapshot: Arc::clone(&snapshot),
+        upstreams: Arc::new(upstreams),
+    })));
+    listeners.apply(&snapshot.listeners).await;
+    tracing::info!(version = %snapshot.version, "config applied");
+}

@@ -1,0 +1,310 @@
+//! The proxy's admin endpoint (port 9901 by default), beside the request flow: `/ready` for
+//! load balancers and orchestrators, `/config_dump` for people, with secrets redacted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::cluster::{Discovery, LbPolicy};
+use crate::config::route::RouteAction;
+use crate::proxy::SharedDataPlane;
+use crate::snapshot::{Kind, Snapshot};
+use crate::xds::XdsStatus;
+
+/// What the admin endpoint reads.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The config the data path runs on.
+    pub plane: SharedDataPlane,
+    /// The xDS client's status.
+    pub xds: watch::Receiver<XdsStatus>,
+}
+
+/// Serves the admin endpoint on `socket` until the task is aborted.
+pub async fn serve(socket: TcpListener, state: AdminState) {
+    let state = Arc::new(state);
+    loop {
+        let Ok((stream, _)) = socket.accept().await else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, &request)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The address the admin endpoint was asked to bind, bound.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match request.uri().path() {
+        "/ready" => match state.plane.load_full() {
+            Some(_) => text(StatusCode::OK, "LIVE\n"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n"),
+        },
+        "/config_dump" => {
+            let status = state.xds.borrow().clone();
+            let body = match state.plane.load_full() {
+                Some(plane) => {
+                    let mut dump = config_dump(&plane.snapshot, &status);
+                    dump["upstreams"] = upstreams_status(&plane.upstreams);
+                    dump
+                }
+                None => json!({"snapshot": null, "xds": xds_status(&status)}),
+            };
+            let mut response = Response::new(Full::new(Bytes::from(
+                serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            )));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /ready or /config_dump\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+fn xds_status(status: &XdsStatus) -> Value {
+    let types: serde_json::Map<String, Value> = status
+        .types
+        .iter()
+        .map(|(kind, t)| {
+            (
+                kind.short_name().to_owned(),
+                json!({
+                    "acked_version": t.acked_version,
+                    "acks": t.acks,
+                    "nacks": t.nacks,
+                    "rejecting": t.rejecting,
+                    "last_nack": t.last_nack.as_ref().map(|n| json!({
+                        "version": n.version,
+                        "message": n.message,
+                    })),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "connected": status.connected,
+        "connects": status.connects,
+        "snapshot_version": status.snapshot_version,
+        "types": types,
+    })
+}
+
+/// The snapshot as JSON. Private keys never appear: certificates show their chain only.
+pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
+    let versions = |kind: Kind, name: &str| {
+        snapshot
+            .versions
+            .get(&kind)
+            .and_then(|v| v.get(name))
+            .cloned()
+    };
+    let listeners: Vec<Value> = snapshot
+        .listeners
+        .values()
+        .map(|l| {
+            let chains: Vec<Value> = l
+                .chains()
+                .iter()
+                .chain(l.default_chain())
+                .map(|c| {
+                    json!({
+                        "name": c.name,
+                        "server_names": c.server_names,
+                        "tls_certificate": c.tls.as_ref().map(|t| &t.certificate),
+                        "alpn": c.tls.as_ref().map(|t| &t.alpn),
+                        "route_config": c.http.route_config_name,
+                        "websocket": c.http.websocket,
+                    })
+                })
+                .collect();
+            json!({
+                "name": l.name(),
+                "version": versions(Kind::Listener, l.name()),
+                "address": l.address().to_string(),
+                "filter_chains": chains,
+            })
+        })
+        .collect();
+    let route_tables: Vec<Value> = snapshot
+        .route_tables
+        .values()
+        .map(|t| {
+            let hosts: Vec<Value> = t
+                .virtual_hosts()
+                .iter()
+                .map(|vh| {
+                    let routes: Vec<Value> = vh
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            let action = match &r.action {
+                                RouteAction::Forward(f) => json!({
+                                    "forward": f.clusters().map(|(name, weight)| json!({"cluster": name, "weight": weight})).collect::<Vec<_>>(),
+                                    "timeout_ms": f.timeout.map(|t| t.as_millis()),
+                                    "retries": f.retry_policy.as_ref().map(|p| p.num_retries),
+                                }),
+                                RouteAction::Redirect(redirect) => {
+                                    json!({"redirect": redirect.status.as_u16()})
+                                }
+                                RouteAction::Direct(direct) => {
+                                    json!({"direct_response": direct.status.as_u16()})
+                                }
+                            };
+                            json!({"name": r.name, "action": action})
+                        })
+                        .collect();
+                    json!({"name": vh.name, "domains": vh.domains, "routes": routes})
+                })
+                .collect();
+            json!({
+                "name": t.name(),
+                "version": versions(Kind::RouteConfig, t.name()),
+                "virtual_hosts": hosts,
+            })
+        })
+        .collect();
+    let clusters: Vec<Value> = snapshot
+        .clusters
+        .values()
+        .map(|c| {
+            let discovery = match &c.discovery {
+                Discovery::Eds { service_name } => json!({"eds": service_name}),
+                Discovery::StrictDns { hosts, .. } => json!({
+                    "strict_dns": hosts.iter().map(|h| format!("{}:{}", h.host, h.port)).collect::<Vec<_>>()
+                }),
+                Discovery::Static { endpoints } => json!({
+                    "static": endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>()
+                }),
+            };
+            json!({
+                "name": c.name,
+                "version": versions(Kind::Cluster, &c.name),
+                "discovery": discovery,
+                "lb_policy": lb_policy_name(c.lb_policy),
+                "connect_timeout_ms": c.connect_timeout.as_millis(),
+                "circuit_breakers": {
+                    "max_connections": c.circuit_breakers.max_connections,
+                    "max_pending_requests": c.circuit_breakers.max_pending_requests,
+                    "max_requests": c.circuit_breakers.max_requests,
+                    "max_retries": c.circuit_breakers.max_retries,
+                },
+                "tls": c.tls.is_some(),
+                "health_check": c.health_check.as_ref().map(|h| &h.path),
+                "outlier_detection": c.outlier_detection.is_some(),
+            })
+        })
+        .collect();
+    let endpoints: Vec<Value> = snapshot
+        .endpoints
+        .values()
+        .map(|e| {
+            json!({
+                "cluster_name": e.cluster_name,
+                "version": versions(Kind::Endpoints, &e.cluster_name),
+                "endpoints": e.endpoints.iter().map(|ep| json!({"address": ep.address.to_string(), "weight": ep.weight})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let certificates: Vec<Value> = snapshot
+        .certificates
+        .values()
+        .map(|c| {
+            json!({
+                "name": c.name(),
+                "version": versions(Kind::Secret, c.name()),
+                "certificate_chain": c.chain_pem(),
+                "private_key": "[redacted]",
+            })
+        })
+        .collect();
+    json!({
+        "version": snapshot.version,
+        "xds": xds_status(status),
+        "listeners": listeners,
+        "route_configs": route_tables,
+        "clusters": clusters,
+        "endpoints": endpoints,
+        "certificates": certificates,
+    })
+}
+
+/// Each cluster's endpoints as the data path sees them now: health, ejection, load.
+fn upstreams_status(upstreams: &crate::upstream::Upstreams) -> Value {
+    let mut clusters: Vec<Value> = upstreams
+        .iter()
+        .map(|cluster| {
+            let members = cluster.members();
+            let endpoints: Vec<Value> = members
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": e.address.to_string(),
+                        "weight": e.weight,
+                        "healthy": e.health.is_available(),
+                        "failed_active_health_check": e.failed_health_check(),
+                        "ejected": e.health.is_ejected(),
+                        "active_requests": e.active_requests(),
+                    })
+                })
+                .collect();
+            json!({
+                "cluster": cluster.name(),
+                "open_connections": cluster.open_connections(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    clusters.sort_by(|a, b| a["cluster"].as_str().cmp(&b["cluster"].as_str()));
+    Value::Array(clusters)
+}
+
+fn lb_policy_name(policy: LbPolicy) -> &'static str {
+    match policy {
+        LbPolicy::RoundRobin => "round_robin",
+        LbPolicy::LeastRequest { .. } => "least_request",
+        LbPolicy::Random => "random",
+        LbPolicy::RingHash { .. } => "ring_hash",
+        LbPolicy::Maglev { .. } => "maglev",
+    }
+}

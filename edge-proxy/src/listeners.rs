@@ -1,0 +1,516 @@
+//! Listeners: the first stage of the request flow, "accept (TCP, rustls with SNI) → HTTP/1.1 or
+//! HTTP/2 (hyper)", ahead of [`crate::proxy::handle`].
+//!
+//! [`Listeners::apply`] follows each snapshot's LDS listeners: a new listener is bound, a
+//! removed one (or one that moved to another address) stops accepting and drains, and any
+//! other keeps its socket and its connections, serving new connections with its new config.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::rustls::server::Acceptor;
+use tokio_rustls::rustls::{self, ServerConfig};
+
+use crate::config::listener::{Codec, FilterChain, HttpSettings, Listener};
+use crate::proxy::{self, Downstream, SharedDataPlane};
+
+/// Time allowed for a TLS handshake before the connection is closed.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listeners the proxy runs, by name.
+#[derive(Debug)]
+pub struct Listeners {
+    plane: SharedDataPlane,
+    running: HashMap<String, Running>,
+    drain: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct Running {
+    address: SocketAddr,
+    config: Arc<ArcSwap<Listener>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// What went wrong binding a listener.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name}: cannot bind {address}: {source}")]
+pub struct BindError {
+    /// The listener's name.
+    pub name: String,
+    /// The address it asked for.
+    pub address: SocketAddr,
+    /// The socket error.
+    pub source: io::Error,
+}
+
+impl Listeners {
+    /// No listeners yet; requests will be served on `plane`.
+    pub fn new(plane: SharedDataPlane) -> Self {
+        let (drain, _) = watch::channel(false);
+        Self {
+            plane,
+            running: HashMap::new(),
+            drain,
+        }
+    }
+
+    /// The addresses bound now, by listener name.
+    pub fn addresses(&self) -> HashMap<String, SocketAddr> {
+        self.running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.address))
+            .collect()
+    }
+
+    /// Makes the running listeners those of `listeners`. Listeners that cannot be bound are
+    /// reported and left out; the others run.
+    pub async fn apply(
+        &mut self,
+        listeners: &std::collections::BTreeMap<String, Arc<Listener>>,
+    ) -> Vec<BindError> {
+        let removed: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, running)| {
+                listeners
+                    .get(*name)
+                    .is_none_or(|l| l.address() != running.address)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in removed {
+            if let Some(running) = self.running.remove(&name) {
+                tracing::info!(listener = %name, address = %running.address, "listener removed; draining");
+                // The accept loop ends, and its connections finish their requests and close.
+                // Waiting for the loop frees the port before a listener may bind it again.
+                let _ = running.stop.send(true);
+                let _ = running.task.await;
+            }
+        }
+        let mut errors = Vec::new();
+        for (name, listener) in listeners {
+            if let Some(running) = self.running.get(name) {
+                running.config.store(Arc::clone(listener));
+                continue;
+            }
+            let address = listener.address();
+            match bind(address) {
+                Ok(socket) => {
+                    let bound = socket.local_addr().unwrap_or(address);
+                    tracing::info!(listener = %name, address = %bound, "listening");
+                    let config = Arc::new(ArcSwap::new(Arc::clone(listener)));
+                    let (stop, stop_rx) = watch::channel(false);
+                    let task = tokio::spawn(accept_loop(
+                        socket,
+                        Arc::clone(&config),
+                        self.plane.clone(),
+                        stop_rx,
+                        self.drain.subscribe(),
+                    ));
+                    self.running.insert(
+                        name.clone(),
+                        Running {
+                            address,
+                            config,
+                            stop,
+                            task,
+                        },
+                    );
+                }
+                Err(source) => {
+                    let error = BindError {
+                        name: name.clone(),
+                        address,
+                        source,
+                    };
+                    tracing::error!(%error, "listener not started");
+                    errors.push(error);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Stops accepting on every listener and asks every open connection to finish its requests
+    /// and close (HTTP/2 clients get a GOAWAY). Waits at most `timeout` for them.
+    pub async fn drain(&mut self, timeout: Duration) {
+        for (_, running) in self.running.drain() {
+            let _ = running.stop.send(true);
+            let _ = running.task.await;
+        }
+        let _ = self.drain.send(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while OPEN_CONNECTIONS.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Connections being served, by every listener.
+static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Connections open now, across all listeners.
+pub fn open_connections() -> u64 {
+    OPEN_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+struct ConnectionCounted;
+
+impl ConnectionCounted {
+    fn new() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        ConnectionCounted
+    }
+}
+
+impl Drop for ConnectionCounted {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted proxy rebinds at once, without waiting for TIME_WAIT to clear.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    config: Arc<ArcSwap<Listener>>,
+    plane: SharedDataPlane,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let listener = config.load_full();
+                    let shutdown = Shutdown {
+                        listener_stopped: stop.clone(),
+                        draining: drain.clone(),
+                    };
+                    connections.spawn(serve_connection(
+                        stream,
+                        peer,
+                        listener,
+                        plane.clone(),
+                        shutdown,
+                    ));
+                }
+                Err(error) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    // Connections outlive their listener's accept loop: detach them.
+    connections.detach_all();
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    plane: SharedDataPlane,
+    shutdown: Shutdown,
+) {
+    let _counted = ConnectionCounted::new();
+    let activity = Arc::new(AtomicU64::new(now_ms()));
+    if !listener.is_tls() {
+        let Some(chain) = listener.chain_for(None) else {
+            return;
+        };
+        let io = ActivityIo::new(stream, Arc::clone(&activity));
+        serve_http(io, peer, chain, false, None, plane, shutdown, activity).await;
+        return;
+    }
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        let server_name = start
+            .client_hello()
+            .server_name()
+            .map(str::to_ascii_lowercase);
+        let Some(chain) = listener.chain_for(server_name.as_deref()) else {
+            return Err(io::Error::other("no filter chain for this server name"));
+        };
+        let config = server_config(chain, &plane)?;
+        let stream = start.into_stream(config).await?;
+        io::Result::Ok((stream, chain.clone()))
+    };
+    let (tls, chain) = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let io = ActivityIo::new(tls, Arc::clone(&activity));
+    serve_http(io, peer, &chain, true, alpn, plane, shutdown, activity).await;
+}
+
+/// The rustls config of a filter chain: its certificate from the current snapshot, its ALPN.
+fn server_config(chain: &FilterChain, plane: &SharedDataPlane) -> io::Result<Arc<ServerConfig>> {
+    let tls = chain
+        .tls
+        .as_ref()
+        .ok_or_else(|| io::Error::other("plain-text chain on a TLS listener"))?;
+    let plane = plane
+        .load_full()
+        .ok_or_else(|| io::Error::other("no configuration"))?;
+    let certificate = plane
+        .snapshot
+        .certificates
+        .get(&tls.certificate)
+        .ok_or_else(|| io::Error::other(format!("certificate {} missing", tls.certificate)))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ChainCertificate(Arc::clone(
+            certificate.certified_key(),
+        ))));
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The certificate of the filter chain that SNI selected: the chain is chosen before the
+/// handshake, so its certificate is the only answer.
+#[derive(Debug)]
+struct ChainCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for ChainCertificate {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// Signals that end a connection gracefully: its listener removed, or the proxy draining.
+#[derive(Debug, Clone)]
+struct Shutdown {
+    listener_stopped: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.listener_stopped.wait_for(|stop| *stop) => {}
+            _ = self.draining.wait_for(|drain| *drain) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    chain: &FilterChain,
+    tls: bool,
+    alpn: Option<Vec<u8>>,
+    plane: SharedDataPlane,
+    shutdown: Shutdown,
+    activity: Arc<AtomicU64>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = Arc::new(chain.http.clone());
+    let downstream = Downstream::new(peer, tls, Arc::clone(&http));
+    let service = service_fn(move |request| {
+        let plane = plane.clone();
+        let downstream = downstream.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(&plane, &downstream, request).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    configure(&mut builder, &http);
+    let codec = match alpn.as_deref() {
+        Some(b"h2") => Codec::Http2,
+        Some(_) => Codec::Http1,
+        None if tls => Codec::Http1,
+        None => http.codec,
+    };
+    let builder = match codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let started = Instant::now();
+    let max_duration = http.timeouts.max_connection_duration;
+    let idle = http.timeouts.connection_idle;
+    let mut watchdog = tokio::time::interval(watchdog_period(idle, max_duration));
+    watchdog.tick().await;
+    let mut shutting_down = false;
+    // Created once: the select below is polled on every wake of the connection.
+    let shutdown_signal = shutdown.wait();
+    tokio::pin!(shutdown_signal);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, error = %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut shutdown_signal, if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = watchdog.tick(), if !shutting_down => {
+                let idle_for = Duration::from_millis(now_ms().saturating_sub(activity.load(Ordering::Relaxed)));
+                let too_old = max_duration.is_some_and(|max| started.elapsed() >= max);
+                let too_idle = idle.is_some_and(|idle| idle_for >= idle);
+                if too_old || too_idle {
+                    shutting_down = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// How often a connection checks its idle and duration limits.
+fn watchdog_period(idle: Option<Duration>, max_duration: Option<Duration>) -> Duration {
+    let shortest = match (idle, max_duration) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(Duration::from_secs(3600)),
+    };
+    (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
+
+/// hyper's limits and timeouts from the connection manager's settings.
+fn configure(builder: &mut auto::Builder<TokioExecutor>, http: &HttpSettings) {
+    let max_headers = usize::try_from(http.max_headers_count).unwrap_or(usize::MAX);
+    let header_bytes = http.max_request_headers_kb.saturating_mul(1024);
+    let mut http1 = builder.http1();
+    http1
+        .timer(TokioTimer::new())
+        .max_headers(max_headers)
+        .max_buf_size((header_bytes as usize).max(8192));
+    if let Some(timeout) = http.timeouts.request_headers {
+        http1.header_read_timeout(timeout);
+    }
+    let mut http2 = builder.http2();
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(header_bytes)
+        .enable_connect_protocol();
+}
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A connection that records when bytes last moved, for the idle timeout.
+struct ActivityIo<I> {
+    inner: I,
+    last: Arc<AtomicU64>,
+}
+
+impl<I> ActivityIo<I> {
+    fn new(inner: I, last: Arc<AtomicU64>) -> Self {
+        Self { inner, last }
+    }
+
+    fn touch(&self) {
+        self.last.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if result.is_ready() {
+            this.touch();
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if result.is_ready() {
+            this.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if result.is_ready() {
+            this.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,697 @@
+//! The request path, from a parsed request to its response: route match on the current
+//! snapshot → the route's action (forward, redirect, direct response) → upstream attempts with
+//! retries and timeouts → response header mutations.
+//!
+//! Listeners ([`crate::listeners`]) call [`handle`] for every request. The snapshot is read
+//! once per request, so a config change never splits one request across two configs.
+
+pub mod body;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
+
+use crate::config::listener::HttpSettings;
+use crate::config::route::{
+    Forward, Matched, RequestHead, RetryOn, RetryPolicy, RouteAction, RouteTable,
+};
+use crate::snapshot::Snapshot;
+use crate::upstream::{Endpoint, Outcome, UpstreamCluster, Upstreams};
+use body::{DownstreamBody, TimedBody, UpstreamBody, full};
+
+/// The config the data path runs on: a snapshot and the upstreams built from it.
+#[derive(Debug)]
+pub struct DataPlane {
+    /// The validated config.
+    pub snapshot: Arc<Snapshot>,
+    /// Its clusters, with pools and health.
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// The current [`DataPlane`], swapped whole on every new snapshot; `None` before the first.
+pub type SharedDataPlane = Arc<ArcSwapOption<DataPlane>>;
+
+/// What a request needs to know about the connection it came on.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (the scheme is then `https`).
+    pub tls: bool,
+    /// The connection manager's settings, from the listener's filter chain.
+    pub http: Arc<HttpSettings>,
+    /// The `server` header every response gets (`server_name`, else `tollgate`).
+    pub server: HeaderValue,
+}
+
+impl Downstream {
+    /// The connection's settings, with the `server` header computed once.
+    pub fn new(peer: SocketAddr, tls: bool, http: Arc<HttpSettings>) -> Self {
+        let server = http
+            .server_name
+            .as_deref()
+            .and_then(|name| HeaderValue::try_from(name).ok())
+            .unwrap_or(HeaderValue::from_static("tollgate"));
+        Self {
+            peer,
+            tls,
+            http,
+            server,
+        }
+    }
+}
+
+/// Request bodies up to this size are buffered when the route retries, so that a retry can send
+/// them again; larger or unknown-length bodies are streamed and not retried.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// Envoy's default base interval between retries; each retry waits a random time up to
+/// `base × 2^(n-1)`, at most ten times the base.
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+
+/// How Envoy's answers start when no upstream response arrived.
+const NO_RESPONSE_BODY: &str = "upstream connect error or disconnect/reset before headers.";
+
+/// Serves one request on the current config.
+pub async fn handle(
+    plane: &SharedDataPlane,
+    downstream: &Downstream,
+    request: Request<Incoming>,
+) -> Response<DownstreamBody> {
+    let started = Instant::now();
+    let Some(plane) = plane.load_full() else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet");
+    };
+    let http = &downstream.http;
+    let Some(table) = plane.snapshot.route_tables.get(&http.route_config_name) else {
+        return local_reply(StatusCode::NOT_FOUND, "");
+    };
+    let mut response = route(&plane, table, downstream, request, started).await;
+    // Envoy's default `server_header_transformation`: overwrite.
+    response
+        .headers_mut()
+        .insert(header::SERVER, downstream.server.clone());
+    response
+}
+
+/// Routes a request through `table` and runs the matched route's action.
+async fn route(
+    plane: &DataPlane,
+    table: &RouteTable,
+    downstream: &Downstream,
+    mut request: Request<Incoming>,
+    started: Instant,
+) -> Response<DownstreamBody> {
+    let http = &downstream.http;
+    let Some(authority) = headers::authority(&request) else {
+        return local_reply(StatusCode::BAD_REQUEST, "missing host header");
+    };
+    // A cheap clone (shared bytes), so the request's headers can change while it is borrowed.
+    let Some(original_path) = request.uri().path_and_query().cloned() else {
+        return local_reply(StatusCode::BAD_REQUEST, "missing path");
+    };
+    let Some(path_and_query) = headers::normalize_path(original_path.as_str(), http) else {
+        return local_reply(StatusCode::BAD_REQUEST, "invalid path");
+    };
+    let scheme = if downstream.tls { "https" } else { "http" };
+    let method = request.method().clone();
+
+    // Envoy's connection manager edits the request headers before routing: routes may match
+    // on x-forwarded-proto or x-request-id.
+    let request_id = headers::prepare_request(request.headers_mut(), downstream, scheme);
+
+    // Only WebSocket upgrades are proxied, and only where the listener allows them; Envoy
+    // answers other upgrade requests with 403.
+    if headers::requests_upgrade(request.headers())
+        && !headers::websocket_upgrade(request.headers(), http.websocket)
+    {
+        return with_request_id(local_reply(StatusCode::FORBIDDEN, ""), &request_id, http);
+    }
+    let head = RequestHead {
+        method: method.as_str(),
+        scheme,
+        authority: &authority,
+        path_and_query: &path_and_query,
+        headers: request.headers(),
+    };
+    let Some(matched) = table.find(&head) else {
+        return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
+    };
+    let mut response = match &matched.route.action {
+        RouteAction::Direct(direct) => {
+            let mut response = local_reply(direct.status, direct.body.clone());
+            if let Some(location) = direct.location(&head)
+                && let Ok(value) = HeaderValue::try_from(location)
+            {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        RouteAction::Redirect(redirect) => {
+            let mut response = local_reply(redirect.status, "");
+            if let Ok(value) = HeaderValue::try_from(redirect.location(&head)) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        RouteAction::Forward(forward) => {
+            let target = Target {
+                authority: &authority,
+                path_and_query: &path_and_query,
+                retry_allowed: forward
+                    .retry_policy
+                    .as_ref()
+                    .is_none_or(|p| p.retry_allowed(&head)),
+            };
+            forward_request(
+                plane, &matched, forward, downstream, request, target, started,
+            )
+            .await
+        }
+    };
+    matched.apply_response_headers(response.headers_mut());
+    with_request_id(response, &request_id, http)
+}
+
+/// Where the client asked to go, after path normalization.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    authority: &'a str,
+    path_and_query: &'a str,
+    /// Whether the route's `retriable_request_headers` let this request be retried.
+    retry_allowed: bool,
+}
+
+/// Why an attempt produced no usable response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamError {
+    /// No endpoint could be connected to.
+    ConnectFailure,
+    /// The connection broke before the response headers.
+    Reset,
+    /// The attempt's own timeout (`per_try_timeout`) expired.
+    PerTryTimeout,
+    /// A circuit breaker is open.
+    Overflow,
+    /// The cluster has no endpoint that may take traffic.
+    NoHealthyUpstream,
+}
+
+impl UpstreamError {
+    /// The answer after the last attempt; `retried` says whether there were several, which
+    /// Envoy's text mentions.
+    fn response(self, retried: bool) -> Response<DownstreamBody> {
+        let reset = |reason: &str| {
+            let body = if retried {
+                format!("{NO_RESPONSE_BODY} retried and the latest reset reason: {reason}")
+            } else {
+                format!("{NO_RESPONSE_BODY} reset reason: {reason}")
+            };
+            local_reply(StatusCode::SERVICE_UNAVAILABLE, body)
+        };
+        match self {
+            UpstreamError::ConnectFailure => reset("remote connection failure"),
+            UpstreamError::Reset => reset("connection termination"),
+            UpstreamError::PerTryTimeout => {
+                local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+            }
+            UpstreamError::Overflow => {
+                let mut response = reset("overflow");
+                response
+                    .headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                response
+            }
+            UpstreamError::NoHealthyUpstream => {
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+            }
+        }
+    }
+
+    fn retriable(self, policy: &RetryPolicy) -> bool {
+        let any = |conditions: &[RetryOn]| conditions.iter().any(|c| policy.retries_on(*c));
+        match self {
+            UpstreamError::ConnectFailure => any(&[
+                RetryOn::FiveXx,
+                RetryOn::GatewayError,
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::ResetBeforeRequest,
+            ]),
+            UpstreamError::Reset => any(&[RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset]),
+            UpstreamError::PerTryTimeout => {
+                any(&[RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset])
+            }
+            UpstreamError::Overflow | UpstreamError::NoHealthyUpstream => false,
+        }
+    }
+}
+
+/// Whether a response status asks for a retry under `policy`.
+fn retriable_status(status: StatusCode, policy: &RetryPolicy) -> bool {
+    let code = status.as_u16();
+    (status.is_server_error() && policy.retries_on(RetryOn::FiveXx))
+        || (matches!(code, 502..=504) && policy.retries_on(RetryOn::GatewayError))
+        || (code == 409 && policy.retries_on(RetryOn::Retriable4xx))
+}
+
+/// Forwards a request to the route's cluster, with retries and timeouts.
+#[allow(clippy::too_many_arguments)]
+async fn forward_request(
+    plane: &DataPlane,
+    matched: &Matched<'_>,
+    forward: &Forward,
+    downstream: &Downstream,
+    mut request: Request<Incoming>,
+    target: Target<'_>,
+    started: Instant,
+) -> Response<DownstreamBody> {
+    let cluster_name = forward.pick_cluster(rand::random());
+    let Some(cluster) = plane.upstreams.get(cluster_name) else {
+        // Envoy's `cluster_not_found_response_code` default.
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+    };
+    let Some(_request_slot) = cluster.try_start_request() else {
+        return UpstreamError::Overflow.response(false);
+    };
+    let http = &downstream.http;
+    let upgrade = headers::websocket_upgrade(request.headers(), http.websocket);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+
+    // Envoy applies the header mutations first, then the rewrites.
+    matched.apply_request_headers(&mut parts.headers);
+    let path = forward
+        .rewrite_path(target.path_and_query)
+        .unwrap_or_else(|| target.path_and_query.to_owned());
+    let authority = match &forward.host_rewrite {
+        Some(host) => host.to_str().unwrap_or(target.authority).to_owned(),
+        None => target.authority.to_owned(),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let tls = cluster.config.tls.is_some();
+    let uri = match Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .authority(authority.as_str())
+        .path_and_query(path.as_str())
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "invalid host or path"),
+    };
+    let http2_upstream = cluster.config.protocol == crate::config::cluster::UpstreamProtocol::Http2;
+    if http2_upstream {
+        // `:authority` comes from the URI.
+        parts.headers.remove(header::HOST);
+    } else if let Ok(host) = HeaderValue::try_from(authority.as_str()) {
+        parts.headers.insert(header::HOST, host);
+    }
+
+    let deadline = forward.timeout.map(|t| started + t);
+    let stream_deadline = stream_deadline(http, started);
+    // `retriable_request_headers` (the control plane's idempotent-methods rule) decides
+    // whether this request may be retried at all, as in Envoy.
+    let retrying = forward
+        .retry_policy
+        .as_ref()
+        .filter(|p| p.num_retries > 0 && target.retry_allowed)
+        .filter(|_| !upgrade && retry_bufferable(&incoming));
+    let Some(policy) = retrying else {
+        // One attempt, the body streamed through.
+        let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline);
+        let per_try_timeout = forward
+            .retry_policy
+            .as_ref()
+            .and_then(|p| p.per_try_timeout);
+        return finish_single_attempt(
+            cluster,
+            parts,
+            uri,
+            Either::Left(timed),
+            deadline,
+            per_try_timeout,
+            downstream_upgrade,
+            http,
+            stream_deadline,
+        )
+        .await;
+    };
+    let body = match Limited::new(incoming, RETRY_BUFFER_LIMIT as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body failed"),
+    };
+    let mut retry_slot = None;
+    let mut attempt = 0u32;
+    loop {
+        let request = rebuild_request(&parts, &uri, upstream_version(cluster), body.clone());
+        let result = with_deadline(
+            deadline,
+            attempt_once(cluster, request, policy.per_try_timeout),
+        )
+        .await;
+        let Some(result) = result else {
+            return global_timeout();
+        };
+        let retry = match &result {
+            Ok(response) => retriable_status(response.status(), policy),
+            Err(failure) => failure.retriable(policy),
+        };
+        if retry && attempt < policy.num_retries {
+            if retry_slot.is_none() {
+                retry_slot = cluster.try_start_retry();
+            }
+            if retry_slot.is_some() {
+                attempt += 1;
+                let backoff = retry_backoff(attempt);
+                if with_deadline(deadline, tokio::time::sleep(backoff))
+                    .await
+                    .is_none()
+                {
+                    return global_timeout();
+                }
+                continue;
+            }
+        }
+        return match result {
+            Ok(response) => downstream_response(response, None, http, stream_deadline),
+            Err(failure) => failure.response(attempt > 0),
+        };
+    }
+}
+
+/// Whether a request body is small enough, and of known size, to buffer for retries.
+fn retry_bufferable(body: &Incoming) -> bool {
+    body.is_end_stream()
+        || body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= RETRY_BUFFER_LIMIT)
+}
+
+/// The random wait before retry number `attempt` (from 1), Envoy's jittered back-off.
+fn retry_backoff(attempt: u32) -> Duration {
+    let ceiling = RETRY_BACKOFF_BASE
+        .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+        .min(RETRY_BACKOFF_BASE * 10);
+    ceiling.mul_f64(rand::random_range(0.0..=1.0))
+}
+
+/// The end of a stream allowed by `max_stream_duration`.
+fn stream_deadline(http: &HttpSettings, started: Instant) -> Option<Instant> {
+    let max = http.timeouts.max_stream_duration;
+    let request = http.timeouts.request;
+    match (max, request) {
+        (Some(a), Some(b)) => Some(started + a.min(b)),
+        (a, b) => a.or(b).map(|d| started + d),
+    }
+}
+
+/// Runs `future` until `deadline`; `None` when the deadline came first.
+async fn with_deadline<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+fn global_timeout() -> Response<DownstreamBody> {
+    local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+}
+
+/// A copy of the request for one attempt, with the buffered body.
+fn rebuild_request(
+    parts: &http::request::Parts,
+    uri: &Uri,
+    version: Version,
+    body: Bytes,
+) -> Request<UpstreamBody> {
+    let mut request = Request::new(Either::Right(Full::new(body)));
+    *request.version_mut() = version;
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+/// The HTTP version spoken to the cluster, whatever the client spoke: the pooled client picks
+/// its connection by it.
+fn upstream_version(cluster: &UpstreamCluster) -> Version {
+    match cluster.config.protocol {
+        crate::config::cluster::UpstreamProtocol::Http2 => Version::HTTP_2,
+        crate::config::cluster::UpstreamProtocol::Http1 => Version::HTTP_11,
+    }
+}
+
+/// One attempt on one endpoint picked by the cluster's balancer.
+async fn attempt_once(
+    cluster: &Arc<UpstreamCluster>,
+    request: Request<UpstreamBody>,
+    per_try_timeout: Option<Duration>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let Some((endpoint, _active)) = cluster.pick(None) else {
+        return Err(UpstreamError::NoHealthyUpstream);
+    };
+    let sent = endpoint.client().request(request);
+    let result = match per_try_timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, sent).await {
+            Ok(result) => result,
+            Err(_) => {
+                cluster.record(&endpoint, Outcome::Failure);
+                return Err(UpstreamError::PerTryTimeout);
+            }
+        },
+        None => sent.await,
+    };
+    classify(cluster, &endpoint, result)
+}
+
+/// Turns the pooled client's result into a response or a [`UpstreamError`], and feeds the outlier
+/// detector.
+fn classify(
+    cluster: &UpstreamCluster,
+    endpoint: &Endpoint,
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    match result {
+        Ok(response) => {
+            let outcome = if response.status().is_server_error() {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            cluster.record(endpoint, outcome);
+            Ok(response)
+        }
+        Err(error) => {
+            let failure = if is_overflow(&error) {
+                return Err(UpstreamError::Overflow);
+            } else if error.is_connect() {
+                UpstreamError::ConnectFailure
+            } else {
+                UpstreamError::Reset
+            };
+            tracing::debug!(
+                cluster = %cluster.name(),
+                endpoint = %endpoint.address,
+                error = %error_chain(&error),
+                "upstream attempt failed"
+            );
+            cluster.record(endpoint, Outcome::Failure);
+            Err(failure)
+        }
+    }
+}
+
+fn is_overflow(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(crate::upstream::connector::ConnectError::Overflow) = current.downcast_ref() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(current) = source {
+        out.push_str(": ");
+        out.push_str(&current.to_string());
+        source = current.source();
+    }
+    out
+}
+
+/// A streamed request: one attempt, no retries (the body cannot be sent twice).
+#[allow(clippy::too_many_arguments)]
+async fn finish_single_attempt(
+    cluster: &Arc<UpstreamCluster>,
+    parts: http::request::Parts,
+    uri: Uri,
+    body: UpstreamBody,
+    deadline: Option<Instant>,
+    per_try_timeout: Option<Duration>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    http: &HttpSettings,
+    stream_deadline: Option<Instant>,
+) -> Response<DownstreamBody> {
+    let mut request = Request::from_parts(parts, body);
+    *request.uri_mut() = uri;
+    *request.version_mut() = upstream_version(cluster);
+    let result = with_deadline(deadline, attempt_once(cluster, request, per_try_timeout)).await;
+    match result {
+        None => global_timeout(),
+        Some(Err(failure)) => failure.response(false),
+        Some(Ok(response)) => {
+            downstream_response(response, downstream_upgrade, http, stream_deadline)
+        }
+    }
+}
+
+/// The upstream's response, ready for the client: hop-by-hop headers removed, the body bounded
+/// by the stream timeouts, and a WebSocket upgrade spliced when the upstream switched.
+fn downstream_response(
+    mut response: Response<Incoming>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    http: &HttpSettings,
+    stream_deadline: Option<Instant>,
+) -> Response<DownstreamBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(splice_upgrade(downstream_upgrade, upstream_upgrade));
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), switching);
+    // The client gets the version of its own connection, not the upstream's (hyper's server
+    // writes HTTP/1.1, or HTTP/1.0 for a 1.0 client, from the default).
+    *response.version_mut() = Version::default();
+    let (parts, incoming) = response.into_parts();
+    let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline);
+    Response::from_parts(parts, Either::Left(timed))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until either side closes.
+async fn splice_upgrade(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
+}
+
+/// A response the proxy makes itself.
+pub fn local_reply(status: StatusCode, body: impl Into<Bytes>) -> Response<DownstreamBody> {
+    let body: Bytes = body.into();
+    let mut response = Response::new(full(body.clone()));
+    *response.status_mut() = status;
+    if !body.is_empty() {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response
+}
+
+fn with_request_id(
+    mut response: Response<DownstreamBody>,
+    request_id: &Option<HeaderValue>,
+    http: &HttpSettings,
+) -> Response<DownstreamBody> {
+    if http.always_set_request_id_in_response
+        && let Some(id) = request_id
+    {
+        response
+            .headers_mut()
+            .insert(headers::X_REQUEST_ID, id.clone());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_its_ceiling() {
+        for attempt in 1..20 {
+            assert!(retry_backoff(attempt) <= RETRY_BACKOFF_BASE * 10);
+        }
+    }
+
+    #[test]
+    fn retry_conditions_follow_envoy() {
+        let policy = |on: Vec<RetryOn>| RetryPolicy {
+            retry_on: on,
+            num_retries: 1,
+            per_try_timeout: None,
+            retriable_request_headers: Vec::new(),
+        };
+        let five_xx = policy(vec![RetryOn::FiveXx]);
+        assert!(retriable_status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &five_xx
+        ));
+        assert!(!retriable_status(StatusCode::CONFLICT, &five_xx));
+        let gateway = policy(vec![RetryOn::GatewayError]);
+        assert!(!retriable_status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &gateway
+        ));
+        assert!(retriable_status(StatusCode::BAD_GATEWAY, &gateway));
+        let connect = policy(vec![RetryOn::ConnectFailure]);
+        assert!(UpstreamError::ConnectFailure.retriable(&connect));
+        assert!(!UpstreamError::Reset.retriable(&connect));
+        assert!(UpstreamError::Reset.retriable(&five_xx));
+        assert!(UpstreamError::PerTryTimeout.retriable(&five_xx));
+        assert!(!UpstreamError::PerTryTimeout.retriable(&connect));
+        // Local refusals are final: another try would meet the same breaker or the same empty
+        // cluster.
+        assert!(!UpstreamError::Overflow.retriable(&five_xx));
+        assert!(!UpstreamError::NoHealthyUpstream.retriable(&five_xx));
+    }
+
+    #[test]
+    fn overflow_reply_is_marked_like_envoy() {
+        let response = UpstreamError::Overflow.response(false);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["x-envoy-overloaded"], "true");
+    }
+
+    #[test]
+    fn local_replies_have_a_content_type_only_with_a_body() {
+        assert!(
+            local_reply(StatusCode::NOT_FOUND, "")
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_none()
+        );
+        assert_eq!(
+            local_reply(StatusCode::OK, "hi").headers()[header::CONTENT_TYPE],
+            "text/plain"
+        );
+    }
+}
