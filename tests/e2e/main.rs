@@ -3,8 +3,11 @@
 
 mod declarative;
 mod dev;
+mod edge_proxy;
 mod envoy_xds;
 mod fixtures;
 mod openapi;
+mod parity;
 mod tls;
+mod upstreams;
 mod websocket;

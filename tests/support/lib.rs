@@ -1,10 +1,12 @@
-//! Support library for Tollgate's end-to-end tests: handles that spawn the real `tollgate`
-//! control plane, Envoy and in-process fake upstreams on loopback, wait for them to be ready,
-//! kill them on `Drop`, and print their logs when a test fails.
+//! Support library for Tollgate's end-to-end tests and benches: handles that spawn the real
+//! `tollgate` control plane, Envoy, nginx and in-process fake upstreams on loopback, wait for
+//! them to be ready, kill them on `Drop`, and print their logs when a test fails.
 
 pub mod client;
 pub mod control_plane;
+pub mod edge_proxy;
 pub mod envoy;
+pub mod nginx;
 pub mod ports;
 pub mod process;
 pub mod tools;
@@ -13,7 +15,9 @@ pub mod wait;
 
 pub use client::{HttpResponse, get};
 pub use control_plane::ControlPlane;
+pub use edge_proxy::EdgeProxy;
 pub use envoy::{Envoy, EnvoyOptions, require_envoy};
+pub use nginx::{Nginx, NginxOptions, require_nginx};
 pub use ports::free_port;
 pub use process::ChildProcess;
 pub use upstream::{RecordedRequest, Upstream};
