@@ -115,6 +115,7 @@ pub struct VirtualHost {
     pub request_headers: HeaderMutations,
     /// Header changes applied to responses of this virtual host.
     pub response_headers: HeaderMutations,
+    index: RouteIndex,
 }
 
 /// One route: matchers, an action and header mutations.
@@ -303,7 +304,7 @@ impl RouteTable {
     /// that matches. `None` is Envoy's 404 (no virtual host, or no route in it).
     pub fn find<'t>(&'t self, req: &RequestHead<'_>) -> Option<Matched<'t>> {
         let virtual_host = self.find_virtual_host(req.authority)?;
-        let route = virtual_host.routes.iter().find(|r| r.matches(req))?;
+        let route = virtual_host.find_route(req)?;
         Some(Matched {
             virtual_host,
             route,
@@ -366,6 +367,116 @@ impl<'t> Matched<'t> {
         } else {
             [route, vhost, global]
         }
+    }
+}
+
+impl VirtualHost {
+    /// The first route that matches, in config order.
+    pub fn find_route(&self, req: &RequestHead<'_>) -> Option<&Route> {
+        if self.index.is_empty() {
+            return self.routes.iter().find(|r| r.matches(req));
+        }
+        self.index
+            .candidates(req.path())
+            .into_iter()
+            .map(|i| &self.routes[i as usize])
+            .find(|r| r.matches(req))
+    }
+}
+
+/// Below this many routes a virtual host is scanned in order; the index only pays off above.
+const ROUTE_INDEX_MIN_ROUTES: usize = 16;
+
+/// Routes by the literal their path must start with, so that a request is checked only against
+/// the routes that can match it, still in config order (first match wins).
+///
+/// A case-sensitive prefix or exact path matcher puts its route under that literal in a byte
+/// trie; a path can only match routes found on its own walk down the trie. Routes whose
+/// path matcher has no such literal (regexes, case-insensitive matchers) are candidates for
+/// every path.
+#[derive(Debug, Default)]
+struct RouteIndex {
+    /// The trie; node 0 is the root (the empty prefix).
+    nodes: Vec<TrieNode>,
+    /// Routes checked for every path.
+    always: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct TrieNode {
+    children: Vec<(u8, u32)>,
+    /// Routes whose literal ends at this node, ascending.
+    routes: Vec<u32>,
+}
+
+impl RouteIndex {
+    fn new(routes: &[Route]) -> Self {
+        if routes.len() < ROUTE_INDEX_MIN_ROUTES {
+            return Self::default();
+        }
+        let mut index = Self {
+            nodes: vec![TrieNode::default()],
+            always: Vec::new(),
+        };
+        for (i, route) in routes.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            match &route.matcher.path {
+                PathMatch::Prefix {
+                    prefix: literal,
+                    ignore_case: false,
+                }
+                | PathMatch::Exact {
+                    path: literal,
+                    ignore_case: false,
+                } => index.insert(literal.as_bytes(), i),
+                _ => index.always.push(i),
+            }
+        }
+        index
+    }
+
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn insert(&mut self, literal: &[u8], route: u32) {
+        let mut node = 0usize;
+        for &byte in literal {
+            let next = self.nodes[node]
+                .children
+                .iter()
+                .find(|(b, _)| *b == byte)
+                .map(|(_, n)| *n as usize);
+            node = match next {
+                Some(next) => next,
+                None => {
+                    let new = self.nodes.len();
+                    self.nodes.push(TrieNode::default());
+                    self.nodes[node]
+                        .children
+                        .push((byte, u32::try_from(new).unwrap_or(u32::MAX)));
+                    new
+                }
+            };
+        }
+        self.nodes[node].routes.push(route);
+    }
+
+    /// The routes that may match `path`, ascending (config order).
+    fn candidates(&self, path: &str) -> Vec<u32> {
+        let mut out = self.always.clone();
+        let mut node = 0usize;
+        out.extend_from_slice(&self.nodes[node].routes);
+        for &byte in path.as_bytes() {
+            let Some(&(_, next)) = self.nodes[node].children.iter().find(|(b, _)| *b == byte)
+            else {
+                break;
+            };
+            node = next as usize;
+            out.extend_from_slice(&self.nodes[node].routes);
+        }
+        out.sort_unstable();
+        out
     }
 }
 
@@ -1244,7 +1355,7 @@ fn virtual_host(proto: &route_pb::VirtualHost, max_body: u32) -> Result<VirtualH
         .as_ref()
         .map(|p| self::retry_policy(p).within("retry_policy"))
         .transpose()?;
-    let routes = routes
+    let routes: Vec<Route> = routes
         .iter()
         .enumerate()
         .map(|(i, r)| route(r, retry.as_ref(), max_body).at("routes", i))
@@ -1252,6 +1363,7 @@ fn virtual_host(proto: &route_pb::VirtualHost, max_body: u32) -> Result<VirtualH
     Ok(VirtualHost {
         name: name.clone(),
         domains: domains.clone(),
+        index: RouteIndex::new(&routes),
         routes,
         request_headers: header_mutations(
             request_headers_to_add,

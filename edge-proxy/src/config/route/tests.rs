@@ -2168,3 +2168,64 @@ fn accepts_what_the_control_plane_translator_emits() {
     };
     assert_eq!((d.status, d.body.as_slice()), (StatusCode::OK, &b"ok"[..]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The route index
+
+/// With many routes the virtual host looks routes up through its prefix index; whatever the
+/// mix of matchers, the route found must be the one a scan in config order finds.
+#[test]
+fn indexed_lookup_finds_what_a_scan_in_order_finds() {
+    let mut routes = Vec::new();
+    for i in 0..40 {
+        routes.push(fwd(&format!("prefix-{i}"), prefix(&format!("/r{i}"))));
+        if i % 7 == 0 {
+            routes.push(fwd(&format!("exact-{i}"), exact(&format!("/r{i}/exact"))));
+            routes.push(fwd(
+                &format!("regex-{i}"),
+                regex_path(&format!("/re/{i}/[a-z]+")),
+            ));
+            routes.push(fwd(
+                &format!("nocase-{i}"),
+                case_insensitive(prefix(&format!("/CASE{i}"))),
+            ));
+        }
+    }
+    // A route that shadows later ones, and catch-alls at the end.
+    routes.insert(5, fwd("shadow", prefix("/r3")));
+    routes.push(fwd("root", prefix("/")));
+    routes.push(fwd("empty", prefix("")));
+    let table = build(&config(vec![vhost("all", &["*"], routes)]));
+    let vhost = &table.virtual_hosts()[0];
+    assert!(!vhost.index.is_empty(), "the index is in use at this size");
+    for path in [
+        "/r1",
+        "/r12",
+        "/r3",
+        "/r35/x",
+        "/r7/exact",
+        "/r7/exactly",
+        "/r14/exact?q=1",
+        "/re/7/abc",
+        "/re/7/ABC",
+        "/case14/x",
+        "/CASE0",
+        "/bench",
+        "/",
+        "/r",
+        "/r399",
+        "/x/r1",
+    ] {
+        let req = get("any.example.com", path);
+        let head = req.head();
+        let scanned = vhost
+            .routes
+            .iter()
+            .find(|r| r.matches(&head))
+            .map(|r| &r.name);
+        let indexed = vhost.find_route(&head).map(|r| &r.name);
+        assert_eq!(indexed, scanned, "{path}");
+    }
+    assert_eq!(found(&table, &get("a", "/r33/x")).unwrap(), "shadow");
+    assert_eq!(found(&table, &get("a", "/bench")).unwrap(), "root");
+}
