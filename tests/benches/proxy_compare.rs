@@ -1,0 +1,1244 @@
+//! Edge-proxy comparison benchmark: Tollgate's edge proxy against Envoy and nginx as reverse
+//! proxies, on this machine, under the same load.
+//!
+//! Everything runs on loopback. A fast upstream (nginx, one process, answering `hello`) sits
+//! behind three peers, each one process with one worker thread, all pinned to the same CPU
+//! (`BENCH_PEER_CPU`, default 1):
+//!
+//! - `edge`: `tollgate edge-proxy --worker-threads 1` (release build) on a `tollgate
+//!   control-plane` holding cluster `bench` and `BENCH_ROUTES` routes;
+//! - `envoy`: Envoy (`--concurrency 1`) from `examples/envoy/bootstrap.yaml` on the *same*
+//!   control plane, so it gets the same routes over xDS (its listener has `node_cluster: envoy`,
+//!   the edge proxy's `node_cluster: edge`, so each binds its own port);
+//! - `nginx`: nginx (`worker_processes 1`, run as that one process with `master_process off`)
+//!   proxying to an `upstream { keepalive }` pool over HTTP/1.1, with one `location` per route.
+//!
+//! All of them log warnings only and no access log: the data path is measured, not logging.
+//!
+//! The routes are `BENCH_ROUTES - 1` prefixes `/svc/NNNN/` plus a catch-all prefix `/`. The load
+//! asks for `/bench`, which only the catch-all matches, and the catch-all is the *last* route in
+//! match order (the control plane orders prefixes longest first), so a proxy that scans its
+//! routes in order scans all of them on every request.
+//!
+//! The load is `wrk -t1 -c<BENCH_CONNECTIONS> -d<BENCH_DURATION>s --latency`, pinned with the
+//! upstream, the control plane and this harness to `BENCH_LOAD_CPU` (default 0). Each peer gets
+//! one warm-up run (`BENCH_WARMUP` s), then `BENCH_ROUNDS` rounds alternate between the peers
+//! (A B C A B C …) and the medians are reported, with each peer's RSS (`VmRSS`) before and after
+//! the load and its CPU use. The `direct` row is wrk against the upstream itself: the ceiling the
+//! load side allows. wrk and the upstream share one CPU, so a fast peer can be limited by them
+//! rather than by its own CPU; the `bound by` and `req/s per peer CPU` columns show when. The table and the targets from the issue (which the bench reports, but does
+//! not fail on) are printed and written to `target/bench/proxy_compare.md`.
+//!
+//!     scripts/bench    # installs nginx, wrk and Envoy when missing, builds, runs this
+//!
+//! `BENCH_PEERS` (default `edge,envoy,nginx,direct`) chooses and orders the peers; `BENCH_PATH`
+//! changes the requested path (e.g. `/svc/0000/x` hits the first route instead). Before each
+//! run the harness waits (up to `BENCH_QUIET_WAIT` s, default 120) until both CPUs are idle, and
+//! it measures how much CPU other processes took during each run: a run where they took over
+//! 10% of a CPU is retried (up to `BENCH_RETRIES` times, default 2) and left out of the medians
+//! while an undisturbed run of that peer exists.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::nginx::{command_on_cpu, nginx_bin};
+use support::process::{ChildProcess, log_block, tollgate_bin, workspace_root};
+use support::wait::{give_up, http_ok, try_eventually};
+use support::{ControlPlane, EnvoyOptions, Nginx, NginxOptions, free_port};
+use tempfile::TempDir;
+
+/// The upstream's response body.
+const BODY: &str = "hello";
+/// The path the load requests by default: only the catch-all route, last in match order, takes
+/// it.
+const LOAD_PATH: &str = "/bench";
+/// How long a peer may take to become ready and route to the upstream.
+const READY_TIMEOUT: Duration = Duration::from_secs(45);
+/// Required: edge requests/s ≥ this × Envoy's.
+const TARGET_VS_ENVOY: f64 = 2.5;
+/// Required: edge requests/s ≥ this × nginx's.
+const TARGET_VS_NGINX: f64 = 0.9;
+/// Required: edge RSS after the load, with the routes loaded, at most this many MiB.
+const TARGET_RSS_MIB: f64 = 20.0;
+/// A peer or the load side counts as saturated from this share of its CPU.
+const SATURATED: f64 = 0.9;
+/// A run counts as disturbed when other processes took more than this share of a CPU.
+const DISTURBED: f64 = 0.1;
+
+/// A proxy (or the upstream itself) that the load is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerKind {
+    Edge,
+    Envoy,
+    Nginx,
+    Direct,
+}
+
+impl PeerKind {
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        Ok(match name.trim() {
+            "edge" => Self::Edge,
+            "envoy" => Self::Envoy,
+            "nginx" => Self::Nginx,
+            "direct" => Self::Direct,
+            other => anyhow::bail!(
+                "BENCH_PEERS: unknown peer {other:?} (known: edge, envoy, nginx, direct)"
+            ),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Edge => "edge",
+            Self::Envoy => "envoy",
+            Self::Nginx => "nginx",
+            Self::Direct => "direct",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Edge => "Tollgate edge proxy",
+            Self::Envoy => "Envoy",
+            Self::Nginx => "nginx (reverse proxy)",
+            Self::Direct => "direct to upstream (no proxy)",
+        }
+    }
+}
+
+/// What the environment asks for.
+#[derive(Debug)]
+struct Settings {
+    peers: Vec<PeerKind>,
+    connections: u32,
+    duration_secs: u32,
+    warmup_secs: u32,
+    rounds: usize,
+    routes: usize,
+    peer_cpu: usize,
+    load_cpu: usize,
+    quiet_wait_secs: u32,
+    retries: u32,
+    /// The path the load requests.
+    path: String,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let peers = std::env::var("BENCH_PEERS")
+            .unwrap_or_else(|_| "edge,envoy,nginx,direct".to_owned())
+            .split(',')
+            .filter(|name| !name.trim().is_empty())
+            .map(PeerKind::parse)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!peers.is_empty(), "BENCH_PEERS names no peer");
+        let settings = Self {
+            peers,
+            connections: env_number("BENCH_CONNECTIONS", 64)?,
+            duration_secs: env_number("BENCH_DURATION", 10)?,
+            warmup_secs: env_number("BENCH_WARMUP", 3)?,
+            rounds: env_number("BENCH_ROUNDS", 3)?,
+            routes: env_number("BENCH_ROUTES", 1000)?,
+            peer_cpu: env_number("BENCH_PEER_CPU", 1)?,
+            load_cpu: env_number("BENCH_LOAD_CPU", 0)?,
+            quiet_wait_secs: env_number("BENCH_QUIET_WAIT", 120)?,
+            retries: env_number("BENCH_RETRIES", 2)?,
+            path: std::env::var("BENCH_PATH")
+                .ok()
+                .filter(|path| !path.is_empty())
+                .unwrap_or_else(|| LOAD_PATH.to_owned()),
+        };
+        anyhow::ensure!(settings.routes >= 1, "BENCH_ROUTES must be at least 1");
+        anyhow::ensure!(
+            settings.path.starts_with('/'),
+            "BENCH_PATH must start with `/`"
+        );
+        anyhow::ensure!(settings.rounds >= 1, "BENCH_ROUNDS must be at least 1");
+        anyhow::ensure!(
+            settings.connections >= 1,
+            "BENCH_CONNECTIONS must be at least 1"
+        );
+        anyhow::ensure!(
+            settings.duration_secs >= 1,
+            "BENCH_DURATION must be at least 1"
+        );
+        Ok(settings)
+    }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .with_context(|| format!("${name} = {value:?} is not a valid number")),
+        _ => Ok(default),
+    }
+}
+
+/// What keeps a peer's process alive; dropping it kills the process.
+#[derive(Debug)]
+enum Guard {
+    // Field order: the process is killed before its directory is deleted.
+    Process {
+        _process: ChildProcess,
+        _dir: TempDir,
+    },
+    Nginx {
+        _nginx: Nginx,
+    },
+    /// The `direct` peer is the upstream, which `main` owns.
+    Borrowed,
+}
+
+/// A running peer: where to send the load, and which process to measure.
+#[derive(Debug)]
+struct Peer {
+    kind: PeerKind,
+    url: String,
+    pid: u32,
+    _guard: Guard,
+}
+
+/// One wrk run, parsed.
+#[derive(Debug, Clone)]
+struct RunResult {
+    requests_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Non-2xx/3xx responses plus socket errors (connect, read, write, timeout).
+    errors: u64,
+    /// Share of one CPU the peer process used during the run.
+    peer_cpu: f64,
+    /// Share of the load CPU that was busy (wrk, upstream, …) during the run.
+    load_cpu_busy: f64,
+    /// Share of the peer CPU used by other processes than the peer.
+    other_peer_cpu: f64,
+    /// Share of the load CPU used by other processes than wrk and the upstream.
+    other_load_cpu: f64,
+}
+
+impl RunResult {
+    /// Whether other processes took enough CPU during the run to distort it.
+    fn disturbed(&self) -> bool {
+        self.other_peer_cpu.max(self.other_load_cpu) > DISTURBED
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    // Everything this harness starts without an explicit pin (the control plane) inherits this,
+    // so the peers' CPU carries nothing but the peer under load.
+    pin_self(settings.load_cpu)?;
+    let wrk = find_program("wrk").context("wrk not found on PATH; scripts/bench installs it")?;
+    let nginx = nginx_bin()
+        .context("nginx not found ($NGINX_BIN, PATH, /usr/sbin); scripts/bench installs it")?;
+    let needs = |kind| settings.peers.contains(&kind);
+    if needs(PeerKind::Edge) {
+        check_edge_proxy_subcommand()?;
+    }
+    let envoy = if needs(PeerKind::Envoy) {
+        Some(support::envoy::envoy_bin().context(
+            "envoy not found ($ENVOY_BIN, .tools/venv/bin/envoy, PATH); scripts/bench installs it",
+        )?)
+    } else {
+        None
+    };
+    let machine = machine_report(&wrk, &nginx, envoy.as_deref());
+    println!("proxy_compare: {settings:?}\n{machine}");
+
+    let upstream_port = free_port();
+    let upstream = Nginx::start(NginxOptions {
+        name: "upstream".to_owned(),
+        http: upstream_config(upstream_port),
+        ready_url: format!("http://127.0.0.1:{upstream_port}{}", settings.path),
+        cpu: Some(settings.load_cpu),
+    })
+    .await
+    .context("starting the upstream")?;
+
+    let needs_cp = needs(PeerKind::Edge) || needs(PeerKind::Envoy);
+    let edge_port = free_port();
+    let envoy_port = free_port();
+    let cp = if needs_cp {
+        let cp = ControlPlane::start().await?;
+        load_config(&cp, &settings, upstream_port, edge_port, envoy_port).await?;
+        Some(cp)
+    } else {
+        None
+    };
+
+    let mut peers = Vec::new();
+    for &kind in &settings.peers {
+        let peer = match kind {
+            PeerKind::Edge => {
+                let cp = cp
+                    .as_ref()
+                    .context("the edge proxy needs the control plane")?;
+                start_edge(cp, &settings, edge_port).await?
+            }
+            PeerKind::Envoy => {
+                let cp = cp.as_ref().context("Envoy needs the control plane")?;
+                let bin = envoy.as_deref().context("no Envoy binary")?;
+                start_envoy(cp, &settings, bin, envoy_port).await?
+            }
+            PeerKind::Nginx => start_nginx(&settings, upstream_port).await?,
+            PeerKind::Direct => Peer {
+                kind,
+                url: format!("http://127.0.0.1:{upstream_port}{}", settings.path),
+                pid: upstream.pid(),
+                _guard: Guard::Borrowed,
+            },
+        };
+        println!("{} ready: {} (pid {})", kind.label(), peer.url, peer.pid);
+        peers.push(peer);
+    }
+
+    let rss_idle: Vec<u64> = peers
+        .iter()
+        .map(|peer| rss_kib(peer.pid))
+        .collect::<anyhow::Result<_>>()?;
+    for peer in peers.iter().filter(|_| settings.warmup_secs > 0) {
+        println!(
+            "warm-up: {} for {} s",
+            peer.kind.name(),
+            settings.warmup_secs
+        );
+        run_wrk(&wrk, &settings, peer, upstream.pid(), settings.warmup_secs).await?;
+    }
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); peers.len()];
+    for round in 1..=settings.rounds {
+        for (peer, runs) in peers.iter().zip(&mut results) {
+            let mut result = run_wrk(
+                &wrk,
+                &settings,
+                peer,
+                upstream.pid(),
+                settings.duration_secs,
+            )
+            .await?;
+            for retry in 1..=settings.retries {
+                if !result.disturbed() {
+                    break;
+                }
+                println!(
+                    "retrying {} ({retry}/{})",
+                    peer.kind.name(),
+                    settings.retries
+                );
+                result = run_wrk(
+                    &wrk,
+                    &settings,
+                    peer,
+                    upstream.pid(),
+                    settings.duration_secs,
+                )
+                .await?;
+            }
+            println!(
+                "round {round}/{}: {:<6} {:>8.0} req/s  p50 {:>9}  p99 {:>9}  peer CPU {:>3.0}%  \
+                 load CPU {:>3.0}%  others {:>2.0}%/{:>2.0}%  errors {}",
+                settings.rounds,
+                peer.kind.name(),
+                result.requests_per_sec,
+                fmt_latency(result.p50),
+                fmt_latency(result.p99),
+                result.peer_cpu * 100.0,
+                result.load_cpu_busy * 100.0,
+                result.other_peer_cpu * 100.0,
+                result.other_load_cpu * 100.0,
+                result.errors,
+            );
+            runs.push(result);
+        }
+    }
+    let mut rows = Vec::new();
+    for ((peer, runs), idle) in peers.iter().zip(&results).zip(rss_idle) {
+        rows.push(Row {
+            kind: peer.kind,
+            median: median_of(&counted(runs)),
+            counted: counted(runs).len(),
+            runs: runs.clone(),
+            rss_idle_kib: idle,
+            rss_after_kib: rss_kib(peer.pid)?,
+            hwm_kib: status_kib(peer.pid, "VmHWM")?,
+        });
+    }
+
+    let report = render_report(&settings, &machine, &rows);
+    println!("\n{report}");
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out = out_dir.join("proxy_compare.md");
+    std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+    println!("written to {}", out.display());
+    // Peers go first (they hold connections to the upstream and the control plane), then the
+    // control plane, then the upstream.
+    drop(peers);
+    drop(cp);
+    drop(upstream);
+    Ok(())
+}
+
+/// Pins this process (every thread) to `cpu` with `taskset -a -p`.
+fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin the harness")?;
+    anyhow::ensure!(
+        status.success(),
+        "taskset could not pin to CPU {cpu}: {status}"
+    );
+    Ok(())
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Fails with advice when the `tollgate` binary has no `edge-proxy` subcommand yet.
+fn check_edge_proxy_subcommand() -> anyhow::Result<()> {
+    let bin = tollgate_bin();
+    let output = Command::new(&bin)
+        .args(["edge-proxy", "--help"])
+        .output()
+        .with_context(|| format!("running {} edge-proxy --help", bin.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} has no working `edge-proxy` subcommand ({}): rebuild it with \
+         `cargo build --release --bin tollgate`, or leave the edge proxy out with \
+         BENCH_PEERS=envoy,nginx,direct\n{}",
+        bin.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The upstream: `hello` to every request, keep-alive connections that are never closed by
+/// request count (nginx closes after 1,000 requests by default, which would make every peer
+/// reconnect all the time).
+fn upstream_config(port: u16) -> String {
+    format!(
+        "    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 1000000000;
+        keepalive_timeout 300s;
+        location / {{
+            default_type text/plain;
+            return 200 \"{BODY}\";
+        }}
+    }}"
+    )
+}
+
+/// Route `i` of the `routes - 1` specific ones, e.g. `/svc/0042/`.
+fn route_prefix(i: usize) -> String {
+    format!("/svc/{i:04}/")
+}
+
+/// Puts the whole config (cluster `bench`, the routes, one listener per proxy kind) in one
+/// `PUT /v1/config`, before any proxy connects.
+async fn load_config(
+    cp: &ControlPlane,
+    settings: &Settings,
+    upstream_port: u16,
+    edge_port: u16,
+    envoy_port: u16,
+) -> anyhow::Result<()> {
+    let mut routes: Vec<Value> = (0..settings.routes - 1)
+        .map(|i| {
+            json!({
+                "name": format!("svc-{i:04}"),
+                "match": {"path_prefix": route_prefix(i)},
+                "cluster": "bench",
+            })
+        })
+        .collect();
+    routes.push(json!({"name": "catch-all", "match": {"path_prefix": "/"}, "cluster": "bench"}));
+    let document = json!({
+        "clusters": [{
+            "name": "bench",
+            "endpoints": [{"address": "127.0.0.1", "port": upstream_port}],
+        }],
+        "routes": routes,
+        "listeners": [
+            {"name": "edge", "address": "127.0.0.1", "port": edge_port, "node_cluster": "edge"},
+            {"name": "envoy", "address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy"},
+        ],
+    });
+    let (status, body) = cp
+        .raw(Method::PUT, "/v1/config", Some(document), Some(cp.token()))
+        .await?;
+    anyhow::ensure!(status.is_success(), "PUT /v1/config: {status}: {body}");
+    println!(
+        "control plane: {} routes, revision {}",
+        settings.routes, body["revision"]
+    );
+    Ok(())
+}
+
+/// Starts the edge proxy on the control plane and waits for `/ready` and a routed 200.
+async fn start_edge(cp: &ControlPlane, settings: &Settings, port: u16) -> anyhow::Result<Peer> {
+    let dir = temp_dir("edge")?;
+    let admin_port = free_port();
+    let mut cmd = command_on_cpu(tollgate_bin(), Some(settings.peer_cpu));
+    cmd.arg("edge-proxy")
+        .arg("--xds")
+        .arg(format!("http://127.0.0.1:{}", cp.xds_port()))
+        .arg("--node-id")
+        .arg("bench")
+        .arg("--node-cluster")
+        .arg("edge")
+        .arg("--admin-addr")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .arg("--worker-threads")
+        .arg("1")
+        // Warnings only, like the other peers: the data path is measured, not log output.
+        .env("RUST_LOG", "warn");
+    let process = ChildProcess::spawn_logged("edge-proxy", cmd, &dir.path().join("edge.log"))?;
+    let admin_ready = format!("http://127.0.0.1:{admin_port}/ready");
+    ready_peer(
+        PeerKind::Edge,
+        process,
+        dir,
+        &admin_ready,
+        port,
+        &settings.path,
+    )
+    .await
+}
+
+/// Starts Envoy with `--concurrency 1` from the example bootstrap (node cluster `envoy`) and
+/// waits for `/ready` and a routed 200.
+async fn start_envoy(
+    cp: &ControlPlane,
+    settings: &Settings,
+    bin: &Path,
+    port: u16,
+) -> anyhow::Result<Peer> {
+    let dir = temp_dir("envoy")?;
+    let admin_port = free_port();
+    let example = workspace_root().join("examples/envoy/bootstrap.yaml");
+    let template = std::fs::read_to_string(&example)
+        .with_context(|| format!("reading {}", example.display()))?;
+    let opts = EnvoyOptions {
+        node_id: "envoy-bench".to_owned(),
+        node_cluster: "envoy".to_owned(),
+        delta: false,
+    };
+    let bootstrap = support::envoy::render_bootstrap(&template, cp.xds_port(), admin_port, &opts);
+    let bootstrap_path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&bootstrap_path, bootstrap)
+        .with_context(|| format!("writing {}", bootstrap_path.display()))?;
+    let mut cmd = command_on_cpu(bin, Some(settings.peer_cpu));
+    cmd.arg("-c")
+        .arg(&bootstrap_path)
+        .arg("--concurrency")
+        .arg("1")
+        .arg("--disable-hot-restart")
+        .arg("--base-id")
+        .arg(admin_port.to_string())
+        .arg("--log-level")
+        .arg("warn");
+    let process = ChildProcess::spawn_logged("envoy", cmd, &dir.path().join("envoy.log"))?;
+    let admin_ready = format!("http://127.0.0.1:{admin_port}/ready");
+    ready_peer(
+        PeerKind::Envoy,
+        process,
+        dir,
+        &admin_ready,
+        port,
+        &settings.path,
+    )
+    .await
+}
+
+/// Waits until `admin_ready` answers 2xx and `path` on `port` returns the upstream's body.
+async fn ready_peer(
+    kind: PeerKind,
+    mut process: ChildProcess,
+    dir: TempDir,
+    admin_ready: &str,
+    port: u16,
+    path: &str,
+) -> anyhow::Result<Peer> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let ready = try_eventually(&format!("{} to serve", kind.name()), READY_TIMEOUT, || {
+        let exited = process.try_status();
+        let (admin_ready, url) = (admin_ready.to_owned(), url.clone());
+        async move {
+            if let Some(status) = exited {
+                return Err(give_up(format!("{} exited: {status}", kind.name())));
+            }
+            http_ok(&admin_ready).await?;
+            expect_body(&url).await
+        }
+    })
+    .await;
+    if let Err(e) = ready {
+        return Err(anyhow::anyhow!(
+            "{} did not become ready: {e:#}\n{}",
+            kind.label(),
+            log_block(kind.name(), &process.log())
+        ));
+    }
+    Ok(Peer {
+        kind,
+        url,
+        pid: process.pid(),
+        _guard: Guard::Process {
+            _process: process,
+            _dir: dir,
+        },
+    })
+}
+
+/// `GET url` must answer 200 with the upstream's body.
+async fn expect_body(url: &str) -> anyhow::Result<()> {
+    let response = support::get(url, None).await?;
+    anyhow::ensure!(
+        response.status == 200 && response.body == BODY,
+        "GET {url}: {} {:?}, expected 200 {BODY:?}",
+        response.status,
+        response.body
+    );
+    Ok(())
+}
+
+/// nginx as a reverse proxy: one location per route (the same prefixes), an upstream pool of
+/// keep-alive HTTP/1.1 connections.
+async fn start_nginx(settings: &Settings, upstream_port: u16) -> anyhow::Result<Peer> {
+    let port = free_port();
+    let mut http = format!(
+        "    upstream bench {{
+        server 127.0.0.1:{upstream_port};
+        keepalive {connections};
+        keepalive_requests 1000000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 1000000000;
+        keepalive_timeout 300s;
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        location / {{
+            proxy_pass http://bench;
+        }}
+",
+        connections = settings.connections.max(1),
+    );
+    for i in 0..settings.routes - 1 {
+        let _ = writeln!(
+            http,
+            "        location {} {{ proxy_pass http://bench; }}",
+            route_prefix(i)
+        );
+    }
+    http.push_str("    }");
+    let url = format!("http://127.0.0.1:{port}{}", settings.path);
+    let nginx = Nginx::start(NginxOptions {
+        name: "proxy".to_owned(),
+        http,
+        ready_url: url.clone(),
+        cpu: Some(settings.peer_cpu),
+    })
+    .await
+    .context("starting nginx as a reverse proxy")?;
+    expect_body(&url).await?;
+    Ok(Peer {
+        kind: PeerKind::Nginx,
+        url,
+        pid: nginx.pid(),
+        _guard: Guard::Nginx { _nginx: nginx },
+    })
+}
+
+fn temp_dir(name: &str) -> anyhow::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("tollgate-bench-{name}-"))
+        .tempdir()
+        .with_context(|| format!("creating a temp dir for {name}"))
+}
+
+/// CPU counters read before and after a run, in clock ticks.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    peer: u64,
+    upstream: u64,
+    /// CPU time of this harness's reaped children: wrk.
+    children: u64,
+    /// Busy and total ticks of the peer CPU and of the load CPU.
+    peer_cpu: (u64, u64),
+    load_cpu: (u64, u64),
+}
+
+impl CpuSample {
+    fn take(settings: &Settings, peer_pid: u32, upstream_pid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            peer: process_ticks(peer_pid, false)?,
+            upstream: process_ticks(upstream_pid, false)?,
+            children: process_ticks(std::process::id(), true)?,
+            peer_cpu: cpu_busy(settings.peer_cpu)?,
+            load_cpu: cpu_busy(settings.load_cpu)?,
+        })
+    }
+}
+
+/// Waits, up to `BENCH_QUIET_WAIT` seconds, until neither the peer CPU nor the load CPU is more
+/// than 10% busy over one second: on a machine shared with builds, a run started in the middle
+/// of a compile measures the compiler.
+async fn wait_quiet(settings: &Settings) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let before = (cpu_busy(settings.peer_cpu)?, cpu_busy(settings.load_cpu)?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = (cpu_busy(settings.peer_cpu)?, cpu_busy(settings.load_cpu)?);
+        let share = |b: (u64, u64), a: (u64, u64)| {
+            a.0.saturating_sub(b.0) as f64 / a.1.saturating_sub(b.1).max(1) as f64
+        };
+        let busy = share(before.0, after.0).max(share(before.1, after.1));
+        if busy <= DISTURBED {
+            return Ok(());
+        }
+        if started.elapsed() >= Duration::from_secs(settings.quiet_wait_secs.into()) {
+            eprintln!(
+                "warning: the machine is still busy ({:.0}% of a CPU) after {} s; running anyway",
+                busy * 100.0,
+                settings.quiet_wait_secs
+            );
+            return Ok(());
+        }
+        if !told {
+            eprintln!(
+                "waiting for a quiet machine: {:.0}% of a bench CPU is busy (up to {} s)",
+                busy * 100.0,
+                settings.quiet_wait_secs
+            );
+            told = true;
+        }
+    }
+}
+
+/// Runs wrk against `peer` for `secs` seconds on the load CPU and parses its report.
+async fn run_wrk(
+    wrk: &Path,
+    settings: &Settings,
+    peer: &Peer,
+    upstream_pid: u32,
+    secs: u32,
+) -> anyhow::Result<RunResult> {
+    let mut cmd = command_on_cpu(wrk, Some(settings.load_cpu));
+    cmd.arg("-t1")
+        .arg(format!("-c{}", settings.connections))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg("--timeout")
+        .arg("5s")
+        .arg(&peer.url)
+        .stdin(Stdio::null());
+    wait_quiet(settings).await?;
+    let before = CpuSample::take(settings, peer.pid, upstream_pid)?;
+    let output = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running wrk")?;
+    let after = CpuSample::take(settings, peer.pid, upstream_pid)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "wrk against {} failed ({}):\n{stdout}{}",
+        peer.kind.name(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut result = parse_wrk(&stdout)
+        .with_context(|| format!("parsing wrk's report for {}:\n{stdout}", peer.kind.name()))?;
+
+    // Shares of one CPU over the run, all in the same clock ticks as /proc/stat.
+    let peer_total = after.peer_cpu.1.saturating_sub(before.peer_cpu.1).max(1) as f64;
+    let load_total = after.load_cpu.1.saturating_sub(before.load_cpu.1).max(1) as f64;
+    let peer_busy = after.peer_cpu.0.saturating_sub(before.peer_cpu.0) as f64 / peer_total;
+    let load_busy = after.load_cpu.0.saturating_sub(before.load_cpu.0) as f64 / load_total;
+    let wrk_share = after.children.saturating_sub(before.children) as f64 / load_total;
+    let upstream_share = after.upstream.saturating_sub(before.upstream) as f64 / load_total;
+    let peer_ticks = after.peer.saturating_sub(before.peer) as f64;
+    if peer.kind == PeerKind::Direct {
+        // The peer is the upstream, on the load CPU. The peer CPU plays no part (and the
+        // scheduler gladly hands it to other processes while the load CPU is full).
+        result.peer_cpu = upstream_share;
+        result.other_peer_cpu = 0.0;
+    } else {
+        result.peer_cpu = peer_ticks / peer_total;
+        result.other_peer_cpu = (peer_busy - result.peer_cpu).max(0.0);
+    }
+    result.load_cpu_busy = load_busy;
+    result.other_load_cpu = (load_busy - wrk_share - upstream_share).max(0.0);
+    if result.errors > 0 {
+        eprintln!(
+            "warning: {} answered {} errors (non-2xx/3xx or socket errors) in one run:\n{stdout}",
+            peer.kind.name(),
+            result.errors
+        );
+    }
+    if result.disturbed() {
+        eprintln!(
+            "warning: other processes took {:.0}% of the peer CPU and {:.0}% of the load CPU \
+             during this run of {}: its numbers are disturbed",
+            result.other_peer_cpu * 100.0,
+            result.other_load_cpu * 100.0,
+            peer.kind.name()
+        );
+    }
+    Ok(result)
+}
+
+/// Parses wrk's `--latency` report: requests/s, the 50% and 99% latencies and the errors.
+fn parse_wrk(text: &str) -> anyhow::Result<RunResult> {
+    let mut requests_per_sec = None;
+    let (mut p50, mut p99) = (None, None);
+    let mut errors = 0;
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", value] => requests_per_sec = Some(value.parse()?),
+            ["50%", value] => p50 = Some(parse_wrk_duration(value)?),
+            ["99%", value] => p99 = Some(parse_wrk_duration(value)?),
+            ["Non-2xx", "or", "3xx", "responses:", count] => errors += count.parse::<u64>()?,
+            ["Socket", "errors:", rest @ ..] => {
+                // `connect 0, read 0, write 0, timeout 0`
+                for count in rest.iter().skip(1).step_by(2) {
+                    errors += count.trim_end_matches(',').parse::<u64>()?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(RunResult {
+        requests_per_sec: requests_per_sec.context("no `Requests/sec:` line")?,
+        p50: p50.context("no `50%` latency line (was --latency given?)")?,
+        p99: p99.context("no `99%` latency line (was --latency given?)")?,
+        errors,
+        peer_cpu: 0.0,
+        load_cpu_busy: 0.0,
+        other_peer_cpu: 0.0,
+        other_load_cpu: 0.0,
+    })
+}
+
+/// wrk's durations: `612.00us`, `1.23ms`, `2.00s`, `1.50m`.
+fn parse_wrk_duration(text: &str) -> anyhow::Result<Duration> {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .with_context(|| format!("no unit in wrk duration {text:?}"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("bad wrk duration {text:?}"))?;
+    let secs = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => anyhow::bail!("unknown unit in wrk duration {text:?}"),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A `/proc/<pid>/status` field in KiB, e.g. `VmRSS`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix("kB")?.trim().parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// User plus system CPU time of `pid` (all threads) in clock ticks, or with `children`, that
+/// of its children that have exited and been reaped.
+fn process_ticks(pid: u32, children: bool) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after its `)`.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("malformed {path}: {stat}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .with_context(|| format!("short {path}: {stat}"))?
+            .parse()
+            .with_context(|| format!("malformed {path}: {stat}"))
+    };
+    // Fields 14-17 of the line (utime, stime, cutime, cstime) are 11-14 after the name.
+    let first = if children { 13 } else { 11 };
+    Ok(field(first)? + field(first + 1)?)
+}
+
+/// Busy and total ticks of one CPU from `/proc/stat`.
+fn cpu_busy(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("malformed /proc/stat line {line:?}"))?;
+    let total: u64 = values.iter().sum();
+    // idle and iowait are the 4th and 5th values.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// One peer's line in the report.
+#[derive(Debug)]
+struct Row {
+    kind: PeerKind,
+    /// Medians over the counted runs.
+    median: RunResult,
+    /// How many runs the medians are taken over.
+    counted: usize,
+    runs: Vec<RunResult>,
+    rss_idle_kib: u64,
+    rss_after_kib: u64,
+    hwm_kib: u64,
+}
+
+/// The runs that count: the undisturbed ones, or all of them when every run was disturbed.
+fn counted(runs: &[RunResult]) -> Vec<RunResult> {
+    let quiet: Vec<RunResult> = runs.iter().filter(|r| !r.disturbed()).cloned().collect();
+    if quiet.is_empty() {
+        runs.to_vec()
+    } else {
+        quiet
+    }
+}
+
+/// Each measure's median over the runs, taken separately.
+fn median_of(runs: &[RunResult]) -> RunResult {
+    fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    RunResult {
+        requests_per_sec: median(runs.iter().map(|r| r.requests_per_sec).collect()),
+        p50: median(runs.iter().map(|r| r.p50).collect()),
+        p99: median(runs.iter().map(|r| r.p99).collect()),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        peer_cpu: median(runs.iter().map(|r| r.peer_cpu).collect()),
+        load_cpu_busy: median(runs.iter().map(|r| r.load_cpu_busy).collect()),
+        other_peer_cpu: median(runs.iter().map(|r| r.other_peer_cpu).collect()),
+        other_load_cpu: median(runs.iter().map(|r| r.other_load_cpu).collect()),
+    }
+}
+
+fn fmt_latency(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.0} µs")
+    } else {
+        format!("{:.2} ms", micros / 1e3)
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// What limited a run: the peer's CPU, the load CPU (wrk and the upstream), or neither.
+fn bound_by(m: &RunResult) -> &'static str {
+    if m.peer_cpu >= SATURATED {
+        "peer CPU"
+    } else if m.load_cpu_busy >= SATURATED {
+        "load CPU"
+    } else {
+        "–"
+    }
+}
+
+/// Requests/s divided by the share of one CPU the peer used: what it would serve on a whole
+/// core, if it scaled linearly.
+fn per_peer_cpu(m: &RunResult) -> f64 {
+    m.requests_per_sec / m.peer_cpu.max(f64::EPSILON)
+}
+
+/// The Markdown report: settings, machine, the table, the ratios against the targets, and
+/// every run.
+fn render_report(settings: &Settings, machine: &str, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line("## Edge proxy vs Envoy vs nginx\n".to_owned());
+    line(format!(
+        "wrk -t1 -c{} -d{}s --latency; {} s warm-up per peer, then {} rounds alternating the \
+         peers, medians shown. {} routes: {} prefixes `/svc/NNNN/` and a catch-all `/`, which \
+         comes last in match order. The load asks for `{}`{}. Peers pinned to CPU {}, wrk and \
+         the upstream to CPU {}.\n",
+        settings.connections,
+        settings.duration_secs,
+        settings.warmup_secs,
+        settings.rounds,
+        settings.routes,
+        settings.routes - 1,
+        settings.path,
+        if settings.path == LOAD_PATH {
+            ", which only the catch-all matches"
+        } else {
+            ""
+        },
+        settings.peer_cpu,
+        settings.load_cpu,
+    ));
+    line(format!("{machine}\n"));
+    line(
+        "| peer | requests/s | p50 | p99 | RSS idle | RSS after load | peak RSS | peer CPU \
+         | load CPU | bound by | req/s per peer CPU | others' CPU | runs | errors |"
+            .to_owned(),
+    );
+    line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|".to_owned());
+    for row in rows {
+        let m = &row.median;
+        line(format!(
+            "| {} | {:.0} | {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0}% | {:.0}% | {} \
+             | {:.0} | {:.0}% / {:.0}% | {}/{} | {} |",
+            row.kind.label(),
+            m.requests_per_sec,
+            fmt_latency(m.p50),
+            fmt_latency(m.p99),
+            mib(row.rss_idle_kib),
+            mib(row.rss_after_kib),
+            mib(row.hwm_kib),
+            m.peer_cpu * 100.0,
+            m.load_cpu_busy * 100.0,
+            bound_by(m),
+            per_peer_cpu(m),
+            m.other_peer_cpu * 100.0,
+            m.other_load_cpu * 100.0,
+            row.counted,
+            row.runs.len(),
+            m.errors,
+        ));
+    }
+    let find = |kind| rows.iter().find(|row| row.kind == kind);
+    let (edge, envoy, nginx) = (
+        find(PeerKind::Edge),
+        find(PeerKind::Envoy),
+        find(PeerKind::Nginx),
+    );
+    line(String::new());
+    line("| target | measured | per peer CPU | met |".to_owned());
+    line("|---|---:|---:|---|".to_owned());
+    let met = |ok: bool| if ok { "yes" } else { "**no**" };
+    let mut ratio_line = |name: &str, other: Option<&Row>, target: f64| match (edge, other) {
+        (Some(edge), Some(other)) => {
+            let ratio = edge.median.requests_per_sec / other.median.requests_per_sec;
+            let normalised = per_peer_cpu(&edge.median) / per_peer_cpu(&other.median);
+            line(format!(
+                "| edge/{name} requests/s ≥ {target}× | {ratio:.2}× | {normalised:.2}× | {} |",
+                met(ratio >= target)
+            ));
+        }
+        _ => line(format!(
+            "| edge/{name} requests/s ≥ {target}× | not run | | – |"
+        )),
+    };
+    ratio_line("Envoy", envoy, TARGET_VS_ENVOY);
+    ratio_line("nginx", nginx, TARGET_VS_NGINX);
+    match (edge, nginx) {
+        (Some(edge), Some(nginx)) => line(format!(
+            "| edge p99 ≤ nginx p99 | {} vs {} | | {} |",
+            fmt_latency(edge.median.p99),
+            fmt_latency(nginx.median.p99),
+            met(edge.median.p99 <= nginx.median.p99)
+        )),
+        _ => line("| edge p99 ≤ nginx p99 | not run | | – |".to_owned()),
+    }
+    match edge {
+        Some(edge) => {
+            let rss = mib(edge.rss_after_kib);
+            line(format!(
+                "| edge RSS ≤ {TARGET_RSS_MIB} MiB with {} routes, after the load | {rss:.1} MiB \
+                 | | {} |",
+                settings.routes,
+                met(rss <= TARGET_RSS_MIB)
+            ));
+        }
+        None => line(format!(
+            "| edge RSS ≤ {TARGET_RSS_MIB} MiB with {} routes | not run | | – |",
+            settings.routes
+        )),
+    }
+    let load_bound: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.kind != PeerKind::Direct && bound_by(&row.median) == "load CPU")
+        .map(|row| row.kind.name())
+        .collect();
+    if !load_bound.is_empty() {
+        line(format!(
+            "\nNot saturated: {}. The load CPU (wrk and the upstream) ran out first, so those \
+             requests/s are lower bounds of what the peer can do, and so are ratios with them. \
+             `req/s per peer CPU` (requests/s ÷ the peer's share of one CPU) estimates each \
+             peer on a whole core; the `per peer CPU` ratios compare those.",
+            load_bound.join(", ")
+        ));
+    }
+    let unreliable: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.runs.iter().all(RunResult::disturbed))
+        .map(|row| row.kind.name())
+        .collect();
+    line(format!(
+        "\n`others' CPU`: the share of the peer CPU / the load CPU that processes other than the \
+         peer, wrk and the upstream took (some kernel network work is counted there too). A run \
+         over {:.0}% is disturbed: it is retried up to {} times, and left out of the medians \
+         when an undisturbed run exists (`runs`: counted / taken). {}",
+        DISTURBED * 100.0,
+        settings.retries,
+        if unreliable.is_empty() {
+            "Every row has undisturbed runs.".to_owned()
+        } else {
+            format!(
+                "**Every run was disturbed** for: {}; rerun on a quiet machine.",
+                unreliable.join(", ")
+            )
+        }
+    ));
+    line(
+        "\nwrk keeps every connection busy, so each peer runs at its own maximum: latencies are \
+         taken at different throughputs, and a saturated load CPU (see `load CPU`) adds \
+         scheduling delay of wrk and the upstream to the tail."
+            .to_owned(),
+    );
+    line("\nEvery run (requests/s, p99, peer CPU):\n".to_owned());
+    for row in rows {
+        let runs: Vec<String> = row
+            .runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:.0} ({}, {:.0}%{})",
+                    r.requests_per_sec,
+                    fmt_latency(r.p99),
+                    r.peer_cpu * 100.0,
+                    if r.disturbed() { ", disturbed" } else { "" }
+                )
+            })
+            .collect();
+        line(format!("- {}: {}", row.kind.name(), runs.join("; ")));
+    }
+    out
+}
+
+/// CPU model, core count, kernel and the versions of the programs compared.
+fn machine_report(wrk: &Path, nginx: &Path, envoy: Option<&Path>) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    // Counted from /proc/cpuinfo: this process is pinned to one CPU by now.
+    let cores = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |info| {
+        info.lines()
+            .filter(|line| line.starts_with("processor"))
+            .count()
+    });
+    let kernel = first_line(Command::new("uname").arg("-r"));
+    let tollgate_path = tollgate_bin();
+    let tollgate = first_line(Command::new(&tollgate_path).arg("--version"));
+    // The binary changes under concurrent development: say which build was measured.
+    let built = first_line(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC", "-r"])
+            .arg(&tollgate_path),
+    );
+    // nginx prints its version on stderr, wrk its on stdout with a non-zero exit.
+    let nginx = first_line(Command::new(nginx).arg("-v"));
+    // `wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer`
+    let wrk = first_line(Command::new(wrk).arg("-v"))
+        .split(" [")
+        .next()
+        .unwrap_or("wrk ?")
+        .to_owned();
+    let envoy = envoy.map_or_else(
+        || "not used".to_owned(),
+        |bin| {
+            let version = first_line(Command::new(bin).arg("--version"));
+            // `<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`
+            version
+                .split_once("version: ")
+                .and_then(|(_, v)| v.split('/').nth(1))
+                .map_or(version.clone(), str::to_owned)
+        },
+    );
+    format!(
+        "Machine: {cpu}, {cores} CPUs, Linux {kernel}. {tollgate} (binary built {built}); \
+         Envoy {envoy}; {nginx}; {wrk}."
+    )
+}
+
+/// The first non-empty line a command prints (stdout, else stderr), or `?`.
+fn first_line(cmd: &mut Command) -> String {
+    let Ok(output) = cmd.stdin(Stdio::null()).output() else {
+        return "?".to_owned();
+    };
+    [&output.stdout, &output.stderr]
+        .into_iter()
+        .flat_map(|bytes| {
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .map(|line| line.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .find(|line| !line.is_empty())
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
