@@ -1,16 +1,13 @@
 //! The Tollgate edge proxy end to end: a real `tollgate edge-proxy` fed by a real control plane,
 //! carrying HTTP/1.1, WebSocket and gRPC (h2c) traffic to in-process upstreams, through config
 //! changes under load, a control plane crash, an endpoint failure and a SIGTERM.
-//! `tollgate dev`, which bundles the proxy, is checked to carry traffic as the README says.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::process::{ChildProcess, tollgate_bin};
 use support::{ControlPlane, EdgeProxy, HttpResponse, Upstream, eventually, free_port};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -547,33 +544,10 @@ async fn a_dead_endpoint_is_taken_out_by_health_checks() {
 // ---------------------------------------------------------------------------------------------
 // 4. WebSocket
 
-/// A WebSocket server on loopback that echoes every text and binary message.
-async fn websocket_echo_server() -> (u16, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    support::ports::mark_taken(port);
-    let task = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, task)
-}
-
 #[tokio::test]
 async fn websocket_echo_through_the_edge_proxy() {
     let fleet = EdgeFleet::start("edge-websocket").await;
-    let (echo_port, echo) = websocket_echo_server().await;
+    let (echo_port, echo) = crate::websocket::echo_server().await;
     fleet
         .cp
         .put_ok(
@@ -744,108 +718,6 @@ async fn grpc_unary_and_server_streaming_through_the_edge_proxy() {
         "Watch's trailers: {trailers:?}"
     );
     server.abort();
-}
-
-// ---------------------------------------------------------------------------------------------
-// 6. `tollgate dev` carries traffic
-
-/// `PUT url` with a JSON body and the bearer `token`, requiring a 2xx.
-async fn admin_put(url: &str, token: &str, body: Value) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let response = client
-        .put(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PUT {url}: {e:#}"));
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    assert!(status.is_success(), "PUT {url}: {status}: {text}");
-}
-
-#[tokio::test]
-async fn tollgate_dev_routes_traffic_to_an_upstream() {
-    let dir = tempfile::tempdir().unwrap();
-    let (admin, xds, proxy, proxy_admin) = (free_port(), free_port(), free_port(), free_port());
-    // The README's `tollgate dev`, on free ports.
-    let mut cmd = Command::new(tollgate_bin());
-    cmd.arg("dev")
-        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
-        .args(["--proxy-addr", &format!("127.0.0.1:{proxy}")])
-        .args(["--proxy-admin-addr", &format!("127.0.0.1:{proxy_admin}")])
-        .env_remove("TOLLGATE_ADMIN_TOKEN");
-    let mut dev = ChildProcess::spawn("tollgate dev", cmd).unwrap();
-    let banner = eventually(
-        "tollgate dev prints its banner",
-        Duration::from_secs(20),
-        || {
-            let log = dev.log();
-            async move {
-                anyhow::ensure!(log.contains("admin token"), "no banner yet");
-                Ok(log)
-            }
-        },
-    )
-    .await;
-    let line_value = |label: &str| {
-        banner
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| panic!("no `{label}` line in the banner:\n{banner}"))
-    };
-    let token = line_value("admin token");
-    let traffic = line_value("traffic");
-    assert_eq!(
-        traffic,
-        format!("http://127.0.0.1:{proxy}"),
-        "banner:\n{banner}"
-    );
-
-    let upstream = Upstream::start("web").await;
-    let api = format!("http://127.0.0.1:{admin}/v1");
-    admin_put(
-        &format!("{api}/clusters/web"),
-        &token,
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await;
-    admin_put(
-        &format!("{api}/routes/web"),
-        &token,
-        json!({"match": {"path_prefix": "/"}, "cluster": "web",
-               "response_headers": {"set": {"x-served-by": "tollgate"}}}),
-    )
-    .await;
-
-    let url = format!("{traffic}/hello?from=dev");
-    let response = eventually("tollgate dev's proxy routes / to web", CONVERGE, || {
-        let url = url.clone();
-        async move {
-            let response = support::get(&url, None).await?;
-            anyhow::ensure!(
-                response.status == 200,
-                "{}: {}",
-                response.status,
-                response.body
-            );
-            Ok(response)
-        }
-    })
-    .await;
-    assert_served_by(&response, "web", "through tollgate dev");
-    assert_eq!(response.header("x-served-by"), Some("tollgate"));
-    assert_eq!(response.json().unwrap()["path"], "/hello?from=dev");
-
-    dev.sigterm().unwrap();
-    let exit = dev.wait_exit(Duration::from_secs(15)).await;
-    assert!(
-        exit.is_some_and(|s| s.success()),
-        "tollgate dev exits 0 on SIGTERM: {exit:?}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::fixtures::{CONVERGE, Fleet};
 
 /// A WebSocket server on loopback that echoes every text and binary message.
-async fn echo_server() -> (u16, tokio::task::JoinHandle<()>) {
+pub(crate) async fn echo_server() -> (u16, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    support::ports::mark_taken(port);
     let task = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             tokio::spawn(async move {
