@@ -22,8 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::JoinHandle;
 
 use crate::config::cluster::{
-    CircuitBreakers, Cluster, DnsHost, DnsLookupFamily, Members as ConfigMembers, OutlierDetection,
-    UpstreamProtocol,
+    CircuitBreakers, Cluster, DnsHost, DnsLookupFamily, HEALTHY_PANIC_THRESHOLD_PERCENT,
+    Members as ConfigMembers, OutlierDetection, UpstreamProtocol,
 };
 use crate::snapshot::Snapshot;
 use balancer::Balancer;
@@ -38,10 +38,6 @@ pub type EndpointClient = Client<EndpointConnector, RequestBody>;
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Envoy's default panic threshold: below this share of available endpoints, health is
-/// ignored and traffic goes to all of them, so that a bad health check cannot drain a cluster.
-const PANIC_THRESHOLD_PERCENT: usize = 50;
 
 /// Milliseconds since the process started; the clock of ejections.
 fn now_ms() -> u64 {
@@ -364,7 +360,10 @@ impl UpstreamCluster {
         let balancer = members.balancer.as_ref()?;
         let endpoints = &members.endpoints;
         let available_count = endpoints.iter().filter(|e| e.health.is_available()).count();
-        let panic = available_count * 100 < endpoints.len() * PANIC_THRESHOLD_PERCENT;
+        // Envoy's panic threshold: below it, health is ignored and traffic goes to all
+        // endpoints, so that a bad health check cannot drain a cluster.
+        let panic =
+            available_count * 100 < endpoints.len() * HEALTHY_PANIC_THRESHOLD_PERCENT as usize;
         let available = |i: usize| panic || endpoints[i].health.is_available();
         let load = |i: usize| endpoints[i].active.load(Ordering::Relaxed);
         let index = balancer.pick(hash, &available, &load)?;
@@ -578,4 +577,156 @@ fn eject(members: &Members, endpoint: &Endpoint, detection: &OutlierDetection) -
         .store(until, Ordering::Relaxed);
     endpoint.health.consecutive_5xx.store(0, Ordering::Relaxed);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::cluster::{Discovery, Endpoint as ConfigEndpoint, LbPolicy};
+
+    fn cluster(endpoints: usize, outlier: Option<OutlierDetection>) -> Cluster {
+        Cluster {
+            name: "c".to_owned(),
+            discovery: Discovery::Static {
+                endpoints: (0..endpoints)
+                    .map(|i| ConfigEndpoint {
+                        address: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                        weight: 1,
+                    })
+                    .collect(),
+            },
+            connect_timeout: Duration::from_secs(1),
+            lb_policy: LbPolicy::RoundRobin,
+            protocol: UpstreamProtocol::Http1,
+            circuit_breakers: CircuitBreakers::default(),
+            health_check: None,
+            outlier_detection: outlier,
+            tls: None,
+        }
+    }
+
+    fn members(config: &Cluster) -> Members {
+        let load = Arc::new(ClusterLoad {
+            had_traffic: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            limits: ArcSwap::from_pointee(config.circuit_breakers),
+            connections: Arc::new(ConnectionCount::new(10, 10)),
+        });
+        let Discovery::Static { endpoints } = &config.discovery else {
+            unreachable!("the test clusters are static")
+        };
+        let addresses: Vec<(SocketAddr, u32)> =
+            endpoints.iter().map(|e| (e.address, e.weight)).collect();
+        members_for(config, &load, None, &addresses, None)
+    }
+
+    fn detection(max_ejection_percent: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx: 2,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent,
+        }
+    }
+
+    #[test]
+    fn ejection_respects_max_ejection_percent_counting_the_candidate() {
+        let config = cluster(10, Some(detection(10)));
+        let members = members(&config);
+        assert!(eject(&members, &members.endpoints[0], &detection(10)));
+        assert!(members.endpoints[0].health.is_ejected());
+        // A second ejection would put 20 % out.
+        assert!(!eject(&members, &members.endpoints[1], &detection(10)));
+        // With 10 % a cluster of fewer than 10 endpoints ejects none, as in Envoy.
+        let small = cluster(2, Some(detection(10)));
+        let small_members = self::members(&small);
+        assert!(!eject(
+            &small_members,
+            &small_members.endpoints[0],
+            &detection(10)
+        ));
+        assert!(eject(
+            &small_members,
+            &small_members.endpoints[0],
+            &detection(50)
+        ));
+    }
+
+    #[test]
+    fn ejections_grow_with_each_ejection_up_to_the_maximum() {
+        let config = cluster(1, None);
+        let members = members(&config);
+        let endpoint = &members.endpoints[0];
+        let mut last = 0;
+        for _ in 0..3 {
+            endpoint.health.uneject();
+            assert!(eject(&members, endpoint, &detection(100)));
+            let until = endpoint.health.ejected_until_ms.load(Ordering::Relaxed) - now_ms();
+            assert!(until > last, "{until} ms after {last} ms");
+            last = until;
+        }
+        for _ in 0..20 {
+            endpoint.health.uneject();
+            eject(&members, endpoint, &detection(100));
+        }
+        let until = endpoint.health.ejected_until_ms.load(Ordering::Relaxed) - now_ms();
+        assert!(until <= 300_000, "capped at max_ejection_time: {until} ms");
+    }
+
+    #[tokio::test]
+    async fn unhealthy_endpoints_get_no_traffic_until_panic_mode() {
+        let config = cluster(3, None);
+        let upstream = UpstreamCluster {
+            members: ArcSwap::from_pointee(members(&config)),
+            load: Arc::new(ClusterLoad {
+                had_traffic: AtomicBool::new(false),
+                requests: AtomicU32::new(0),
+                retries: AtomicU32::new(0),
+                limits: ArcSwap::from_pointee(config.circuit_breakers),
+                connections: Arc::new(ConnectionCount::new(10, 10)),
+            }),
+            config,
+            tls: None,
+            tasks: OnceLock::new(),
+        };
+        let endpoints = upstream.members().endpoints.clone();
+        endpoints[0]
+            .health
+            .failed_check
+            .store(true, Ordering::Relaxed);
+        for _ in 0..30 {
+            let (picked, _active) = upstream.pick(None).unwrap();
+            assert_ne!(picked.address, endpoints[0].address);
+        }
+        // Two of three out: below the 50 % panic threshold every endpoint takes traffic.
+        endpoints[1]
+            .health
+            .failed_check
+            .store(true, Ordering::Relaxed);
+        let picked: std::collections::HashSet<SocketAddr> = (0..30)
+            .map(|_| upstream.pick(None).unwrap().0.address)
+            .collect();
+        assert_eq!(picked.len(), 3);
+    }
+
+    #[test]
+    fn request_slots_follow_max_requests() {
+        let load = ClusterLoad {
+            had_traffic: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            limits: ArcSwap::from_pointee(CircuitBreakers {
+                max_requests: 2,
+                ..CircuitBreakers::default()
+            }),
+            connections: Arc::new(ConnectionCount::new(1, 1)),
+        };
+        assert!(try_increment(&load.requests, 2));
+        assert!(try_increment(&load.requests, 2));
+        assert!(!try_increment(&load.requests, 2));
+    }
 }

@@ -179,7 +179,12 @@ impl EndpointConnector {
     }
 
     async fn connect(self) -> Result<UpstreamIo, ConnectError> {
-        let guard = self.connections.acquire().await?;
+        // A request waits for a slot at most as long as for a connection: hyper may leave this
+        // future running in the background after an idle connection served the request, and a
+        // wait without end would hold a pending slot for nobody.
+        let guard = tokio::time::timeout(self.connect_timeout, self.connections.acquire())
+            .await
+            .map_err(|_| ConnectError::Overflow)??;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| ConnectError::Timeout)??;
@@ -338,5 +343,29 @@ impl Write for UpstreamIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connection_slots_queue_up_to_max_pending_then_overflow() {
+        let count = Arc::new(ConnectionCount::new(1, 1));
+        let first = count.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let count = Arc::clone(&count);
+            async move { count.acquire().await.map(|_| ()) }
+        });
+        while count.pending() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // One waits already: the next is refused at once.
+        assert!(matches!(count.acquire().await, Err(ConnectError::Overflow)));
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(count.pending(), 0);
+        assert_eq!(count.open(), 0);
     }
 }
