@@ -1,5 +1,6 @@
 //! The proxy's admin endpoint (port 9901 by default), beside the request flow: `/ready` for
-//! load balancers and orchestrators, `/config_dump` for people, with secrets redacted.
+//! load balancers and orchestrators, `/config_dump` for people (secrets redacted), `/metrics`
+//! for Prometheus.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::cluster::{Discovery, LbPolicy};
 use crate::config::route::RouteAction;
+use crate::metrics::Metrics;
 use crate::proxy::SharedDataPlane;
 use crate::snapshot::{Kind, Snapshot};
 use crate::xds::XdsStatus;
@@ -29,6 +31,8 @@ pub struct AdminState {
     pub plane: SharedDataPlane,
     /// The xDS client's status.
     pub xds: watch::Receiver<XdsStatus>,
+    /// The data path's counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves the admin endpoint on `socket` until the task is aborted.
@@ -65,6 +69,19 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
             Some(_) => text(StatusCode::OK, "LIVE\n"),
             None => text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n"),
         },
+        "/metrics" => {
+            let status = state.xds.borrow().clone();
+            let plane = state.plane.load_full();
+            let body = state.metrics.render(plane.as_deref(), &status);
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         "/config_dump" => {
             let status = state.xds.borrow().clone();
             let body = match state.plane.load_full() {
@@ -86,7 +103,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /ready or /config_dump\n",
+            "not found: try /ready, /config_dump or /metrics\n",
         ),
     }
 }

@@ -10,11 +10,12 @@
 //!   [`proxy::handle`] for every request: route match, redirect / direct response / forward with
 //!   retries and timeouts, to an endpoint picked by [`upstream::balancer`] over a pooled
 //!   connection.
-//! - [`admin`] serves `/ready` and `/config_dump`.
+//! - [`admin`] serves `/ready`, `/config_dump` and `/metrics` ([`metrics`]).
 
 pub mod admin;
 pub mod config;
 pub mod listeners;
+pub mod metrics;
 pub mod proxy;
 pub mod snapshot;
 pub mod upstream;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use crate::listeners::Listeners;
+use crate::metrics::Metrics;
 use crate::proxy::{DataPlane, SharedDataPlane};
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstreams;
@@ -63,6 +65,7 @@ pub async fn run(
     started: impl FnOnce(ProxyHandle),
 ) -> io::Result<()> {
     let plane: SharedDataPlane = Arc::new(ArcSwapOption::empty());
+    let metrics = Arc::new(Metrics::default());
     let admin_socket = admin::bind(options.admin_addr).await?;
     let admin_addr = admin_socket.local_addr()?;
     let xds = xds::spawn(options.xds);
@@ -71,19 +74,23 @@ pub async fn run(
         admin::AdminState {
             plane: plane.clone(),
             xds: xds.status.clone(),
+            metrics: Arc::clone(&metrics),
         },
     ));
     started(ProxyHandle {
         admin_addr,
         plane: plane.clone(),
     });
-    let mut listeners = Listeners::new(plane.clone());
+    let mut listeners = Listeners::new(plane.clone(), Arc::clone(&metrics));
     let mut snapshots = xds.snapshots.clone();
     tokio::pin!(shutdown);
     loop {
         let latest = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = latest {
             apply(&plane, &mut listeners, snapshot).await;
+            if let Some(applied) = plane.load_full() {
+                metrics.snapshot_applied(&applied.snapshot.version);
+            }
         }
         tokio::select! {
             changed = snapshots.changed() => {

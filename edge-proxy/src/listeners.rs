@@ -28,6 +28,7 @@ use tokio_rustls::rustls::server::Acceptor;
 use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::config::listener::{Codec, FilterChain, HttpSettings, Listener};
+use crate::metrics::Metrics;
 use crate::proxy::{self, Downstream, SharedDataPlane};
 
 /// Time allowed for a TLS handshake before the connection is closed.
@@ -37,6 +38,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Listeners {
     plane: SharedDataPlane,
+    metrics: Arc<Metrics>,
     running: HashMap<String, Running>,
     drain: watch::Sender<bool>,
 }
@@ -62,11 +64,12 @@ pub struct BindError {
 }
 
 impl Listeners {
-    /// No listeners yet; requests will be served on `plane`.
-    pub fn new(plane: SharedDataPlane) -> Self {
+    /// No listeners yet; requests will be served on `plane` and counted in `metrics`.
+    pub fn new(plane: SharedDataPlane, metrics: Arc<Metrics>) -> Self {
         let (drain, _) = watch::channel(false);
         Self {
             plane,
+            metrics,
             running: HashMap::new(),
             drain,
         }
@@ -122,6 +125,7 @@ impl Listeners {
                         socket,
                         Arc::clone(&config),
                         self.plane.clone(),
+                        Arc::clone(&self.metrics),
                         stop_rx,
                         self.drain.subscribe(),
                     ));
@@ -158,33 +162,9 @@ impl Listeners {
         }
         let _ = self.drain.send(true);
         let deadline = tokio::time::Instant::now() + timeout;
-        while OPEN_CONNECTIONS.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
-        {
+        while self.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-/// Connections being served, by every listener.
-static OPEN_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
-
-/// Connections open now, across all listeners.
-pub fn open_connections() -> u64 {
-    OPEN_CONNECTIONS.load(Ordering::Relaxed)
-}
-
-struct ConnectionCounted;
-
-impl ConnectionCounted {
-    fn new() -> Self {
-        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        ConnectionCounted
-    }
-}
-
-impl Drop for ConnectionCounted {
-    fn drop(&mut self) {
-        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -203,6 +183,7 @@ async fn accept_loop(
     socket: TcpListener,
     config: Arc<ArcSwap<Listener>>,
     plane: SharedDataPlane,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
     drain: watch::Receiver<bool>,
 ) {
@@ -222,6 +203,7 @@ async fn accept_loop(
                         peer,
                         listener,
                         plane.clone(),
+                        Arc::clone(&metrics),
                         shutdown,
                     ));
                 }
@@ -244,16 +226,20 @@ async fn serve_connection(
     peer: SocketAddr,
     listener: Arc<Listener>,
     plane: SharedDataPlane,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
-    let _counted = ConnectionCounted::new();
+    let _counted = metrics.connection_opened();
     let activity = Arc::new(AtomicU64::new(now_ms()));
     if !listener.is_tls() {
         let Some(chain) = listener.chain_for(None) else {
             return;
         };
         let io = ActivityIo::new(stream, Arc::clone(&activity));
-        serve_http(io, peer, chain, false, None, plane, shutdown, activity).await;
+        serve_http(
+            io, peer, chain, false, None, plane, metrics, shutdown, activity,
+        )
+        .await;
         return;
     }
     let handshake = async {
@@ -282,7 +268,10 @@ async fn serve_connection(
     };
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let io = ActivityIo::new(tls, Arc::clone(&activity));
-    serve_http(io, peer, &chain, true, alpn, plane, shutdown, activity).await;
+    serve_http(
+        io, peer, &chain, true, alpn, plane, metrics, shutdown, activity,
+    )
+    .await;
 }
 
 /// The rustls config of a filter chain: its certificate from the current snapshot, its ALPN.
@@ -349,13 +338,14 @@ async fn serve_http<I>(
     tls: bool,
     alpn: Option<Vec<u8>>,
     plane: SharedDataPlane,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let http = Arc::new(chain.http.clone());
-    let downstream = Downstream::new(peer, tls, Arc::clone(&http));
+    let downstream = Downstream::new(peer, tls, Arc::clone(&http), metrics);
     let service = service_fn(move |request| {
         let plane = plane.clone();
         let downstream = downstream.clone();

@@ -24,6 +24,7 @@ use crate::config::listener::HttpSettings;
 use crate::config::route::{
     Forward, Matched, RequestHead, RetryOn, RetryPolicy, RouteAction, RouteTable,
 };
+use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::upstream::{Endpoint, Outcome, UpstreamCluster, Upstreams};
 use body::{DownstreamBody, TimedBody, UpstreamBody, full};
@@ -51,11 +52,18 @@ pub struct Downstream {
     pub http: Arc<HttpSettings>,
     /// The `server` header every response gets (`server_name`, else `tollgate`).
     pub server: HeaderValue,
+    /// Where requests are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Downstream {
     /// The connection's settings, with the `server` header computed once.
-    pub fn new(peer: SocketAddr, tls: bool, http: Arc<HttpSettings>) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        http: Arc<HttpSettings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let server = http
             .server_name
             .as_deref()
@@ -66,6 +74,7 @@ impl Downstream {
             tls,
             http,
             server,
+            metrics,
         }
     }
 }
@@ -92,24 +101,42 @@ pub async fn handle(
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet");
     };
     let http = &downstream.http;
-    let Some(table) = plane.snapshot.route_tables.get(&http.route_config_name) else {
-        return local_reply(StatusCode::NOT_FOUND, "");
+    let mut served = Served {
+        route: metrics::NONE,
+        cluster: metrics::NONE,
     };
-    let mut response = route(&plane, table, downstream, request, started).await;
+    let mut response = match plane.snapshot.route_tables.get(&http.route_config_name) {
+        Some(table) => route(&plane, table, downstream, request, started, &mut served).await,
+        None => local_reply(StatusCode::NOT_FOUND, ""),
+    };
     // Envoy's default `server_header_transformation`: overwrite.
     response
         .headers_mut()
         .insert(header::SERVER, downstream.server.clone());
+    downstream.metrics.record_request(
+        served.route,
+        served.cluster,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
+/// What served a request, for its metrics: names from the config, or [`metrics::NONE`].
+#[derive(Debug, Clone, Copy)]
+struct Served<'p> {
+    route: &'p str,
+    cluster: &'p str,
+}
+
 /// Routes a request through `table` and runs the matched route's action.
-async fn route(
-    plane: &DataPlane,
-    table: &RouteTable,
+async fn route<'p>(
+    plane: &'p DataPlane,
+    table: &'p RouteTable,
     downstream: &Downstream,
     mut request: Request<Incoming>,
     started: Instant,
+    served: &mut Served<'p>,
 ) -> Response<DownstreamBody> {
     let http = &downstream.http;
     let Some(authority) = headers::authority(&request) else {
@@ -146,6 +173,7 @@ async fn route(
     let Some(matched) = table.find(&head) else {
         return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
     };
+    served.route = &matched.route.name;
     let mut response = match &matched.route.action {
         RouteAction::Direct(direct) => {
             let mut response = local_reply(direct.status, direct.body.clone());
@@ -173,7 +201,7 @@ async fn route(
                     .is_none_or(|p| p.retry_allowed(&head)),
             };
             forward_request(
-                plane, &matched, forward, downstream, request, target, started,
+                plane, &matched, forward, downstream, request, target, started, served,
             )
             .await
         }
@@ -266,16 +294,19 @@ fn retriable_status(status: StatusCode, policy: &RetryPolicy) -> bool {
 
 /// Forwards a request to the route's cluster, with retries and timeouts.
 #[allow(clippy::too_many_arguments)]
-async fn forward_request(
+async fn forward_request<'p>(
     plane: &DataPlane,
     matched: &Matched<'_>,
-    forward: &Forward,
+    forward: &'p Forward,
     downstream: &Downstream,
     mut request: Request<Incoming>,
     target: Target<'_>,
     started: Instant,
+    served: &mut Served<'p>,
 ) -> Response<DownstreamBody> {
     let cluster_name = forward.pick_cluster(rand::random());
+    served.cluster = cluster_name;
+    let metrics = &downstream.metrics;
     let Some(cluster) = plane.upstreams.get(cluster_name) else {
         // Envoy's `cluster_not_found_response_code` default.
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
@@ -342,6 +373,7 @@ async fn forward_request(
             downstream_upgrade,
             http,
             stream_deadline,
+            metrics,
         )
         .await;
     };
@@ -358,7 +390,7 @@ async fn forward_request(
         let request = rebuild_request(&parts, &uri, upstream_version(cluster), body.clone());
         let result = with_deadline(
             deadline,
-            attempt_once(cluster, request, policy.per_try_timeout),
+            attempt_once(cluster, request, policy.per_try_timeout, metrics),
         )
         .await;
         let Some(result) = result else {
@@ -459,21 +491,25 @@ async fn attempt_once(
     cluster: &Arc<UpstreamCluster>,
     request: Request<UpstreamBody>,
     per_try_timeout: Option<Duration>,
+    metrics: &Metrics,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let Some((endpoint, _active)) = cluster.pick(None) else {
         return Err(UpstreamError::NoHealthyUpstream);
     };
+    let sent_at = Instant::now();
     let sent = endpoint.client().request(request);
     let result = match per_try_timeout {
         Some(timeout) => match tokio::time::timeout(timeout, sent).await {
             Ok(result) => result,
             Err(_) => {
+                metrics.record_upstream(cluster.name(), sent_at.elapsed());
                 cluster.record(&endpoint, Outcome::Failure);
                 return Err(UpstreamError::PerTryTimeout);
             }
         },
         None => sent.await,
     };
+    metrics.record_upstream(cluster.name(), sent_at.elapsed());
     classify(cluster, &endpoint, result)
 }
 
@@ -548,11 +584,16 @@ async fn finish_single_attempt(
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     http: &HttpSettings,
     stream_deadline: Option<Instant>,
+    metrics: &Metrics,
 ) -> Response<DownstreamBody> {
     let mut request = Request::from_parts(parts, body);
     *request.uri_mut() = uri;
     *request.version_mut() = upstream_version(cluster);
-    let result = with_deadline(deadline, attempt_once(cluster, request, per_try_timeout)).await;
+    let result = with_deadline(
+        deadline,
+        attempt_once(cluster, request, per_try_timeout, metrics),
+    )
+    .await;
     match result {
         None => global_timeout(),
         Some(Err(failure)) => failure.response(false),

@@ -107,6 +107,8 @@ pub struct ClusterLoad {
     had_traffic: AtomicBool,
     requests: AtomicU32,
     retries: AtomicU32,
+    /// Outlier ejections so far, for metrics.
+    ejections: AtomicU64,
     limits: ArcSwap<CircuitBreakers>,
     connections: Arc<ConnectionCount>,
 }
@@ -230,6 +232,7 @@ impl UpstreamCluster {
                 had_traffic: AtomicBool::new(false),
                 requests: AtomicU32::new(0),
                 retries: AtomicU32::new(0),
+                ejections: AtomicU64::new(0),
                 limits: ArcSwap::from_pointee(limits),
                 connections: Arc::new(ConnectionCount::new(
                     limits.max_connections,
@@ -345,6 +348,11 @@ impl UpstreamCluster {
     /// Whether any request has been routed to the cluster yet.
     pub fn has_had_traffic(&self) -> bool {
         self.load.had_traffic.load(Ordering::Relaxed)
+    }
+
+    /// Endpoints ejected by outlier detection since the cluster first appeared.
+    pub fn ejections(&self) -> u64 {
+        self.load.ejections.load(Ordering::Relaxed)
     }
 
     /// Connections open to the cluster now.
@@ -612,6 +620,7 @@ mod tests {
             had_traffic: AtomicBool::new(false),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
             limits: ArcSwap::from_pointee(config.circuit_breakers),
             connections: Arc::new(ConnectionCount::new(10, 10)),
         });
@@ -686,6 +695,7 @@ mod tests {
                 had_traffic: AtomicBool::new(false),
                 requests: AtomicU32::new(0),
                 retries: AtomicU32::new(0),
+                ejections: AtomicU64::new(0),
                 limits: ArcSwap::from_pointee(config.circuit_breakers),
                 connections: Arc::new(ConnectionCount::new(10, 10)),
             }),
@@ -719,6 +729,7 @@ mod tests {
             had_traffic: AtomicBool::new(false),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
             limits: ArcSwap::from_pointee(CircuitBreakers {
                 max_requests: 2,
                 ..CircuitBreakers::default()

@@ -8,6 +8,7 @@ mod envoy_xds;
 mod fixtures;
 mod openapi;
 mod parity;
+mod proxy_metrics;
 mod tls;
 mod upstreams;
 mod websocket;

@@ -96,6 +96,7 @@ pub(super) fn record_outcome(cluster: &UpstreamCluster, endpoint: &Endpoint, out
             if failures >= detection.consecutive_5xx && !health.is_ejected() {
                 let members = cluster.members();
                 if eject(&members, endpoint, detection) {
+                    cluster.load.ejections.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         cluster = %cluster.name(),
                         endpoint = %endpoint.address,
