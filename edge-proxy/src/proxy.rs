@@ -226,6 +226,8 @@ enum UpstreamError {
     ConnectFailure,
     /// The connection broke before the response headers.
     Reset,
+    /// The HTTP/2 upstream refused the stream (`REFUSED_STREAM`): it never processed it.
+    RefusedStream,
     /// The attempt's own timeout (`per_try_timeout`) expired.
     PerTryTimeout,
     /// A circuit breaker is open.
@@ -249,6 +251,7 @@ impl UpstreamError {
         match self {
             UpstreamError::ConnectFailure => reset("remote connection failure"),
             UpstreamError::Reset => reset("connection termination"),
+            UpstreamError::RefusedStream => reset("remote refused stream reset"),
             UpstreamError::PerTryTimeout => {
                 local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
             }
@@ -276,6 +279,12 @@ impl UpstreamError {
                 RetryOn::ResetBeforeRequest,
             ]),
             UpstreamError::Reset => any(&[RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset]),
+            UpstreamError::RefusedStream => any(&[
+                RetryOn::FiveXx,
+                RetryOn::GatewayError,
+                RetryOn::Reset,
+                RetryOn::RefusedStream,
+            ]),
             UpstreamError::PerTryTimeout => {
                 any(&[RetryOn::FiveXx, RetryOn::GatewayError, RetryOn::Reset])
             }
@@ -535,6 +544,8 @@ fn classify(
                 return Err(UpstreamError::Overflow);
             } else if error.is_connect() {
                 UpstreamError::ConnectFailure
+            } else if is_refused_stream(&error) {
+                UpstreamError::RefusedStream
             } else {
                 UpstreamError::Reset
             };
@@ -548,6 +559,18 @@ fn classify(
             Err(failure)
         }
     }
+}
+
+/// Whether the HTTP/2 upstream reset the stream with `REFUSED_STREAM`.
+fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = current.source();
+    }
+    false
 }
 
 fn is_overflow(error: &hyper_util::client::legacy::Error) -> bool {
@@ -709,6 +732,10 @@ mod tests {
         assert!(UpstreamError::Reset.retriable(&five_xx));
         assert!(UpstreamError::PerTryTimeout.retriable(&five_xx));
         assert!(!UpstreamError::PerTryTimeout.retriable(&connect));
+        let refused = policy(vec![RetryOn::RefusedStream]);
+        assert!(UpstreamError::RefusedStream.retriable(&refused));
+        assert!(UpstreamError::RefusedStream.retriable(&five_xx));
+        assert!(!UpstreamError::Reset.retriable(&refused));
         // Local refusals are final: another try would meet the same breaker or the same empty
         // cluster.
         assert!(!UpstreamError::Overflow.retriable(&five_xx));
