@@ -361,6 +361,7 @@ async fn ensure_default_listener(store: &Store, address: SocketAddr) -> anyhow::
         port: address.port(),
         node_cluster: None,
         tls: None,
+        access_log: None,
     };
     store
         .write_as(vec![Change::Put(Resource::Listener(listener))], "dev")

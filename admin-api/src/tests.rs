@@ -173,6 +173,11 @@ async fn bad_requests_name_the_field_and_change_nothing() {
     let before = config_bytes(&app).await;
     let long_name = format!("/v1/clusters/{}", "a".repeat(10 * 1024));
     let long_name: &'static str = Box::leak(long_name.into_boxed_str());
+    let long_access_log = format!(
+        r#"{{"port": 80, "access_log": {{"path": "/{}"}}}}"#,
+        "a".repeat(4096)
+    );
+    let long_access_log: &'static str = Box::leak(long_access_log.into_boxed_str());
     let endpoint = |fields: &str| {
         format!(r#"{{"endpoints": [{{"address": "10.0.0.9", "port": 81{fields}}}]}}"#)
     };
@@ -601,6 +606,46 @@ async fn bad_requests_name_the_field_and_change_nothing() {
             S::BAD_REQUEST,
             "invalid_field",
             Some("address"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/l",
+            body(r#"{"port": 80, "access_log": {"path": "logs/access.log"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("access_log.path"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/l",
+            body(r#"{"port": 80, "access_log": {"path": "/var/log/a\u0007.log"}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("access_log.path"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/l",
+            body(long_access_log),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("access_log.path"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/l",
+            body(r#"{"port": 80, "access_log": {"path": "stdout", "format": "text"}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("access_log.format"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/l",
+            body(r#"{"port": 80, "access_log": {"include_query": true}}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("access_log"),
         ),
         // Unknown references and conflicts.
         (

@@ -16,7 +16,7 @@ pub use cluster::{
     MAX_TRUSTED_CA_BYTES, OutlierDetection, UpstreamTls,
 };
 pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
-pub use listener::{Listener, ListenerTls};
+pub use listener::{AccessLog, Listener, ListenerTls};
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
     RETRY_CONDITIONS, Redirect, Retries, Rewrite, Route, RouteMatch, WeightedCluster,

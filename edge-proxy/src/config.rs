@@ -102,6 +102,8 @@ pub(crate) struct Rejection {
 enum Segment {
     Field(&'static str),
     Index(usize),
+    /// A key of a map or `Struct` (e.g. an access log's `json_format`).
+    Key(String),
 }
 
 impl Rejection {
@@ -139,6 +141,14 @@ impl Rejection {
         self
     }
 
+    /// The value under `key` of the map being read is wrong.
+    pub(crate) fn new_key(key: &str, reason: Reason) -> Self {
+        Self {
+            path: vec![Segment::Key(key.to_owned())],
+            reason,
+        }
+    }
+
     /// The error for the whole resource.
     pub(crate) fn into_error(self, resource: Resource) -> ConfigError {
         let mut field = String::new();
@@ -153,6 +163,19 @@ impl Rejection {
                 Segment::Index(i) => {
                     use std::fmt::Write as _;
                     let _ = write!(field, "[{i}]");
+                }
+                // A plain key reads as a field; any other is quoted, so the path stays
+                // unambiguous.
+                Segment::Key(key) => {
+                    if !key.is_empty()
+                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        field.push('.');
+                        field.push_str(key);
+                    } else {
+                        use std::fmt::Write as _;
+                        let _ = write!(field, "[{key:?}]");
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@
 //!   connection.
 //! - [`admin`] serves `/ready`, `/config_dump` and `/metrics` ([`metrics`]).
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod listeners;
@@ -104,6 +105,7 @@ pub async fn run(
     }
     tracing::info!("draining");
     listeners.drain(options.drain_timeout).await;
+    access_log::flush_all().await;
     admin_task.abort();
     xds.task.abort();
     Ok(())

@@ -1,6 +1,7 @@
 //! The request path, from a parsed request to its response: route match on the current
 //! snapshot → the route's action (forward, redirect, direct response) → upstream attempts with
-//! retries and timeouts → response header mutations.
+//! retries and timeouts → response header mutations → the access log line, written when the
+//! response body ends ([`crate::access_log`]).
 //!
 //! Listeners ([`crate::listeners`]) call [`handle`] for every request. The snapshot is read
 //! once per request, so a config change never splits one request across two configs.
@@ -20,6 +21,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
+use crate::access_log::{AccessLogger, LoggedBody, RequestLog};
 use crate::config::listener::HttpSettings;
 use crate::config::route::{
     Forward, Matched, RequestHead, RetryOn, RetryPolicy, RouteAction, RouteTable,
@@ -54,6 +56,8 @@ pub struct Downstream {
     pub server: HeaderValue,
     /// Where requests are counted.
     pub metrics: Arc<Metrics>,
+    /// Where requests are logged, when the connection manager has an access log.
+    pub access_log: Option<Arc<AccessLogger>>,
 }
 
 impl Downstream {
@@ -69,12 +73,14 @@ impl Downstream {
             .as_deref()
             .and_then(|name| HeaderValue::try_from(name).ok())
             .unwrap_or(HeaderValue::from_static("tollgate"));
+        let access_log = http.access_log.as_ref().map(AccessLogger::new);
         Self {
             peer,
             tls,
             http,
             server,
             metrics,
+            access_log,
         }
     }
 }
@@ -95,15 +101,21 @@ pub async fn handle(
     plane: &SharedDataPlane,
     downstream: &Downstream,
     request: Request<Incoming>,
-) -> Response<DownstreamBody> {
+) -> Response<LoggedBody> {
     let started = Instant::now();
     let Some(plane) = plane.load_full() else {
-        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet");
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
+            .map(LoggedBody::plain);
     };
     let http = &downstream.http;
     let mut served = Served {
-        route: metrics::NONE,
-        cluster: metrics::NONE,
+        route: None,
+        cluster: None,
+        upstream: None,
+        // Only with an access log: no allocation per request otherwise.
+        log: downstream.access_log.as_ref().map(|logger| {
+            RequestLog::new(logger, started, request.method().clone(), request.version())
+        }),
     };
     let mut response = match plane.snapshot.route_tables.get(&http.route_config_name) {
         Some(table) => route(&plane, table, downstream, request, started, &mut served).await,
@@ -113,20 +125,35 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(header::SERVER, downstream.server.clone());
+    let status = response.status().as_u16();
     downstream.metrics.record_request(
-        served.route,
-        served.cluster,
-        response.status().as_u16(),
+        served.route.unwrap_or(metrics::NONE),
+        served.cluster.unwrap_or(metrics::NONE),
+        status,
         started.elapsed(),
     );
-    response
+    // The access log line is written when the response body ends (see `access_log`).
+    match served.log {
+        None => response.map(LoggedBody::plain),
+        Some(mut log) => {
+            log.route = served.route.map(str::to_owned);
+            log.cluster = served.cluster.map(str::to_owned);
+            log.upstream = served.upstream;
+            response.map(|body| LoggedBody::logged(body, log, status))
+        }
+    }
 }
 
-/// What served a request, for its metrics: names from the config, or [`metrics::NONE`].
-#[derive(Debug, Clone, Copy)]
+/// What served a request, for its metrics and access log: names from the config, `None` where
+/// no route or no cluster took part.
+#[derive(Debug)]
 struct Served<'p> {
-    route: &'p str,
-    cluster: &'p str,
+    route: Option<&'p str>,
+    cluster: Option<&'p str>,
+    /// The endpoint of the last upstream attempt.
+    upstream: Option<SocketAddr>,
+    /// The access log record, when the listener logs requests.
+    log: Option<RequestLog>,
 }
 
 /// Routes a request through `table` and runs the matched route's action.
@@ -142,6 +169,9 @@ async fn route<'p>(
     let Some(authority) = headers::authority(&request) else {
         return local_reply(StatusCode::BAD_REQUEST, "missing host header");
     };
+    if let Some(log) = &mut served.log {
+        log.authority = Some(authority.clone());
+    }
     // A cheap clone (shared bytes), so the request's headers can change while it is borrowed.
     let Some(original_path) = request.uri().path_and_query().cloned() else {
         return local_reply(StatusCode::BAD_REQUEST, "missing path");
@@ -149,12 +179,18 @@ async fn route<'p>(
     let Some(path_and_query) = headers::normalize_path(original_path.as_str(), http) else {
         return local_reply(StatusCode::BAD_REQUEST, "invalid path");
     };
+    if let Some(log) = &mut served.log {
+        log.path_and_query = Some(path_and_query.clone().into_owned());
+    }
     let scheme = if downstream.tls { "https" } else { "http" };
     let method = request.method().clone();
 
     // Envoy's connection manager edits the request headers before routing: routes may match
     // on x-forwarded-proto or x-request-id.
     let request_id = headers::prepare_request(request.headers_mut(), downstream, scheme);
+    if let Some(log) = &mut served.log {
+        log.request_id.clone_from(&request_id);
+    }
 
     // Only WebSocket upgrades are proxied, and only where the listener allows them; Envoy
     // answers other upgrade requests with 403.
@@ -173,7 +209,7 @@ async fn route<'p>(
     let Some(matched) = table.find(&head) else {
         return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
     };
-    served.route = &matched.route.name;
+    served.route = Some(&matched.route.name);
     let mut response = match &matched.route.action {
         RouteAction::Direct(direct) => {
             let mut response = local_reply(direct.status, direct.body.clone());
@@ -314,7 +350,7 @@ async fn forward_request<'p>(
     served: &mut Served<'p>,
 ) -> Response<DownstreamBody> {
     let cluster_name = forward.pick_cluster(rand::random());
-    served.cluster = cluster_name;
+    served.cluster = Some(cluster_name);
     let metrics = &downstream.metrics;
     let Some(cluster) = plane.upstreams.get(cluster_name) else {
         // Envoy's `cluster_not_found_response_code` default.
@@ -367,7 +403,8 @@ async fn forward_request<'p>(
         .filter(|_| !upgrade && retry_bufferable(&incoming));
     let Some(policy) = retrying else {
         // One attempt, the body streamed through.
-        let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline);
+        let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
+            .counting(served.log.as_ref().map(|log| Arc::clone(&log.bytes_in)));
         let per_try_timeout = forward
             .retry_policy
             .as_ref()
@@ -383,6 +420,7 @@ async fn forward_request<'p>(
             http,
             stream_deadline,
             metrics,
+            &mut served.upstream,
         )
         .await;
     };
@@ -393,13 +431,23 @@ async fn forward_request<'p>(
         Ok(collected) => collected.to_bytes(),
         Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body failed"),
     };
+    if let Some(log) = &served.log {
+        log.bytes_in
+            .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut retry_slot = None;
     let mut attempt = 0u32;
     loop {
         let request = rebuild_request(&parts, &uri, upstream_version(cluster), body.clone());
         let result = with_deadline(
             deadline,
-            attempt_once(cluster, request, policy.per_try_timeout, metrics),
+            attempt_once(
+                cluster,
+                request,
+                policy.per_try_timeout,
+                metrics,
+                &mut served.upstream,
+            ),
         )
         .await;
         let Some(result) = result else {
@@ -501,10 +549,12 @@ async fn attempt_once(
     request: Request<UpstreamBody>,
     per_try_timeout: Option<Duration>,
     metrics: &Metrics,
+    upstream: &mut Option<SocketAddr>,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let Some((endpoint, _active)) = cluster.pick(None) else {
         return Err(UpstreamError::NoHealthyUpstream);
     };
+    *upstream = Some(endpoint.address);
     let sent_at = Instant::now();
     let sent = endpoint.client().request(request);
     let result = match per_try_timeout {
@@ -608,13 +658,14 @@ async fn finish_single_attempt(
     http: &HttpSettings,
     stream_deadline: Option<Instant>,
     metrics: &Metrics,
+    upstream: &mut Option<SocketAddr>,
 ) -> Response<DownstreamBody> {
     let mut request = Request::from_parts(parts, body);
     *request.uri_mut() = uri;
     *request.version_mut() = upstream_version(cluster);
     let result = with_deadline(
         deadline,
-        attempt_once(cluster, request, per_try_timeout, metrics),
+        attempt_once(cluster, request, per_try_timeout, metrics, upstream),
     )
     .await;
     match result {

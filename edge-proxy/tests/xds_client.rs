@@ -83,6 +83,7 @@ fn listener(name: &str, port: u16, certificates: &[&str]) -> Change {
         tls: (!certificates.is_empty()).then(|| ListenerTls {
             certificates: certificates.iter().map(|c| (*c).to_owned()).collect(),
         }),
+        access_log: None,
     }))
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `tollgate` processes, real Envoys and recording upstreams, all on
 //! free loopback ports. Build the binaries first (`cargo build --bins`; `scripts/test` does).
 
+mod access_log;
 mod declarative;
 mod dev;
 mod edge_proxy;

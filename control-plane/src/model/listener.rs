@@ -25,7 +25,26 @@ pub struct Listener {
     /// Terminate TLS with these certificates (chosen by SNI); plain HTTP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// Write one JSON line per request here; no access log when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
 }
+
+/// A listener's access log: one JSON line per request (time, request id, method, host, path,
+/// protocol, status, bytes in and out, duration, upstream address, route, cluster). Header
+/// values other than the request id and host are never logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, or an absolute file path (opened for appending, created if missing).
+    pub path: String,
+    /// Log the path with its query string; off by default, as queries may carry secrets.
+    #[serde(default)]
+    pub include_query: bool,
+}
+
+/// The longest access log path accepted, in bytes (Linux's `PATH_MAX`).
+const MAX_ACCESS_LOG_PATH: usize = 4096;
 
 /// TLS termination on a listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -90,6 +109,9 @@ impl Listener {
                 }
             }
         }
+        if let Some(log) = &self.access_log {
+            log.validate()?;
+        }
         if let Some(cluster) = &self.node_cluster
             && (cluster.is_empty() || cluster.len() > 128)
         {
@@ -97,6 +119,27 @@ impl Listener {
                 "node_cluster",
                 "must be between 1 and 128 characters",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl AccessLog {
+    /// Whether the log goes to the process's standard output rather than a file.
+    pub fn is_stdout(&self) -> bool {
+        self.path == "stdout"
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        let err = |m: &str| Err(ValidationError::new("access_log.path", m));
+        if self.path.len() > MAX_ACCESS_LOG_PATH {
+            return err("must be at most 4096 bytes");
+        }
+        if self.path.chars().any(char::is_control) {
+            return err("must not contain control characters");
+        }
+        if !self.is_stdout() && !self.path.starts_with('/') {
+            return err("must be \"stdout\" or an absolute file path");
         }
         Ok(())
     }

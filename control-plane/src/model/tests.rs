@@ -191,6 +191,7 @@ fn listeners_on_the_same_socket_conflict() {
         port,
         node_cluster: node_cluster.map(str::to_owned),
         tls: None,
+        access_log: None,
     };
     let check = |ls: Vec<Listener>| {
         let map = ls.into_iter().map(|l| (l.name.clone(), l)).collect();
@@ -265,4 +266,31 @@ fn routes_order_by_priority_then_specificity_then_name() {
             "catch-all"
         ]
     );
+}
+
+#[test]
+fn access_logs_are_optional_and_checked() {
+    let read = |json: serde_json::Value| serde_json::from_value::<Listener>(json).unwrap();
+    // Unset: the listener reads back exactly as it was written.
+    let plain = serde_json::json!({"name": "l", "address": "0.0.0.0", "port": 80});
+    assert_eq!(serde_json::to_value(read(plain.clone())).unwrap(), plain);
+    let logged = read(serde_json::json!({"port": 80, "access_log": {"path": "stdout"}}));
+    let log = logged.access_log.as_ref().unwrap();
+    assert!(log.is_stdout() && !log.include_query);
+    assert!(logged.validate().is_ok());
+    for (path, ok) in [
+        ("/var/log/tollgate/access.log", true),
+        ("stdout", true),
+        ("access.log", false),
+        ("STDOUT", false),
+        ("", false),
+        ("/var/log/a\nb", false),
+    ] {
+        let listener = read(serde_json::json!({"port": 80, "access_log": {"path": path}}));
+        let result = listener.validate();
+        assert_eq!(result.is_ok(), ok, "{path:?}");
+        if let Err(e) = result {
+            assert_eq!(e.field, "access_log.path");
+        }
+    }
 }

@@ -46,6 +46,7 @@ fn listener(name: &str, port: u16) -> Resource {
         port,
         node_cluster: None,
         tls: None,
+        access_log: None,
     })
 }
 

@@ -1,15 +1,19 @@
 //! Listeners → LDS `Listener` with an HTTP connection manager that fetches its routes over RDS.
 
+use prost::Message as _;
+use tollgate_proto::envoy::config::accesslog::v3 as accesslog_pb;
 use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::config::listener::v3 as listener_pb;
+use tollgate_proto::envoy::extensions::access_loggers::file::v3 as file_log_pb;
+use tollgate_proto::envoy::extensions::access_loggers::stream::v3 as stream_log_pb;
 use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
-use tollgate_proto::google::protobuf::BoolValue;
+use tollgate_proto::google::protobuf::{self as pb, BoolValue};
 
 use tollgate_proto::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector_pb;
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 
-use crate::model::{Certificate, Listener};
+use crate::model::{AccessLog, Certificate, Listener};
 
 /// The SDS secret carrying a certificate and its key.
 pub(super) fn secret(certificate: &Certificate) -> tls_pb::Secret {
@@ -85,6 +89,7 @@ pub(super) fn translate(
         use_remote_address: Some(BoolValue { value: true }),
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
+        access_log: listener.access_log.iter().map(access_log).collect(),
         ..Default::default()
     };
     let filters = vec![listener_pb::Filter {
@@ -143,6 +148,122 @@ pub(super) fn translate(
         transport_socket: Some(tls_transport_socket(default_certificate)),
         ..Default::default()
     });
+    out
+}
+
+/// The fields of an access log line and the Envoy command operator that fills each. The edge
+/// proxy accepts exactly these operators; keep the two lists in step.
+///
+/// The path is the one routing saw: normalised, before any route rewrite (Envoy keeps the
+/// pre-rewrite path in `x-envoy-original-path`, which it strips from external requests so a
+/// client cannot forge it). `%PATH(NQ)%` reads that header, else `:path`, and drops the query.
+const ACCESS_LOG_FIELDS: [(&str, &str); 13] = [
+    ("time", "%START_TIME%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("host", "%REQ(:AUTHORITY)%"),
+    ("path", PATH_WITHOUT_QUERY),
+    ("protocol", "%PROTOCOL%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("bytes_in", "%BYTES_RECEIVED%"),
+    ("bytes_out", "%BYTES_SENT%"),
+    ("duration_ms", "%DURATION%"),
+    ("upstream", "%UPSTREAM_HOST%"),
+    ("route", "%ROUTE_NAME%"),
+    ("cluster", "%UPSTREAM_CLUSTER%"),
+];
+
+/// The original path without its query string.
+const PATH_WITHOUT_QUERY: &str = "%PATH(NQ)%";
+
+/// The original path with its query string (`include_query`).
+const PATH_WITH_QUERY: &str = "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%";
+
+/// The connection manager's access log: one JSON line per request, to stdout or a file.
+fn access_log(log: &AccessLog) -> accesslog_pb::AccessLog {
+    let path = if log.include_query {
+        PATH_WITH_QUERY
+    } else {
+        PATH_WITHOUT_QUERY
+    };
+    let fields = ACCESS_LOG_FIELDS.map(|(key, operator)| match key {
+        "path" => (key, path),
+        _ => (key, operator),
+    });
+    let (name, type_url, value) = if log.is_stdout() {
+        let value = encode_json_format(&fields, |format| stream_log_pb::StdoutAccessLog {
+            access_log_format: Some(
+                stream_log_pb::stdout_access_log::AccessLogFormat::LogFormat(format),
+            ),
+        });
+        (
+            "envoy.access_loggers.stdout",
+            <stream_log_pb::StdoutAccessLog as prost::Name>::type_url(),
+            value,
+        )
+    } else {
+        let mut value = file_log_pb::FileAccessLog {
+            path: log.path.clone(),
+            access_log_format: None,
+        }
+        .encode_to_vec();
+        value.extend(encode_json_format(&fields, |format| {
+            file_log_pb::FileAccessLog {
+                path: String::new(),
+                access_log_format: Some(file_log_pb::file_access_log::AccessLogFormat::LogFormat(
+                    format,
+                )),
+            }
+        }));
+        (
+            "envoy.access_loggers.file",
+            <file_log_pb::FileAccessLog as prost::Name>::type_url(),
+            value,
+        )
+    };
+    accesslog_pb::AccessLog {
+        name: name.to_owned(),
+        filter: None,
+        config_type: Some(accesslog_pb::access_log::ConfigType::TypedConfig(pb::Any {
+            type_url,
+            value,
+        })),
+    }
+}
+
+/// Encodes the access logger `wrap` builds around a `json_format` of `fields`, with the keys
+/// in sorted order.
+///
+/// A `Struct`'s fields are a `HashMap`, which prost encodes in its random iteration order;
+/// the same listener would then get different bytes, and a new version, on every translation.
+/// Instead each field is encoded as a logger of its own, and the encodings are concatenated:
+/// protobuf parses repeated embedded messages by merging them, so the result is one logger
+/// whose `json_format` holds every field.
+fn encode_json_format<M: prost::Message>(
+    fields: &[(&str, &str)],
+    wrap: impl Fn(core_pb::SubstitutionFormatString) -> M,
+) -> Vec<u8> {
+    let mut sorted = fields.to_vec();
+    sorted.sort_unstable();
+    let mut out = Vec::new();
+    for (key, operator) in sorted {
+        let json = pb::Struct {
+            fields: [(
+                key.to_owned(),
+                pb::Value {
+                    kind: Some(pb::value::Kind::StringValue(operator.to_owned())),
+                },
+            )]
+            .into(),
+        };
+        let format = core_pb::SubstitutionFormatString {
+            format: Some(core_pb::substitution_format_string::Format::JsonFormat(
+                json,
+            )),
+            ..Default::default()
+        };
+        out.extend(wrap(format).encode_to_vec());
+    }
     out
 }
 

@@ -95,10 +95,9 @@ fn render(snapshot: &XdsSnapshot) -> String {
                 }
                 ResourceType::Listener => {
                     let listener = decode::<listener_pb::Listener>(r);
-                    format!(
-                        "{listener:#?}\n--- http_connection_manager\n{:#?}",
-                        hcm(&listener)
-                    )
+                    let mut hcm = hcm(&listener);
+                    let logs = render_access_logs(&mut hcm);
+                    format!("{listener:#?}\n--- http_connection_manager\n{hcm:#?}{logs}")
                 }
                 ResourceType::Secret => "<secret: contents not rendered>".to_owned(),
                 ResourceType::Route => {
@@ -108,6 +107,40 @@ fn render(snapshot: &XdsSnapshot) -> String {
             out.push_str(&text);
             out.push('\n');
         }
+    }
+    out
+}
+
+/// The access loggers' configs, decoded (their `json_format` sorted by key, since a `Struct`
+/// prints in hash order), and their bytes cleared from `hcm`.
+fn render_access_logs(hcm: &mut hcm_pb::HttpConnectionManager) -> String {
+    use tollgate_proto::envoy::config::accesslog::v3::access_log::ConfigType;
+    use tollgate_proto::envoy::config::core::v3::substitution_format_string::Format;
+    use tollgate_proto::envoy::extensions::access_loggers::file::v3::{
+        FileAccessLog, file_access_log::AccessLogFormat,
+    };
+    let mut out = String::new();
+    for (i, log) in hcm.access_log.iter_mut().enumerate() {
+        let Some(ConfigType::TypedConfig(any)) = &mut log.config_type else {
+            continue;
+        };
+        let mut file = FileAccessLog::decode(any.value.as_slice()).unwrap();
+        any.value.clear();
+        let fields = match file.access_log_format.take() {
+            Some(AccessLogFormat::LogFormat(format)) => match format.format {
+                Some(Format::JsonFormat(json)) => json
+                    .fields
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+                _ => Default::default(),
+            },
+            _ => Default::default(),
+        };
+        write!(
+            out,
+            "\n--- access_log[{i}].typed_config\n{file:#?}\njson_format: {fields:#?}"
+        )
+        .unwrap();
     }
     out
 }

@@ -36,8 +36,12 @@ use tollgate_proto::envoy::extensions::transport_sockets::raw_buffer::v3 as raw_
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::google::protobuf as pb;
 
+pub use access_log::{AccessLogConfig, AccessLogField, AccessLogSink};
+
 use super::http_options::{http1_options, http2_options};
 use super::{ConfigError, Reason, Rejection, Resource, Within as _, reject_if, reject_set};
+
+mod access_log;
 
 /// Envoy's `stream_idle_timeout` when unset.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -138,6 +142,8 @@ pub struct HttpSettings {
     /// Whether WebSocket upgrades (`Upgrade: websocket`) are proxied (an `upgrade_configs`
     /// entry of type `websocket`). Without it, upgrade requests get 403, as from Envoy.
     pub websocket: bool,
+    /// The access log: one JSON line per request; `None` for none.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// Timeouts of an HTTP connection manager; `None` means none.
@@ -1341,7 +1347,6 @@ fn http_connection_manager(
         (stream_flush_timeout.is_some(), "stream_flush_timeout"),
         (drain_timeout_jitter.is_some(), "drain_timeout_jitter"),
         (delayed_close_timeout.is_some(), "delayed_close_timeout"),
-        (!access_log.is_empty(), "access_log"),
         (
             access_log_flush_interval.is_some(),
             "access_log_flush_interval",
@@ -1500,6 +1505,7 @@ fn http_connection_manager(
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
     };
     let websocket = upgrades(upgrade_configs)?;
+    let access_log = access_log::access_logs(access_log)?;
     Ok(HttpSettings {
         stat_prefix: stat_prefix.clone(),
         route_config_name,
@@ -1518,6 +1524,7 @@ fn http_connection_manager(
         max_request_headers_kb,
         max_headers_count: common.max_headers_count,
         websocket,
+        access_log,
     })
 }
 

@@ -2,6 +2,8 @@
 //! timeouts, and the body types of requests sent upstream and responses sent downstream.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ pub struct TimedBody {
     idle: Option<Duration>,
     deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Adds up the data bytes read, for the access log.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl TimedBody {
@@ -41,7 +45,14 @@ impl TimedBody {
             idle,
             deadline,
             timer: None,
+            counter: None,
         }
+    }
+
+    /// Adds the length of every data frame read to `counter`, when there is one.
+    pub fn counting(mut self, counter: Option<Arc<AtomicU64>>) -> Self {
+        self.counter = counter;
+        self
     }
 
     /// When the timer should fire next, and which bound it is.
@@ -67,6 +78,11 @@ impl Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             // Data flowed: the idle timer starts again from the next poll.
             this.timer = None;
+            if let (Some(counter), Some(Ok(frame))) = (&this.counter, &frame)
+                && let Some(data) = frame.data_ref()
+            {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
         }
         let Some((at, _)) = this.next_expiry() else {

@@ -186,6 +186,7 @@ fn default_settings(route: &str) -> HttpSettings {
         max_request_headers_kb: DEFAULT_MAX_REQUEST_HEADERS_KB,
         max_headers_count: DEFAULT_MAX_HEADERS_COUNT,
         websocket: false,
+        access_log: None,
     }
 }
 
@@ -1024,10 +1025,10 @@ fn unsupported_or_invalid_listeners_are_rejected_naming_the_field() {
             &unsupported_value,
         ),
         (
-            format!("{HCM}.access_log"),
+            format!("{HCM}.access_log[0].typed_config"),
             plain,
             Box::new(|l| edit_hcm(l, |h| h.access_log = vec![Default::default()])),
-            &unsupported,
+            &missing,
         ),
         (
             format!("{HCM}.tracing"),
@@ -1553,7 +1554,8 @@ fn a_rejected_secret_never_shows_its_key() {
 #[test]
 fn accepts_what_the_control_plane_translator_emits() {
     use tollgate_control_plane::model::{
-        Certificate, Cluster, Listener as ModelListener, ListenerTls, Route as ModelRoute,
+        AccessLog, Certificate, Cluster, Listener as ModelListener, ListenerTls,
+        Route as ModelRoute,
     };
     use tollgate_control_plane::store::StoreSnapshot;
     use tollgate_control_plane::translate::{NodeGroup, NodeKind, ResourceType, translate};
@@ -1575,6 +1577,10 @@ fn accepts_what_the_control_plane_translator_emits() {
         node_cluster: None,
         tls: Some(ListenerTls {
             certificates: vec!["a".into(), "b".into()],
+        }),
+        access_log: Some(AccessLog {
+            path: "stdout".into(),
+            include_query: true,
         }),
     });
     let mut certificates = std::collections::BTreeMap::new();
@@ -1623,11 +1629,40 @@ fn accepts_what_the_control_plane_translator_emits() {
     assert!(!public.is_tls());
     assert_eq!(public.chains().len(), 1);
     // The control plane turns WebSocket upgrades on for every listener.
-    let translated = |route: &str| HttpSettings {
+    let translated = |route: &str, access_log| HttpSettings {
         websocket: true,
+        access_log: Some(access_log),
         ..default_settings(route)
     };
-    assert_eq!(public.chains()[0].http, translated("public"));
+    // Every operator the translator writes is one the data path fills.
+    let fields = |path| {
+        [
+            ("bytes_in", AccessLogField::BytesReceived),
+            ("bytes_out", AccessLogField::BytesSent),
+            ("cluster", AccessLogField::UpstreamCluster),
+            ("duration_ms", AccessLogField::Duration),
+            ("host", AccessLogField::Authority),
+            ("method", AccessLogField::Method),
+            ("path", path),
+            ("protocol", AccessLogField::Protocol),
+            ("request_id", AccessLogField::RequestId),
+            ("route", AccessLogField::RouteName),
+            ("status", AccessLogField::ResponseCode),
+            ("time", AccessLogField::StartTime),
+            ("upstream", AccessLogField::UpstreamHost),
+        ]
+        .map(|(k, f)| (k.to_owned(), f))
+        .to_vec()
+    };
+    let public_log = AccessLogConfig {
+        sink: AccessLogSink::File("/var/log/tollgate/access.log".into()),
+        fields: fields(AccessLogField::Path),
+    };
+    let secure_log = AccessLogConfig {
+        sink: AccessLogSink::Stdout,
+        fields: fields(AccessLogField::PathWithQuery),
+    };
+    assert_eq!(public.chains()[0].http, translated("public", public_log));
 
     let secure = &listeners[1];
     assert_eq!(secure.address(), "0.0.0.0:8443".parse().unwrap());
@@ -1655,7 +1690,7 @@ fn accepts_what_the_control_plane_translator_emits() {
         ]
     );
     for chain in secure.chains().iter().chain(secure.default_chain()) {
-        assert_eq!(chain.http, translated("secure"));
+        assert_eq!(chain.http, translated("secure", secure_log.clone()));
         assert_eq!(
             chain.tls.as_ref().unwrap().alpn,
             ["h2".to_owned(), "http/1.1".to_owned()]
