@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::cluster::{Discovery, LbPolicy};
+use crate::config::listener::AccessLogSink;
 use crate::config::route::RouteAction;
 use crate::metrics::Metrics;
 use crate::proxy::SharedDataPlane;
@@ -171,6 +172,13 @@ pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
                         "alpn": c.tls.as_ref().map(|t| &t.alpn),
                         "route_config": c.http.route_config_name,
                         "websocket": c.http.websocket,
+                        "access_log": c.http.access_log.as_ref().map(|log| json!({
+                            "sink": match &log.sink {
+                                AccessLogSink::Stdout => "stdout".to_owned(),
+                                AccessLogSink::File(path) => path.display().to_string(),
+                            },
+                            "fields": log.fields.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(),
+                        })),
                     })
                 })
                 .collect();

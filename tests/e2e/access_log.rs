@@ -134,6 +134,17 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
     cp.wait_converged(revision, CONVERGE)
         .await
         .expect("both proxies take up the listeners");
+    // The edge proxy's /config_dump shows where its listener logs.
+    let dump = edge.config_dump().await.unwrap();
+    let logged = dump["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "edge-l"))
+        .map(|l| l["filter_chains"][0]["access_log"]["sink"].clone());
+    assert_eq!(
+        logged.as_ref().and_then(|v| v.as_str()),
+        edge_log.to_str(),
+        "{dump}"
+    );
 
     let cases = cases();
     for (proxy, port) in [("envoy", envoy_port), ("edge", edge_port)] {
