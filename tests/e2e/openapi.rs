@@ -41,7 +41,10 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
             "--checks",
             "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
         ])
-        .args(["--max-examples", &examples, "--workers", "2", "--no-color"])
+        // One worker: with several, hypothesis parsed Python sources in threads and this
+        // machine's CPython 3.11 failed inside `ast` ("AST constructor recursion depth
+        // mismatch"): a crash of the tool, reported as a failed run (seen in a fresh-clone CI).
+        .args(["--max-examples", &examples, "--workers", "1", "--no-color"])
         // A fixed seed keeps CI reproducible; set SCHEMATHESIS_SEED to explore further.
         .args(["--seed", &std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261122".to_owned())]);
     let output = tokio::task::spawn_blocking(move || command.output())
