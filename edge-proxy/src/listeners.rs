@@ -10,8 +10,8 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use crate::config::listener::{Codec, FilterChain, HttpSettings, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Downstream, SharedDataPlane};
+use crate::upstream::now_ms;
 
 /// Time allowed for a TLS handshake before the connection is closed.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -426,12 +427,6 @@ fn configure(builder: &mut auto::Builder<TokioExecutor>, http: &HttpSettings) {
         .timer(TokioTimer::new())
         .max_header_list_size(header_bytes)
         .enable_connect_protocol();
-}
-
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A connection that records when bytes last moved, for the idle timeout.

@@ -613,25 +613,29 @@ fn classify(
 
 /// Whether the HTTP/2 upstream reset the stream with `REFUSED_STREAM`.
 fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(h2) = current.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = current.source();
-    }
-    false
+    find_cause::<h2::Error>(error).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
+/// Whether the cluster's connection circuit breaker refused the attempt.
 fn is_overflow(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    matches!(
+        find_cause::<crate::upstream::connector::ConnectError>(error),
+        Some(crate::upstream::connector::ConnectError::Overflow)
+    )
+}
+
+/// The first error of type `T` in `error`'s source chain.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut source = Some(error);
     while let Some(current) = source {
-        if let Some(crate::upstream::connector::ConnectError::Overflow) = current.downcast_ref() {
-            return true;
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
         }
         source = current.source();
     }
-    false
+    None
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -39,8 +39,9 @@ pub type EndpointClient = Client<EndpointConnector, RequestBody>;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Milliseconds since the process started; the clock of ejections.
-fn now_ms() -> u64 {
+/// Milliseconds since the process started: the clock of ejections, and of the listeners'
+/// idle timeouts, kept as plain integers so that atomics can hold them.
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -111,6 +112,23 @@ pub struct ClusterLoad {
     ejections: AtomicU64,
     limits: ArcSwap<CircuitBreakers>,
     connections: Arc<ConnectionCount>,
+}
+
+impl ClusterLoad {
+    /// Nothing in flight yet, under `limits`.
+    fn new(limits: CircuitBreakers) -> Self {
+        Self {
+            had_traffic: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
+            limits: ArcSwap::from_pointee(limits),
+            connections: Arc::new(ConnectionCount::new(
+                limits.max_connections,
+                limits.max_pending_requests,
+            )),
+        }
+    }
 }
 
 /// One upstream endpoint: where to connect, its pool and its health.
@@ -228,17 +246,7 @@ impl UpstreamCluster {
                     .set_limits(limits.max_connections, limits.max_pending_requests);
                 load
             }
-            None => Arc::new(ClusterLoad {
-                had_traffic: AtomicBool::new(false),
-                requests: AtomicU32::new(0),
-                retries: AtomicU32::new(0),
-                ejections: AtomicU64::new(0),
-                limits: ArcSwap::from_pointee(limits),
-                connections: Arc::new(ConnectionCount::new(
-                    limits.max_connections,
-                    limits.max_pending_requests,
-                )),
-            }),
+            None => Arc::new(ClusterLoad::new(limits)),
         };
         let tls = health::tls_connector(config);
         // Endpoints keep their pools and health only when the way to connect is unchanged.
@@ -476,17 +484,21 @@ fn endpoint_client(
         tls.cloned(),
         Arc::clone(&load.connections),
     );
+    client_builder(config.protocol)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// A pooled-client builder for one endpoint's connections in `protocol`. The caller sets
+/// `Host` (`:authority` comes from the URI), so the client does not.
+fn client_builder(protocol: UpstreamProtocol) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        // The data path sets `Host` itself (the client's, or the route's host rewrite).
-        .set_host(false);
-    if config.protocol == UpstreamProtocol::Http2 {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
+        .set_host(false)
+        .http2_only(protocol == UpstreamProtocol::Http2);
+    builder
 }
 
 /// Resolves a `STRICT_DNS` cluster's names every `refresh_rate`, replacing its members when
@@ -616,14 +628,7 @@ mod tests {
     }
 
     fn members(config: &Cluster) -> Members {
-        let load = Arc::new(ClusterLoad {
-            had_traffic: AtomicBool::new(false),
-            requests: AtomicU32::new(0),
-            retries: AtomicU32::new(0),
-            ejections: AtomicU64::new(0),
-            limits: ArcSwap::from_pointee(config.circuit_breakers),
-            connections: Arc::new(ConnectionCount::new(10, 10)),
-        });
+        let load = Arc::new(ClusterLoad::new(config.circuit_breakers));
         let Discovery::Static { endpoints } = &config.discovery else {
             unreachable!("the test clusters are static")
         };
@@ -691,14 +696,7 @@ mod tests {
         let config = cluster(3, None);
         let upstream = UpstreamCluster {
             members: ArcSwap::from_pointee(members(&config)),
-            load: Arc::new(ClusterLoad {
-                had_traffic: AtomicBool::new(false),
-                requests: AtomicU32::new(0),
-                retries: AtomicU32::new(0),
-                ejections: AtomicU64::new(0),
-                limits: ArcSwap::from_pointee(config.circuit_breakers),
-                connections: Arc::new(ConnectionCount::new(10, 10)),
-            }),
+            load: Arc::new(ClusterLoad::new(config.circuit_breakers)),
             config,
             tls: None,
             tasks: OnceLock::new(),
@@ -725,17 +723,10 @@ mod tests {
 
     #[test]
     fn request_slots_follow_max_requests() {
-        let load = ClusterLoad {
-            had_traffic: AtomicBool::new(false),
-            requests: AtomicU32::new(0),
-            retries: AtomicU32::new(0),
-            ejections: AtomicU64::new(0),
-            limits: ArcSwap::from_pointee(CircuitBreakers {
-                max_requests: 2,
-                ..CircuitBreakers::default()
-            }),
-            connections: Arc::new(ConnectionCount::new(1, 1)),
-        };
+        let load = ClusterLoad::new(CircuitBreakers {
+            max_requests: 2,
+            ..CircuitBreakers::default()
+        });
         assert!(try_increment(&load.requests, 2));
         assert!(try_increment(&load.requests, 2));
         assert!(!try_increment(&load.requests, 2));

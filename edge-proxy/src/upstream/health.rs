@@ -11,14 +11,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::connector::{ConnectionCount, EndpointConnector, UpstreamTlsConnector};
-use super::{Endpoint, Outcome, UpstreamCluster, eject};
+use super::{Endpoint, Outcome, UpstreamCluster, client_builder, eject};
 use crate::config::cluster::{Cluster, HealthCheck, TlsVersion, UpstreamProtocol};
 
 /// Builds the rustls connector for a cluster with upstream TLS, checking the endpoint's
@@ -233,16 +232,9 @@ fn probe_client(
         cluster.tls.clone(),
         Arc::new(ConnectionCount::new(u32::MAX, 0)),
     );
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
+    client_builder(check.protocol)
         .pool_max_idle_per_host(1)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false);
-    if check.protocol == UpstreamProtocol::Http2 {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
+        .build(connector)
 }
 
 /// One health check request.
