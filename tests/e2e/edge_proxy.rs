@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{ControlPlane, EdgeProxy, HttpResponse, Upstream, eventually, free_port};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_tungstenite::tungstenite::Message;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -565,23 +564,8 @@ async fn websocket_echo_through_the_edge_proxy() {
         )
         .await;
 
-    let (mut ws, response) =
-        tokio_tungstenite::connect_async(fleet.url("/ws").replace("http", "ws"))
-            .await
-            .expect("the upgrade goes through the edge proxy");
-    assert_eq!(response.status(), 101);
-    for text in ["hello", "through the edge proxy"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap().into_data().as_ref(),
-        &[0u8, 1, 2, 255]
-    );
+    let url = fleet.url("/ws").replace("http", "ws");
+    let mut ws = crate::websocket::exchange_echoes(&url, "the edge proxy").await;
     ws.close(None).await.unwrap();
     // The server answers the close, and the proxied connection ends cleanly.
     let closed = tokio::time::timeout(Duration::from_secs(5), async {

@@ -31,6 +31,31 @@ pub(crate) async fn echo_server() -> (u16, tokio::task::JoinHandle<()>) {
     (port, task)
 }
 
+/// Upgrades `url` through a proxy (`via` names it), and checks that text and binary messages
+/// come back from the echo server unchanged; returns the open socket.
+pub(crate) async fn exchange_echoes(
+    url: &str,
+    via: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, response) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("the upgrade goes through {via}: {e}"));
+    assert_eq!(response.status(), 101);
+    for text in ["hello", &format!("through {via}")] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2, 255]
+    );
+    ws
+}
+
 #[tokio::test]
 async fn websocket_echo_through_envoy() {
     let Some(fleet) = Fleet::start("envoy-websocket", true).await else {
@@ -58,23 +83,7 @@ async fn websocket_echo_through_envoy() {
         .unwrap();
     fleet.cp.wait_converged(revision, CONVERGE).await.unwrap();
 
-    let (mut ws, response) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", fleet.port))
-            .await
-            .expect("the upgrade goes through Envoy");
-    assert_eq!(response.status(), 101);
-    for text in ["hello", "through the gateway"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap().into_data().as_ref(),
-        &[0u8, 1, 2, 255]
-    );
+    let mut ws = exchange_echoes(&format!("ws://127.0.0.1:{}/ws", fleet.port), "Envoy").await;
     ws.close(None).await.unwrap();
     echo.abort();
 }
