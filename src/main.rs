@@ -362,6 +362,7 @@ async fn ensure_default_listener(store: &Store, address: SocketAddr) -> anyhow::
         node_cluster: None,
         tls: None,
         access_log: None,
+        policies: Vec::new(),
     };
     store
         .write_as(vec![Change::Put(Resource::Listener(listener))], "dev")

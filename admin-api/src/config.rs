@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    ApiKeyHasher, Certificate, Cluster, Consumer, ConsumerSpec, Listener, Resource, ResourceKind,
-    Route,
+    ApiKeyHasher, Certificate, Cluster, Consumer, ConsumerSpec, Listener, Policy, Resource,
+    ResourceKind, Route,
 };
 use tollgate_control_plane::store::{StoreError, StoreSnapshot, keep_stored_secrets, replace_all};
 
@@ -44,6 +44,9 @@ pub struct ConfigDocument {
     /// keeps the keys stored under its name.
     #[serde(default)]
     pub consumers: Vec<ConsumerSpec>,
+    /// Policies routes and listeners name.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
 }
 
 impl ConfigDocument {
@@ -59,6 +62,7 @@ impl ConfigDocument {
                 .map(Certificate::without_key)
                 .collect(),
             consumers: snapshot.consumers.values().map(Consumer::to_spec).collect(),
+            policies: snapshot.policies.values().cloned().collect(),
         }
     }
 
@@ -107,7 +111,13 @@ impl ConfigDocument {
                     .enumerate()
                     .map(|(i, c)| (format!("certificates[{i}]"), Resource::Certificate(c))),
             )
-            .chain(consumers);
+            .chain(consumers)
+            .chain(
+                self.policies
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("policies[{i}]"), Resource::Policy(p))),
+            );
         let mut seen = std::collections::HashSet::new();
         for (path, mut resource) in items {
             keep_stored_secrets(current, &mut resource);

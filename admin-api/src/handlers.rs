@@ -14,16 +14,16 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    ApiKeyHasher, Certificate, Cluster, ConsumerSpec, Listener, Resource, ResourceKind, Route,
-    validate_name,
+    ApiKeyHasher, Certificate, Cluster, ConsumerSpec, Listener, Policy, Resource, ResourceKind,
+    Route, validate_name,
 };
 use tollgate_control_plane::store::{Change, ChangeOp, StoreError};
 use utoipa::IntoParams;
 
 use crate::responses::{
     CertificateView, CertificateWritten, ClusterWritten, ConsumerView, ConsumerWritten, ErrorBody,
-    Health, ListenerWritten, NodeList, Page, RevisionEntry, RevisionHistory, RevisionStatusBody,
-    RolledBack, RouteWritten, Written,
+    Health, ListenerWritten, NodeList, Page, PolicyWritten, RevisionEntry, RevisionHistory,
+    RevisionStatusBody, RolledBack, RouteWritten, Written,
 };
 use crate::{AdminState, ApiError, MAX_BODY_BYTES};
 
@@ -104,6 +104,37 @@ kind!(
     listener,
     ResourceKind::Listener
 );
+
+pub(crate) struct Policies;
+impl Kind for Policies {
+    type Spec = Policy;
+    type View = Policy;
+    type Written = PolicyWritten;
+    const KIND: ResourceKind = ResourceKind::Policy;
+    fn into_resource(
+        mut spec: Policy,
+        name: String,
+        _hasher: &ApiKeyHasher,
+    ) -> Result<Resource, ApiError> {
+        let mut body_name = spec.name().to_owned();
+        adopt_name(&mut body_name, name)?;
+        spec.set_name(body_name);
+        Ok(Resource::Policy(spec))
+    }
+    fn from_resource(resource: Resource) -> Option<Policy> {
+        match resource {
+            Resource::Policy(policy) => Some(policy),
+            _ => None,
+        }
+    }
+    fn written(revision: u64, changed: bool, policy: Policy) -> PolicyWritten {
+        PolicyWritten {
+            revision,
+            changed,
+            policy,
+        }
+    }
+}
 
 pub(crate) struct Certificates;
 impl Kind for Certificates {
@@ -463,6 +494,17 @@ resource_endpoints!(
     "consumers",
     "/consumers",
     "/consumers/{name}"
+);
+
+resource_endpoints!(
+    policies,
+    Policies,
+    Policy,
+    Policy,
+    PolicyWritten,
+    "policies",
+    "/policies",
+    "/policies/{name}"
 );
 
 /// Liveness, without auth.

@@ -93,6 +93,12 @@ fn v1_routes() -> OpenApiRouter<AdminState> {
             handlers::certificates::put,
             handlers::certificates::delete
         ))
+        .routes(routes!(handlers::policies::list))
+        .routes(routes!(
+            handlers::policies::get,
+            handlers::policies::put,
+            handlers::policies::delete
+        ))
         .routes(routes!(handlers::consumers::list))
         .routes(routes!(
             handlers::consumers::get,
@@ -112,7 +118,63 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .nest("/v1", v1_routes())
         .split_for_parts();
     add_openapi_path(&mut api);
+    fold_tags_into_variants(&mut api, "Policy");
     api
+}
+
+/// Rewrites an internally tagged enum's schema (`#[serde(tag = "type")]`) into a `oneOf` of its
+/// variants with a discriminator, moving the tag property into each variant's object schema.
+///
+/// utoipa describes each variant as `allOf: [variant, {type}]`; with variants that refuse
+/// unknown fields (`additionalProperties: false`) nothing can satisfy both halves, so clients
+/// generating bodies from the document (schemathesis) could produce none.
+fn fold_tags_into_variants(api: &mut utoipa::openapi::OpenApi, enum_name: &str) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{Discriminator, OneOf, Schema};
+    let Some(components) = api.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::OneOf(tagged))) = components.schemas.get(enum_name).cloned() else {
+        return;
+    };
+    let mut variants = OneOf::new();
+    variants.description = tagged.description.clone();
+    let mut discriminator = Discriminator::new("type");
+    for item in &tagged.items {
+        let RefOr::T(Schema::AllOf(parts)) = item else {
+            return;
+        };
+        let (Some(RefOr::Ref(variant)), Some(RefOr::T(Schema::Object(tag)))) =
+            (parts.items.first(), parts.items.get(1))
+        else {
+            return;
+        };
+        let name = variant.ref_location.rsplit('/').next().unwrap_or_default();
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) else {
+            return;
+        };
+        for (property, schema) in &tag.properties {
+            object.properties.insert(property.clone(), schema.clone());
+            if let RefOr::T(Schema::Object(values)) = schema
+                && let Some(value) = values.enum_values.iter().flatten().next()
+                && let Some(value) = value.as_str()
+            {
+                discriminator
+                    .mapping
+                    .insert(value.to_owned(), variant.ref_location.clone());
+            }
+        }
+        for required in &tag.required {
+            if !object.required.contains(required) {
+                object.required.insert(0, required.clone());
+            }
+        }
+        variants.items.push(RefOr::Ref(variant.clone()));
+    }
+    variants.discriminator = Some(discriminator);
+    components
+        .schemas
+        .insert(enum_name.to_owned(), RefOr::T(Schema::OneOf(variants)));
 }
 
 /// Documents `GET /v1/openapi.json` itself.

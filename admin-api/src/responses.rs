@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_control_plane::model::{
-    Certificate, CertificateInfo, Cluster, Consumer, Listener, ResourceKind, Route,
+    Certificate, CertificateInfo, Cluster, Consumer, Listener, Policy, ResourceKind, Route,
 };
 use tollgate_control_plane::store::{ChangeOp, ChangedResource};
 use tollgate_control_plane::xds::nodes::{NodeStatus, RevisionStatus};
@@ -58,6 +58,13 @@ written!(
     certificate,
     CertificateView,
     "A certificate was created or replaced."
+);
+
+written!(
+    PolicyWritten,
+    policy,
+    Policy,
+    "A policy was created or replaced."
 );
 
 written!(

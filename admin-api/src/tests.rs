@@ -170,6 +170,18 @@ async fn bad_requests_name_the_field_and_change_nothing() {
     )
     .await;
     put(&app, "/v1/listeners/public", json!({"port": 8080})).await;
+    put(
+        &app,
+        "/v1/policies/auth",
+        json!({"type": "jwt", "issuer": "https://idp", "jwks_uri": "http://127.0.0.1:9/jwks"}),
+    )
+    .await;
+    put(
+        &app,
+        "/v1/routes/private",
+        json!({"match": {"path_prefix": "/private"}, "cluster": "web", "policies": ["auth"]}),
+    )
+    .await;
     let before = config_bytes(&app).await;
     let long_name = format!("/v1/clusters/{}", "a".repeat(10 * 1024));
     let long_name: &'static str = Box::leak(long_name.into_boxed_str());
@@ -683,6 +695,73 @@ async fn bad_requests_name_the_field_and_change_nothing() {
             Some("name"),
         ),
         (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {}, "cluster": "web", "policies": ["ghost"]}"#),
+            S::CONFLICT,
+            "reference_conflict",
+            Some("policies[0]"),
+        ),
+        (
+            M::PUT,
+            "/v1/listeners/other",
+            body(r#"{"port": 9090, "policies": ["auth", "ghost"]}"#),
+            S::CONFLICT,
+            "reference_conflict",
+            Some("policies[1]"),
+        ),
+        (
+            M::DELETE,
+            "/v1/policies/auth",
+            None,
+            S::CONFLICT,
+            "reference_conflict",
+            Some("name"),
+        ),
+        // Policies.
+        (
+            M::PUT,
+            "/v1/routes/r",
+            body(r#"{"match": {}, "cluster": "web", "policies": ["auth", "auth"]}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("policies[1]"),
+        ),
+        (
+            M::PUT,
+            "/v1/policies/p",
+            body(r#"{"type": "jwt", "issuer": "https://idp"}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("jwks_uri"),
+        ),
+        (
+            M::PUT,
+            "/v1/policies/p",
+            body(
+                r#"{"type": "jwt", "issuer": "https://idp", "jwks": {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB", "d": "private"}]}}"#,
+            ),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("jwks"),
+        ),
+        (
+            M::PUT,
+            "/v1/policies/p",
+            body(r#"{"type": "teleport"}"#),
+            S::BAD_REQUEST,
+            "invalid_json",
+            Some("type"),
+        ),
+        (
+            M::PUT,
+            "/v1/policies/p",
+            body(r#"{"type": "cors", "allow_origins": ["https://app.example.com/path"]}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("allow_origins[0]"),
+        ),
+        (
             M::DELETE,
             "/v1/clusters/ghost",
             None,
@@ -935,11 +1014,20 @@ fn sample_document() -> Value {
         ],
         "routes": [
             {"name": "users", "match": {"hosts": ["api.example.com"], "path_prefix": "/users"},
-             "cluster": "users", "timeout_ms": 1500, "priority": 5}
+             "cluster": "users", "timeout_ms": 1500, "priority": 5, "policies": ["users-jwt"]}
         ],
-        "listeners": [{"name": "public", "address": "0.0.0.0", "port": 8080}],
+        "listeners": [{"name": "public", "address": "0.0.0.0", "port": 8080, "policies": ["browser"]}],
         "certificates": [],
-        "consumers": [{"name": "acme", "tier": "pro"}]
+        "consumers": [{"name": "acme", "tier": "pro"}],
+        "policies": [
+            {"type": "cors", "name": "browser", "allow_origins": ["https://app.example.com"],
+             "allow_methods": ["GET", "POST"], "max_age_s": 600, "allow_credentials": true},
+            {"type": "jwt", "name": "users-jwt", "issuer": "https://idp.example.com",
+             "audiences": ["users"], "jwks_uri": "http://10.0.0.2:8080/jwks",
+             "jwks_cache_duration_s": 300, "clock_skew_s": 30,
+             "token_from": [{"header": "authorization", "prefix": "Bearer "}, {"cookie": "session"}],
+             "claims_to_headers": {"sub": "x-user-id"}, "forward_token": false, "optional": false}
+        ]
     })
 }
 
@@ -950,7 +1038,7 @@ async fn config_apply_then_export_round_trips_in_json_and_yaml() {
     let (status, body) = put(&app, "/v1/config", document.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["revision"], 1);
-    assert_eq!(body["changes"].as_array().unwrap().len(), 5);
+    assert_eq!(body["changes"].as_array().unwrap().len(), 7);
     assert_eq!(store.history(None, 1).await.unwrap()[0].origin, "config");
 
     let (status, headers, exported) =
@@ -1274,6 +1362,10 @@ async fn every_operation_is_documented_and_every_documented_operation_is_served(
         ("GET", "/v1/consumers/{name}"),
         ("PUT", "/v1/consumers/{name}"),
         ("DELETE", "/v1/consumers/{name}"),
+        ("GET", "/v1/policies"),
+        ("GET", "/v1/policies/{name}"),
+        ("PUT", "/v1/policies/{name}"),
+        ("DELETE", "/v1/policies/{name}"),
         ("GET", "/v1/nodes"),
         ("GET", "/v1/revisions"),
         ("GET", "/v1/revisions/{revision}/status"),
@@ -1616,4 +1708,29 @@ async fn metrics_count_store_writes_exactly() {
         get(r#"tollgate_xds_connected_nodes{kind="envoy",protocol="sotw"}"#),
         0.0
     );
+}
+
+#[test]
+fn policy_schemas_carry_their_type_tag() {
+    let document = serde_json::to_value(crate::openapi()).unwrap();
+    let schemas = &document["components"]["schemas"];
+    let policy = &schemas["Policy"];
+    assert_eq!(policy["discriminator"]["propertyName"], "type");
+    let variants = policy["oneOf"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    for (name, tag) in [("JwtPolicy", "jwt"), ("CorsPolicy", "cors")] {
+        let schema = &schemas[name];
+        assert_eq!(schema["properties"]["type"]["enum"], json!([tag]), "{name}");
+        assert!(
+            schema["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("type")),
+            "{name}"
+        );
+        assert_eq!(
+            policy["discriminator"]["mapping"][tag],
+            format!("#/components/schemas/{name}")
+        );
+    }
 }

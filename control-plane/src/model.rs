@@ -8,6 +8,7 @@ mod certificate;
 mod cluster;
 mod consumer;
 mod listener;
+mod policy;
 mod route;
 
 pub use certificate::{Certificate, CertificateInfo};
@@ -17,6 +18,7 @@ pub use cluster::{
 };
 pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{AccessLog, Listener, ListenerTls};
+pub use policy::{CorsPolicy, JwksUri, JwtPolicy, MAX_JWKS_BYTES, Policy, PolicyType, TokenSource};
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
     RETRY_CONDITIONS, Redirect, Retries, Rewrite, Route, RouteMatch, WeightedCluster,
@@ -53,16 +55,19 @@ pub enum ResourceKind {
     Certificate,
     /// A consumer of the APIs.
     Consumer,
+    /// A policy routes and listeners name.
+    Policy,
 }
 
 impl ResourceKind {
     /// All kinds, in the order the store loads them.
-    pub const ALL: [ResourceKind; 5] = [
+    pub const ALL: [ResourceKind; 6] = [
         Self::Cluster,
         Self::Route,
         Self::Listener,
         Self::Certificate,
         Self::Consumer,
+        Self::Policy,
     ];
 
     /// The singular name used in the store and in messages.
@@ -73,6 +78,7 @@ impl ResourceKind {
             Self::Listener => "listener",
             Self::Certificate => "certificate",
             Self::Consumer => "consumer",
+            Self::Policy => "policy",
         }
     }
 
@@ -105,6 +111,8 @@ pub enum Resource {
     Certificate(Certificate),
     /// A consumer.
     Consumer(Consumer),
+    /// A policy.
+    Policy(Policy),
 }
 
 impl Resource {
@@ -116,6 +124,7 @@ impl Resource {
             Self::Listener(_) => ResourceKind::Listener,
             Self::Certificate(_) => ResourceKind::Certificate,
             Self::Consumer(_) => ResourceKind::Consumer,
+            Self::Policy(_) => ResourceKind::Policy,
         }
     }
 
@@ -127,6 +136,7 @@ impl Resource {
             Self::Listener(l) => &l.name,
             Self::Certificate(c) => &c.name,
             Self::Consumer(c) => &c.name,
+            Self::Policy(p) => p.name(),
         }
     }
 
@@ -140,6 +150,7 @@ impl Resource {
             Self::Listener(l) => l.validate(),
             Self::Certificate(c) => c.validate(),
             Self::Consumer(c) => c.validate(),
+            Self::Policy(p) => p.validate(),
         }
     }
 
@@ -151,6 +162,7 @@ impl Resource {
             Self::Listener(l) => serde_json::to_string(l),
             Self::Certificate(c) => serde_json::to_string(c),
             Self::Consumer(c) => serde_json::to_string(c),
+            Self::Policy(p) => serde_json::to_string(p),
         }
         .expect("model types always serialize")
     }
@@ -163,6 +175,7 @@ impl Resource {
             ResourceKind::Listener => Self::Listener(serde_json::from_str(json)?),
             ResourceKind::Certificate => Self::Certificate(serde_json::from_str(json)?),
             ResourceKind::Consumer => Self::Consumer(serde_json::from_str(json)?),
+            ResourceKind::Policy => Self::Policy(serde_json::from_str(json)?),
         })
     }
 
@@ -251,16 +264,24 @@ pub struct ReferenceError {
     pub message: String,
 }
 
-/// Confirms that every route names clusters that exist, every listener certificates that
-/// exist, and that no two listeners would bind the same port on the same proxies.
+/// Confirms that every route names clusters and policies that exist, every listener
+/// certificates and policies that exist, and that no two listeners would bind the same port on
+/// the same proxies.
 pub fn check_references(
     clusters: &BTreeMap<String, Cluster>,
     routes: &BTreeMap<String, Route>,
     listeners: &BTreeMap<String, Listener>,
     certificates: &BTreeMap<String, Certificate>,
+    policies: &BTreeMap<String, Policy>,
 ) -> Result<(), ReferenceError> {
     let mut bound: Vec<&Listener> = Vec::new();
     for listener in listeners.values() {
+        check_policy_refs(
+            ResourceKind::Listener,
+            &listener.name,
+            &listener.policies,
+            policies,
+        )?;
         for (i, name) in listener
             .tls
             .iter()
@@ -290,6 +311,7 @@ pub fn check_references(
         bound.push(listener);
     }
     for route in routes.values() {
+        check_policy_refs(ResourceKind::Route, &route.name, &route.policies, policies)?;
         for (field, cluster) in route.cluster_refs() {
             if !clusters.contains_key(cluster) {
                 return Err(ReferenceError {
@@ -299,6 +321,37 @@ pub fn check_references(
                     message: format!("unknown cluster {cluster}"),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// Confirms that a `policies[]` list names policies that exist, and at most one of each type
+/// a route can hold only once (CORS).
+fn check_policy_refs(
+    kind: ResourceKind,
+    name: &str,
+    names: &[String],
+    policies: &BTreeMap<String, Policy>,
+) -> Result<(), ReferenceError> {
+    let mut cors: Option<&str> = None;
+    for (i, policy_name) in names.iter().enumerate() {
+        let error = |message: String| ReferenceError {
+            kind,
+            name: name.to_owned(),
+            field: format!("policies[{i}]"),
+            message,
+        };
+        let Some(policy) = policies.get(policy_name) else {
+            return Err(error(format!("unknown policy {policy_name}")));
+        };
+        if policy.policy_type() == PolicyType::Cors {
+            if let Some(first) = cors {
+                return Err(error(format!(
+                    "only one cors policy applies: {first} is already listed"
+                )));
+            }
+            cors = Some(policy_name);
         }
     }
     Ok(())

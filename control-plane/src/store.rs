@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use crate::metrics::{self, Metrics};
 
 use crate::model::{
-    ApiKeyHasher, Certificate, Cluster, Consumer, Listener, ReferenceError, Resource, ResourceKind,
-    Route, ValidationError, check_references, check_unique_api_keys,
+    ApiKeyHasher, Certificate, Cluster, Consumer, Listener, Policy, ReferenceError, Resource,
+    ResourceKind, Route, ValidationError, check_references, check_unique_api_keys,
 };
 
 /// The whole configuration at one revision. Cheap to share, never mutated.
@@ -36,6 +36,8 @@ pub struct StoreSnapshot {
     pub certificates: BTreeMap<String, Certificate>,
     /// Consumers by name.
     pub consumers: BTreeMap<String, Consumer>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, Policy>,
     /// When this revision was committed by this process (`None` for the revision loaded at
     /// start-up); lets the xDS side measure commit-to-ACK time without reading clocks itself.
     pub committed_at: Option<std::time::Instant>,
@@ -54,6 +56,7 @@ impl StoreSnapshot {
                 .cloned()
                 .map(Resource::Certificate),
             ResourceKind::Consumer => self.consumers.get(name).cloned().map(Resource::Consumer),
+            ResourceKind::Policy => self.policies.get(name).cloned().map(Resource::Policy),
         }
     }
 
@@ -68,6 +71,7 @@ impl StoreSnapshot {
             ResourceKind::Listener => all(&self.listeners, Resource::Listener),
             ResourceKind::Certificate => all(&self.certificates, Resource::Certificate),
             ResourceKind::Consumer => all(&self.consumers, Resource::Consumer),
+            ResourceKind::Policy => all(&self.policies, Resource::Policy),
         }
     }
 
@@ -88,6 +92,9 @@ impl StoreSnapshot {
             Resource::Consumer(c) => {
                 self.consumers.insert(c.name.clone(), c);
             }
+            Resource::Policy(p) => {
+                self.policies.insert(p.name().to_owned(), p);
+            }
         }
     }
 
@@ -98,6 +105,7 @@ impl StoreSnapshot {
             ResourceKind::Listener => self.listeners.remove(name).is_some(),
             ResourceKind::Certificate => self.certificates.remove(name).is_some(),
             ResourceKind::Consumer => self.consumers.remove(name).is_some(),
+            ResourceKind::Policy => self.policies.remove(name).is_some(),
         }
     }
 }
@@ -595,6 +603,7 @@ fn plan(
         &next.routes,
         &next.listeners,
         &next.certificates,
+        &next.policies,
     )?;
     check_unique_api_keys(&next.consumers)?;
     let changed = touched

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod listener;
+mod policy;
 mod route;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -234,7 +235,15 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
         committed_at: store.committed_at,
         ..XdsSnapshot::default()
     };
-    for cluster in store.clusters.values() {
+    let jwks_clusters: Vec<_> = store
+        .policies
+        .values()
+        .filter_map(|p| match p {
+            crate::model::Policy::Jwt(jwt) => policy::jwks_cluster(jwt),
+            _ => None,
+        })
+        .collect();
+    for cluster in store.clusters.values().chain(&jwks_clusters) {
         let (resource, assignment) = cluster::translate(cluster);
         if let Some(assignment) = assignment {
             out.refer(ResourceType::Endpoint, &cluster.name);
@@ -261,8 +270,22 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
                 out.refer(ResourceType::Cluster, cluster);
             }
         }
-        let virtual_hosts = route::virtual_hosts(&routes);
         for listener in listeners {
+            let mut filters = policy::ListenerFilters::default();
+            let route_policies: BTreeMap<&str, policy::RoutePolicies> = routes
+                .iter()
+                .map(|route| {
+                    let policies = policy::RoutePolicies::resolve(listener, route, &store.policies);
+                    filters.add(&policies);
+                    (route.name.as_str(), policies)
+                })
+                .collect();
+            let virtual_hosts = route::virtual_hosts(&routes, |route| {
+                route_policies
+                    .get(route.name.as_str())
+                    .map(policy::RoutePolicies::per_filter_config)
+                    .unwrap_or_default()
+            });
             let certificates: Vec<&crate::model::Certificate> = listener
                 .tls
                 .iter()
@@ -279,7 +302,7 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
                     ),
                 );
             }
-            let route_config = route::route_configuration(&listener.name, virtual_hosts.clone());
+            let route_config = route::route_configuration(&listener.name, virtual_hosts);
             out.refer(ResourceType::Route, &listener.name);
             out.insert(
                 ResourceType::Route,
@@ -292,7 +315,11 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
                 ResourceType::Listener,
                 XdsResource::new(
                     listener.name.clone(),
-                    tollgate_proto::pack_any(&listener::translate(listener, &certificates)),
+                    tollgate_proto::pack_any(&listener::translate(
+                        listener,
+                        &certificates,
+                        &filters,
+                    )),
                 ),
             );
         }

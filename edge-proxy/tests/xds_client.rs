@@ -71,6 +71,7 @@ fn route(name: &str, prefix: &str, cluster: &str) -> Change {
         request_headers: Default::default(),
         response_headers: Default::default(),
         priority: 0,
+        policies: Vec::new(),
     }))
 }
 
@@ -84,6 +85,7 @@ fn listener(name: &str, port: u16, certificates: &[&str]) -> Change {
             certificates: certificates.iter().map(|c| (*c).to_owned()).collect(),
         }),
         access_log: None,
+        policies: Vec::new(),
     }))
 }
 

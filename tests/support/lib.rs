@@ -6,6 +6,7 @@ pub mod client;
 pub mod control_plane;
 pub mod edge_proxy;
 pub mod envoy;
+pub mod jwt;
 pub mod metrics;
 pub mod nginx;
 pub mod ports;

@@ -485,7 +485,7 @@ impl UpstreamTls {
 
 /// Checks that `pem` holds one or more readable X.509 certificates and nothing else (a private
 /// key pasted by mistake would be served to anyone who can read the cluster). Returns how many.
-fn validate_ca_bundle(pem: &str) -> Result<usize, String> {
+pub(super) fn validate_ca_bundle(pem: &str) -> Result<usize, String> {
     if pem.len() > MAX_TRUSTED_CA_BYTES {
         return Err(format!(
             "must be at most {} KiB",

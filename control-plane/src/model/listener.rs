@@ -28,6 +28,10 @@ pub struct Listener {
     /// Write one JSON line per request here; no access log when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Policies enforced on every route served by this listener (names), before the
+    /// route's own. A route's CORS policy replaces the listener's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
 }
 
 /// A listener's access log: one JSON line per request (time, request id, method, host, path,
@@ -112,6 +116,7 @@ impl Listener {
         if let Some(log) = &self.access_log {
             log.validate()?;
         }
+        super::policy::validate_policy_names(&self.policies)?;
         if let Some(cluster) = &self.node_cluster
             && (cluster.is_empty() || cluster.len() > 128)
         {

@@ -48,6 +48,9 @@ pub struct Route {
     /// Higher priorities are matched first; see [`Route::order_key`] for ties.
     #[serde(default)]
     pub priority: i32,
+    /// Policies enforced on this route (names), after the listener's, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
 }
 
 /// What a request must look like for a route to take it. All given conditions must hold.
@@ -304,6 +307,7 @@ impl Route {
 
     pub(super) fn validate(&self) -> Result<(), ValidationError> {
         self.matcher.validate().map_err(|e| e.within("match"))?;
+        super::policy::validate_policy_names(&self.policies)?;
         let actions = [
             self.cluster.is_some(),
             self.weighted_clusters.is_some(),
@@ -732,7 +736,7 @@ fn validate_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_header_name(name: &str) -> Result<(), String> {
+pub(super) fn validate_header_name(name: &str) -> Result<(), String> {
     // RFC 9110 token characters; lower case, as HTTP/2 requires.
     let valid = !name.is_empty()
         && name.len() <= 256
@@ -748,7 +752,7 @@ fn validate_header_name(name: &str) -> Result<(), String> {
 
 /// Pseudo-headers and `host` cannot be mutated through header lists (Envoy rejects it too);
 /// the host has `rewrite.host`.
-fn validate_mutable_header(name: &str) -> Result<(), String> {
+pub(super) fn validate_mutable_header(name: &str) -> Result<(), String> {
     if name == "host" || name.starts_with(':') {
         Err(format!("{name} cannot be modified this way"))
     } else {

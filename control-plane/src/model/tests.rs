@@ -178,7 +178,14 @@ fn references_to_unknown_clusters_are_reported() {
         route(serde_json::json!({"name": "r", "match": {},
             "weighted_clusters": [{"cluster": "a", "weight": 1}, {"cluster": "b", "weight": 1}]})),
     );
-    let err = check_references(&clusters, &routes, &BTreeMap::new(), &BTreeMap::new()).unwrap_err();
+    let err = check_references(
+        &clusters,
+        &routes,
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    )
+    .unwrap_err();
     assert_eq!(err.field, "weighted_clusters[1].cluster");
     assert_eq!(err.message, "unknown cluster b");
 }
@@ -192,10 +199,17 @@ fn listeners_on_the_same_socket_conflict() {
         node_cluster: node_cluster.map(str::to_owned),
         tls: None,
         access_log: None,
+        policies: Vec::new(),
     };
     let check = |ls: Vec<Listener>| {
         let map = ls.into_iter().map(|l| (l.name.clone(), l)).collect();
-        check_references(&BTreeMap::new(), &BTreeMap::new(), &map, &BTreeMap::new())
+        check_references(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &map,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
     };
     assert!(
         check(vec![

@@ -36,6 +36,7 @@ fn route(name: &str, cluster: &str) -> Resource {
         request_headers: Default::default(),
         response_headers: Default::default(),
         priority: 0,
+        policies: Vec::new(),
     })
 }
 
@@ -47,6 +48,7 @@ fn listener(name: &str, port: u16) -> Resource {
         node_cluster: None,
         tls: None,
         access_log: None,
+        policies: Vec::new(),
     })
 }
 

@@ -1,11 +1,11 @@
 //! Routes → RDS `RouteConfiguration`: virtual hosts by domain, routes in match order.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
-use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
+use tollgate_proto::google::protobuf::{Any, BoolValue, UInt32Value};
 
 use crate::model::{HeaderMatch, HeaderMutations, QueryMatch, Route};
 
@@ -18,7 +18,16 @@ const ANY_HOST: &str = "*";
 /// route in it. A route without hosts must therefore appear in every virtual host, after the
 /// routes that outrank it, so each domain gets its own virtual host holding its routes and the
 /// host-less ones, in the global order; the `*` virtual host holds the host-less routes.
-pub(super) fn virtual_hosts(routes: &[&Route]) -> Vec<route_pb::VirtualHost> {
+///
+/// `per_filter_config` gives each route's `typed_per_filter_config` (its policies).
+pub(super) fn virtual_hosts(
+    routes: &[&Route],
+    per_filter_config: impl Fn(&Route) -> HashMap<String, Any>,
+) -> Vec<route_pb::VirtualHost> {
+    let translate = |route: &Route| route_pb::Route {
+        typed_per_filter_config: per_filter_config(route),
+        ..translate(route)
+    };
     let domains: BTreeSet<&str> = routes
         .iter()
         .flat_map(|r| r.matcher.hosts.iter().map(String::as_str))

@@ -15,6 +15,8 @@ struct Fixture {
     clusters: Vec<Cluster>,
     routes: Vec<Route>,
     listeners: Vec<Listener>,
+    #[serde(default)]
+    policies: Vec<crate::model::Policy>,
 }
 
 fn load(name: &str) -> StoreSnapshot {
@@ -42,6 +44,11 @@ fn load(name: &str) -> StoreSnapshot {
             .collect(),
         certificates: Default::default(),
         consumers: Default::default(),
+        policies: fixture
+            .policies
+            .into_iter()
+            .map(|p| (p.name().to_owned(), p))
+            .collect(),
         committed_at: None,
     };
     for c in snapshot.clusters.values() {
@@ -57,6 +64,7 @@ fn load(name: &str) -> StoreSnapshot {
         &snapshot.routes,
         &snapshot.listeners,
         &snapshot.certificates,
+        &snapshot.policies,
     )
     .unwrap();
     snapshot
@@ -572,4 +580,143 @@ fn only_idempotent_requests_are_retried_unless_configured() {
         .unwrap()
         .non_idempotent = true;
     assert!(retry_policy(&store).retriable_request_headers.is_empty());
+}
+
+/// A store with a listener-wide CORS policy, a route-level one replacing it, and JWT policies
+/// on two routes.
+fn policy_snapshot() -> StoreSnapshot {
+    let mut snapshot = load("basic");
+    let policies: Vec<crate::model::Policy> = serde_json::from_value(serde_json::json!([
+        {"type": "cors", "name": "site", "allow_origins": ["https://app.example.com"],
+         "allow_methods": ["GET", "PUT"], "max_age_s": 600},
+        {"type": "cors", "name": "open", "allow_origins": ["*"], "allow_origin_regexes": ["https://.*\\.example\\.org"]},
+        {"type": "jwt", "name": "idp", "issuer": "https://idp", "audiences": ["api"],
+         "jwks_uri": "http://127.0.0.1:9000/jwks", "token_from": [{"cookie": "session"}],
+         "claims_to_headers": {"sub": "x-user-id"}},
+        {"type": "jwt", "name": "partner", "issuer": "https://partner", "optional": true,
+         "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "x", "y": "y"}]}}
+    ]))
+    .unwrap();
+    snapshot.policies = policies
+        .into_iter()
+        .map(|p| (p.name().to_owned(), p))
+        .collect();
+    let mut names = snapshot.routes.keys().cloned();
+    let (first, second) = (names.next().unwrap(), names.next().unwrap());
+    snapshot.routes.get_mut(&first).unwrap().policies = vec!["idp".into(), "open".into()];
+    snapshot.routes.get_mut(&second).unwrap().policies = vec!["partner".into(), "idp".into()];
+    for listener in snapshot.listeners.values_mut() {
+        listener.policies = vec!["site".into()];
+    }
+    crate::model::check_references(
+        &snapshot.clusters,
+        &snapshot.routes,
+        &snapshot.listeners,
+        &snapshot.certificates,
+        &snapshot.policies,
+    )
+    .unwrap();
+    snapshot
+}
+
+#[test]
+fn policies_become_envoy_filters_and_per_route_configs() {
+    use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
+    use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
+    let store = policy_snapshot();
+    let out = translate(&store, &edge()).unwrap();
+
+    // The JWKS is fetched through a cluster of its own, named so it cannot collide.
+    let jwks = &out.resources(ResourceType::Cluster)["tollgate:jwks:idp"];
+    let jwks: cluster_pb::Cluster = decode(jwks);
+    assert_eq!(jwks.connect_timeout.unwrap().seconds, 5);
+    assert!(
+        out.resources(ResourceType::Endpoint)
+            .contains_key("tollgate:jwks:idp")
+    );
+    assert!(
+        !out.resources(ResourceType::Cluster)
+            .contains_key("tollgate:jwks:partner")
+    );
+
+    for listener in out.resources(ResourceType::Listener).values() {
+        let hcm = hcm(&decode::<listener_pb::Listener>(listener));
+        let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "envoy.filters.http.cors",
+                "envoy.filters.http.jwt_authn",
+                "envoy.filters.http.router"
+            ]
+        );
+        let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) =
+            &hcm.http_filters[1].config_type
+        else {
+            panic!("typed config")
+        };
+        let jwt = jwt_pb::JwtAuthentication::decode(any.value.as_slice()).unwrap();
+        let mut providers: Vec<&String> = jwt.providers.keys().collect();
+        providers.sort();
+        assert_eq!(providers, ["idp", "partner"]);
+        let idp = &jwt.providers["idp"];
+        assert_eq!(idp.issuer, "https://idp");
+        assert_eq!(idp.from_cookies, ["session"]);
+        assert!(!idp.forward, "tokens are stripped by default");
+        assert_eq!(idp.claim_to_headers[0].header_name, "x-user-id");
+        let mut requirements: Vec<&String> = jwt.requirement_map.keys().collect();
+        requirements.sort();
+        assert_eq!(requirements, ["idp", "idp|partner"]);
+        // Only one of the two policies lets a missing token through: the token is required.
+        let any_of = match &jwt.requirement_map["idp|partner"].requires_type {
+            Some(jwt_pb::jwt_requirement::RequiresType::RequiresAny(list)) => list,
+            other => panic!("requires_any expected, got {other:?}"),
+        };
+        assert_eq!(any_of.requirements.len(), 2);
+    }
+
+    for config in out.resources(ResourceType::Route).values() {
+        let config: route_pb::RouteConfiguration = decode(config);
+        for route in config.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
+            let cors = route
+                .typed_per_filter_config
+                .get("envoy.filters.http.cors")
+                .map(|any| cors_pb::CorsPolicy::decode(any.value.as_slice()).unwrap())
+                .expect("every route gets the listener's CORS policy or its own");
+            let requirement = route
+                .typed_per_filter_config
+                .get("envoy.filters.http.jwt_authn")
+                .map(|any| jwt_pb::PerRouteConfig::decode(any.value.as_slice()).unwrap());
+            let policies = &store.routes[&route.name].policies;
+            if policies.contains(&"open".to_owned()) {
+                assert_eq!(
+                    cors.allow_origin_string_match.len(),
+                    2,
+                    "route's own policy"
+                );
+            } else {
+                assert_eq!(cors.allow_methods, "GET,PUT");
+                assert_eq!(cors.max_age, "600");
+            }
+            let expected = match policies.len() {
+                0 => None,
+                _ if policies.contains(&"partner".to_owned()) => Some("idp|partner"),
+                _ => Some("idp"),
+            };
+            let named = requirement.map(|r| match r.requirement_specifier {
+                Some(jwt_pb::per_route_config::RequirementSpecifier::RequirementName(n)) => n,
+                other => panic!("requirement name expected, got {other:?}"),
+            });
+            assert_eq!(named.as_deref(), expected, "route {}", route.name);
+        }
+    }
+}
+
+#[test]
+fn listeners_without_policies_get_only_the_router() {
+    let out = translate(&load("basic"), &edge()).unwrap();
+    for listener in out.resources(ResourceType::Listener).values() {
+        let hcm = hcm(&decode::<listener_pb::Listener>(listener));
+        assert_eq!(hcm.http_filters.len(), 1);
+    }
 }

@@ -1,0 +1,577 @@
+//! Policies: what the proxies enforce on a request before it reaches the upstream (CORS, JWT
+//! authentication…), attached to routes or to listeners for all their routes.
+//!
+//! A policy is declared once and named by routes and listeners (`policies[]`); the translator
+//! turns the policies in force on each route into Envoy's own filter configs, which Envoy and
+//! the edge proxy both obey.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+
+/// A named policy; its `type` says which fields it has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Policy {
+    /// Requests must carry a JWT signed by the issuer's keys.
+    Jwt(JwtPolicy),
+    /// Cross-origin resource sharing: which browser origins may call the route.
+    Cors(CorsPolicy),
+}
+
+/// The kinds of policy, as named in `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyType {
+    /// [`JwtPolicy`].
+    Jwt,
+    /// [`CorsPolicy`].
+    Cors,
+}
+
+impl PolicyType {
+    /// The name used in `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Cors => "cors",
+        }
+    }
+}
+
+impl Policy {
+    /// The policy's unique name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Jwt(p) => &p.name,
+            Self::Cors(p) => &p.name,
+        }
+    }
+
+    /// Sets the name (from the URL, on a PUT).
+    pub fn set_name(&mut self, name: String) {
+        match self {
+            Self::Jwt(p) => p.name = name,
+            Self::Cors(p) => p.name = name,
+        }
+    }
+
+    /// The policy's type.
+    pub fn policy_type(&self) -> PolicyType {
+        match self {
+            Self::Jwt(_) => PolicyType::Jwt,
+            Self::Cors(_) => PolicyType::Cors,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Self::Jwt(p) => p.validate(),
+            Self::Cors(p) => p.validate(),
+        }
+    }
+}
+
+/// JWT authentication, as Envoy's `jwt_authn` provider: a token is taken from the request,
+/// its signature checked against the issuer's keys (JWKS), then its issuer, audience and
+/// validity period. A route with several JWT policies accepts a token valid for any of them.
+///
+/// Failures answer 401 with `WWW-Authenticate: Bearer …` and never reach the upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtPolicy {
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// The `iss` claim tokens must carry.
+    pub issuer: String,
+    /// Tokens must carry one of these in `aud`; any audience when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Where the issuer publishes its keys (JWKS), `http://` or `https://`. Fetched by the
+    /// proxies, cached for `jwks_cache_duration_s`. Exactly one of `jwks_uri` and `jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// The issuer's keys inline, as a JWKS document (`{"keys": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// PEM bundle of the CA certificates an `https` `jwks_uri` must chain to (required then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_trusted_ca: Option<String>,
+    /// How long fetched keys are kept, in seconds (default 600).
+    #[serde(default = "default_jwks_cache_duration_s")]
+    #[schema(default = 600, minimum = 1, maximum = 86400)]
+    pub jwks_cache_duration_s: u32,
+    /// Leeway for `exp` and `nbf`, in seconds (default 60).
+    #[serde(default = "default_clock_skew_s")]
+    #[schema(default = 60, maximum = 600)]
+    pub clock_skew_s: u32,
+    /// Where the token is looked for, in order. Default: `Authorization: Bearer <token>`, then
+    /// the `access_token` query parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_from: Vec<TokenSource>,
+    /// Claims copied to request headers for the upstream: claim name (nested claims as
+    /// `a.b`) → header name. Client-sent values of these headers are replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Pass the token on to the upstream; by default it is removed from the request.
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Let requests without a token through (a token that is present must still be valid).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn default_jwks_cache_duration_s() -> u32 {
+    600
+}
+
+fn default_clock_skew_s() -> u32 {
+    60
+}
+
+/// Where a token is looked for: exactly one of `header`, `query` and `cookie`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSource {
+    /// A request header (lower case), e.g. `authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// With `header`: the text before the token, e.g. `Bearer `.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// The largest inline JWKS accepted, serialized.
+pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+impl JwtPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.issuer.is_empty() || self.issuer.len() > 1024 {
+            return Err(ValidationError::new(
+                "issuer",
+                "must be 1 to 1024 characters",
+            ));
+        }
+        for (i, audience) in self.audiences.iter().enumerate() {
+            if audience.is_empty() || audience.len() > 1024 {
+                return Err(ValidationError::new(
+                    format!("audiences[{i}]"),
+                    "must be 1 to 1024 characters",
+                ));
+            }
+        }
+        match (&self.jwks_uri, &self.jwks) {
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "jwks",
+                    "give either jwks_uri or jwks, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ValidationError::new(
+                    "jwks_uri",
+                    "one of jwks_uri and jwks is required",
+                ));
+            }
+            (Some(uri), None) => {
+                let uri = JwksUri::parse(uri).map_err(|m| ValidationError::new("jwks_uri", m))?;
+                match (uri.tls, &self.jwks_trusted_ca) {
+                    (true, None) => {
+                        return Err(ValidationError::new(
+                            "jwks_trusted_ca",
+                            "an https jwks_uri needs the CA bundle its certificate chains to",
+                        ));
+                    }
+                    (false, Some(_)) => {
+                        return Err(ValidationError::new(
+                            "jwks_trusted_ca",
+                            "only applies to an https jwks_uri",
+                        ));
+                    }
+                    (true, Some(pem)) => {
+                        super::cluster::validate_ca_bundle(pem)
+                            .map_err(|m| ValidationError::new("jwks_trusted_ca", m))?;
+                    }
+                    (false, None) => {}
+                }
+            }
+            (None, Some(jwks)) => {
+                if self.jwks_trusted_ca.is_some() {
+                    return Err(ValidationError::new(
+                        "jwks_trusted_ca",
+                        "only applies to an https jwks_uri",
+                    ));
+                }
+                validate_jwks(jwks).map_err(|m| ValidationError::new("jwks", m))?;
+            }
+        }
+        if !(1..=86_400).contains(&self.jwks_cache_duration_s) {
+            return Err(ValidationError::new(
+                "jwks_cache_duration_s",
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.clock_skew_s > 600 {
+            return Err(ValidationError::new("clock_skew_s", "must be at most 600"));
+        }
+        for (i, source) in self.token_from.iter().enumerate() {
+            source
+                .validate()
+                .map_err(|e| e.within(&format!("token_from[{i}]")))?;
+        }
+        let mut headers = std::collections::HashSet::new();
+        for (claim, header) in &self.claims_to_headers {
+            let field = format!("claims_to_headers.{claim}");
+            if claim.is_empty() || claim.len() > 256 || claim.split('.').any(str::is_empty) {
+                return Err(ValidationError::new(
+                    field,
+                    "claim names are 1 to 256 characters, nested ones as a.b",
+                ));
+            }
+            super::route::validate_header_name(header)
+                .and_then(|()| super::route::validate_mutable_header(header))
+                .map_err(|m| ValidationError::new(&field, m))?;
+            if !headers.insert(header) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("header {header} is already filled from another claim"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The JWKS URI, parsed; `None` for inline keys. Valid after validation.
+    pub fn jwks_uri(&self) -> Option<JwksUri> {
+        self.jwks_uri
+            .as_deref()
+            .and_then(|u| JwksUri::parse(u).ok())
+    }
+}
+
+impl TokenSource {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let set = [
+            self.header.is_some(),
+            self.query.is_some(),
+            self.cookie.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(ValidationError::new(
+                "",
+                "give exactly one of header, query and cookie",
+            ));
+        }
+        if self.prefix.is_some() && self.header.is_none() {
+            return Err(ValidationError::new("prefix", "only applies to a header"));
+        }
+        if let Some(header) = &self.header {
+            super::route::validate_header_name(header)
+                .map_err(|m| ValidationError::new("header", m))?;
+        }
+        if let Some(prefix) = &self.prefix
+            && (prefix.len() > 64 || prefix.chars().any(char::is_control))
+        {
+            return Err(ValidationError::new(
+                "prefix",
+                "must be at most 64 characters, without control characters",
+            ));
+        }
+        for (field, value) in [("query", &self.query), ("cookie", &self.cookie)] {
+            if let Some(value) = value
+                && (value.is_empty()
+                    || value.len() > 256
+                    || !value.bytes().all(|b| b.is_ascii_graphic())
+                    || value.contains(['=', '&', ';', ',', '"']))
+            {
+                return Err(ValidationError::new(
+                    field,
+                    "must be 1 to 256 printable characters, without = & ; , or \"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A parsed `jwks_uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUri {
+    /// Whether it is `https`.
+    pub tls: bool,
+    /// The host: a DNS name or an IP address (IPv6 without brackets).
+    pub host: String,
+    /// The port, defaulted from the scheme.
+    pub port: u16,
+}
+
+impl JwksUri {
+    fn parse(uri: &str) -> Result<JwksUri, String> {
+        if uri.len() > 2048 {
+            return Err("must be at most 2048 characters".to_owned());
+        }
+        let parsed: http::Uri = uri
+            .parse()
+            .map_err(|e| format!("{uri:?} is not a URL: {e}"))?;
+        let tls = match parsed.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{uri:?} must be an http:// or https:// URL")),
+        };
+        let authority = parsed
+            .authority()
+            .ok_or_else(|| format!("{uri:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{uri:?} must not carry credentials"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_err() && !super::cluster::is_dns_name(host) {
+            return Err(format!("{host:?} is not a host name or an IP address"));
+        }
+        let port = match authority.port_u16() {
+            Some(0) => return Err("port must be between 1 and 65535".to_owned()),
+            Some(port) => port,
+            None if tls => 443,
+            None => 80,
+        };
+        Ok(JwksUri {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A JWKS document: `{"keys": [...]}` with at least one key naming its `kty`.
+fn validate_jwks(jwks: &serde_json::Value) -> Result<(), String> {
+    if jwks.to_string().len() > MAX_JWKS_BYTES {
+        return Err(format!("must be at most {} KiB", MAX_JWKS_BYTES / 1024));
+    }
+    let keys = jwks
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("must be a JWKS document: {\"keys\": [...]}")?;
+    if keys.is_empty() {
+        return Err("must hold at least one key".to_owned());
+    }
+    for (i, key) in keys.iter().enumerate() {
+        match key.get("kty").and_then(serde_json::Value::as_str) {
+            Some("RSA" | "EC" | "OKP" | "oct") => {}
+            _ => {
+                return Err(format!(
+                    "keys[{i}]: kty must be one of RSA, EC, OKP and oct"
+                ));
+            }
+        }
+        if key.get("d").is_some() {
+            return Err(format!(
+                "keys[{i}]: is a private key; publish only public keys"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Cross-origin resource sharing, with Envoy's `CorsPolicy` semantics: the proxy answers
+/// preflight requests itself and adds the `Access-Control-*` headers to responses for allowed
+/// origins. A route has at most one CORS policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// Origins allowed, exactly as browsers send them (`https://app.example.com`); `*` for
+    /// any origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    /// Origins allowed, as regular expressions matched against the whole origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin_regexes: Vec<String>,
+    /// Methods allowed (`access-control-allow-methods`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers allowed (`access-control-allow-headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers browsers may read (`access-control-expose-headers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 86400)]
+    pub max_age_s: Option<u32>,
+    /// Whether browsers may send credentials (cookies, `Authorization`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+impl CorsPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.allow_origins.is_empty() && self.allow_origin_regexes.is_empty() {
+            return Err(ValidationError::new(
+                "allow_origins",
+                "give at least one origin or origin regex",
+            ));
+        }
+        for (i, origin) in self.allow_origins.iter().enumerate() {
+            if origin != "*" && !is_origin(origin) {
+                return Err(ValidationError::new(
+                    format!("allow_origins[{i}]"),
+                    format!("{origin:?} is not an origin (scheme://host[:port]) or *"),
+                ));
+            }
+        }
+        for (i, regex) in self.allow_origin_regexes.iter().enumerate() {
+            super::validate_regex(&format!("allow_origin_regexes[{i}]"), regex)?;
+        }
+        for (i, method) in self.allow_methods.iter().enumerate() {
+            if method.is_empty()
+                || method.len() > 32
+                || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-')
+            {
+                return Err(ValidationError::new(
+                    format!("allow_methods[{i}]"),
+                    format!("{method:?} is not an upper-case method name"),
+                ));
+            }
+        }
+        for (field, names) in [
+            ("allow_headers", &self.allow_headers),
+            ("expose_headers", &self.expose_headers),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                if name != "*" {
+                    super::route::validate_header_name(name)
+                        .map_err(|m| ValidationError::new(format!("{field}[{i}]"), m))?;
+                }
+            }
+        }
+        if self.max_age_s.is_some_and(|s| s > 86_400) {
+            return Err(ValidationError::new("max_age_s", "must be at most 86400"));
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]`, as the `Origin` header carries it.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host_ok = host.parse::<std::net::IpAddr>().is_ok()
+        || (super::cluster::is_dns_name(host) && !host.bytes().any(|b| b.is_ascii_uppercase()));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    scheme_ok && host_ok && port_ok
+}
+
+/// Checks a `policies[]` list of a route or listener on its own: names well formed, none twice.
+pub(super) fn validate_policy_names(names: &[String]) -> Result<(), ValidationError> {
+    if names.len() > 32 {
+        return Err(ValidationError::new("policies", "at most 32 policies"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("policies[{i}]");
+        super::validate_name(name).map_err(|e| ValidationError::new(&field, e.message))?;
+        if !seen.insert(name) {
+            return Err(ValidationError::new(
+                field,
+                format!("policy {name} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(json: serde_json::Value) -> Result<(), ValidationError> {
+        let policy: Policy = serde_json::from_value(json).expect("parses");
+        policy.validate()
+    }
+
+    #[test]
+    fn a_jwt_policy_names_its_keys_once() {
+        let ok = serde_json::json!({"type": "jwt", "issuer": "https://issuer", "jwks_uri": "http://127.0.0.1:8000/jwks"});
+        assert_eq!(jwt(ok), Ok(()));
+        let both = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "http://a/jwks", "jwks": {"keys": [{"kty": "RSA"}]}});
+        assert_eq!(jwt(both).unwrap_err().field, "jwks");
+        let none = serde_json::json!({"type": "jwt", "issuer": "i"});
+        assert_eq!(jwt(none).unwrap_err().field, "jwks_uri");
+        let https = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "https://idp.example.com/jwks"});
+        assert_eq!(jwt(https).unwrap_err().field, "jwks_trusted_ca");
+        let ftp = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "ftp://idp/jwks"});
+        assert_eq!(jwt(ftp).unwrap_err().field, "jwks_uri");
+        let private = serde_json::json!({"type": "jwt", "issuer": "i", "jwks": {"keys": [{"kty": "EC", "d": "secret"}]}});
+        let err = jwt(private).unwrap_err();
+        assert_eq!(err.field, "jwks");
+        assert!(err.message.contains("private"), "{err}");
+    }
+
+    #[test]
+    fn token_sources_and_claim_headers_are_checked() {
+        let two = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "http://a/j",
+            "token_from": [{"header": "authorization", "query": "t"}]});
+        assert_eq!(jwt(two).unwrap_err().field, "token_from[0]");
+        let prefix = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "http://a/j",
+            "token_from": [{"cookie": "s", "prefix": "Bearer "}]});
+        assert_eq!(jwt(prefix).unwrap_err().field, "token_from[0].prefix");
+        let host = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "http://a/j",
+            "claims_to_headers": {"sub": "host"}});
+        assert_eq!(jwt(host).unwrap_err().field, "claims_to_headers.sub");
+        let twice = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "http://a/j",
+            "claims_to_headers": {"sub": "x-user", "email": "x-user"}});
+        assert_eq!(jwt(twice).unwrap_err().field, "claims_to_headers.sub");
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_refused() {
+        let extra = serde_json::json!({"type": "jwt", "issuer": "i", "jwks_uri": "http://a/j", "isuer": "typo"});
+        assert!(serde_json::from_value::<Policy>(extra).is_err());
+        let unknown = serde_json::json!({"type": "magic"});
+        assert!(serde_json::from_value::<Policy>(unknown).is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let cors =
+            |origins: &[&str]| jwt(serde_json::json!({"type": "cors", "allow_origins": origins}));
+        assert_eq!(
+            cors(&["https://app.example.com", "http://127.0.0.1:3000", "*"]),
+            Ok(())
+        );
+        assert_eq!(cors(&[]).unwrap_err().field, "allow_origins");
+        assert_eq!(
+            cors(&["https://app.example.com/"]).unwrap_err().field,
+            "allow_origins[0]"
+        );
+        assert_eq!(
+            cors(&["app.example.com"]).unwrap_err().field,
+            "allow_origins[0]"
+        );
+    }
+}
