@@ -121,6 +121,27 @@ struct ControlPlaneArgs {
     /// A second token that may only read (GET) the admin API.
     #[arg(long, env = "TOLLGATE_READ_ONLY_TOKEN", hide_env_values = true)]
     read_only_token: Option<String>,
+    /// `HOST:PORT` at which Envoy sidecars reach this control plane's gRPC services (API-key
+    /// checks); defaults to the xDS address, with 127.0.0.1 for an unspecified IP.
+    #[arg(long, env = "TOLLGATE_ADVERTISE_ADDR", value_parser = parse_host_port)]
+    advertise_addr: Option<(String, u16)>,
+}
+
+/// Parses `HOST:PORT` (IPv6 in brackets).
+fn parse_host_port(value: &str) -> Result<(String, u16), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +253,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 xds_addr: args.xds_addr,
                 admin_token: args.admin_token,
                 read_only_token: args.read_only_token,
+                advertise_addr: args.advertise_addr,
             })
             .await?;
             running.run_until_signal().await?;
@@ -262,6 +284,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 xds_addr: args.xds_addr,
                 admin_token: token.clone(),
                 read_only_token: None,
+                advertise_addr: None,
             })
             .await?;
             let (proxy_started, proxy_admin) = tokio::sync::oneshot::channel();
@@ -323,6 +346,7 @@ struct ServeConfig {
     xds_addr: SocketAddr,
     admin_token: String,
     read_only_token: Option<String>,
+    advertise_addr: Option<(String, u16)>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -404,6 +428,7 @@ async fn start_control_plane(config: ServeConfig) -> anyhow::Result<Running> {
         xds_addr,
         admin_token,
         read_only_token,
+        advertise_addr,
     } = config;
     // Bind both sockets before serving anything, so a port in use fails the start at once.
     let xds_listener = TcpListener::bind(xds_addr)
@@ -416,13 +441,28 @@ async fn start_control_plane(config: ServeConfig) -> anyhow::Result<Running> {
     let registry = Arc::new(NodeRegistry::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let ads = AdsServer::new(store.clone(), registry.clone(), shutdown_rx.clone());
+    let advertise_addr = advertise_addr.unwrap_or_else(|| {
+        let ip = match xds_addr.ip() {
+            ip if !ip.is_unspecified() => ip,
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        (ip.to_string(), xds_addr.port())
+    });
+    let ads = AdsServer::new(
+        store.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+        advertise_addr,
+    );
+    let authorizer = tollgate_control_plane::ext_authz::ApiKeyAuthorizer::new(store.clone());
     let mut stop_xds = shutdown_rx.clone();
     let xds = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(ads.into_service())
+            .add_service(authorizer.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
                 let _ = stop_xds.wait_for(|stop| *stop).await;
             })

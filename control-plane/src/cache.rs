@@ -5,17 +5,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::store::StoreSnapshot;
-use crate::translate::{NodeGroup, XdsSnapshot, translate};
+use crate::translate::{NodeGroup, TranslateContext, XdsSnapshot, translate};
 
 /// Per-node-group translated snapshots.
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
+    context: TranslateContext,
     // Held across translation on purpose: when a revision lands, every stream of a group asks
     // at once, and all but the first should wait for its result rather than translate again.
     groups: Mutex<HashMap<NodeGroup, Arc<XdsSnapshot>>>,
 }
 
 impl SnapshotCache {
+    /// An empty cache translating with `context`.
+    pub fn new(context: TranslateContext) -> Self {
+        Self {
+            context,
+            groups: Mutex::default(),
+        }
+    }
+
     /// The group's resources for `store`'s revision, translating them on first use.
     ///
     /// Should translation fail (the store validates writes, so this means a bug), the error is
@@ -27,7 +36,7 @@ impl SnapshotCache {
         {
             return snapshot.clone();
         }
-        match translate(store, group) {
+        match translate(store, group, &self.context) {
             Ok(snapshot) => {
                 let snapshot = Arc::new(snapshot);
                 groups.insert(group.clone(), snapshot.clone());

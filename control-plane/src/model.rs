@@ -18,7 +18,10 @@ pub use cluster::{
 };
 pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{AccessLog, Listener, ListenerTls};
-pub use policy::{CorsPolicy, JwksUri, JwtPolicy, MAX_JWKS_BYTES, Policy, PolicyType, TokenSource};
+pub use policy::{
+    ApiKeyPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, CorsPolicy, JwksUri, JwtPolicy,
+    MAX_JWKS_BYTES, Policy, PolicyType, TokenSource,
+};
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
     RETRY_CONDITIONS, Redirect, Retries, Rewrite, Route, RouteMatch, WeightedCluster,

@@ -9,6 +9,8 @@ mod listener;
 mod policy;
 mod route;
 
+pub(crate) use policy::API_KEY_POLICIES_EXTENSION;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -210,6 +212,22 @@ impl XdsSnapshot {
         self.resources[ty.index()].insert(resource.name.clone(), resource);
     }
 
+    /// Adds a cluster, and its endpoints when they travel over EDS.
+    fn insert_cluster(&mut self, cluster: &crate::model::Cluster) {
+        let (resource, assignment) = cluster::translate(cluster);
+        if let Some(assignment) = assignment {
+            self.refer(ResourceType::Endpoint, &cluster.name);
+            self.insert(
+                ResourceType::Endpoint,
+                XdsResource::new(cluster.name.clone(), tollgate_proto::pack_any(&assignment)),
+            );
+        }
+        self.insert(
+            ResourceType::Cluster,
+            XdsResource::new(cluster.name.clone(), tollgate_proto::pack_any(&resource)),
+        );
+    }
+
     fn refer(&mut self, ty: ResourceType, name: &str) {
         self.referenced[ty.index()].insert(name.to_owned());
     }
@@ -228,8 +246,46 @@ pub enum TranslateError {
     },
 }
 
+/// What the translator needs besides the store: how Envoy nodes reach the control plane's
+/// own gRPC services, and the key API-key hashes are made with (for edge proxies, which check
+/// keys themselves).
+#[derive(Clone)]
+pub struct TranslateContext {
+    /// Host (IP address or DNS name) Envoy nodes reach the control plane's gRPC port at.
+    pub grpc_host: String,
+    /// That port.
+    pub grpc_port: u16,
+    /// The HMAC key of the API-key hashes.
+    pub api_key_secret: std::sync::Arc<[u8]>,
+}
+
+impl fmt::Debug for TranslateContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TranslateContext")
+            .field("grpc_host", &self.grpc_host)
+            .field("grpc_port", &self.grpc_port)
+            .field("api_key_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Default for TranslateContext {
+    /// A control plane on `127.0.0.1:18000` with an empty API-key secret: for tests.
+    fn default() -> Self {
+        Self {
+            grpc_host: "127.0.0.1".to_owned(),
+            grpc_port: 18000,
+            api_key_secret: std::sync::Arc::from(Vec::new()),
+        }
+    }
+}
+
 /// Builds a complete, internally consistent xDS resource set for one node group.
-pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot, TranslateError> {
+pub fn translate(
+    store: &StoreSnapshot,
+    node: &NodeGroup,
+    context: &TranslateContext,
+) -> Result<XdsSnapshot, TranslateError> {
     let mut out = XdsSnapshot {
         revision: store.revision,
         committed_at: store.committed_at,
@@ -244,24 +300,14 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
         })
         .collect();
     for cluster in store.clusters.values().chain(&jwks_clusters) {
-        let (resource, assignment) = cluster::translate(cluster);
-        if let Some(assignment) = assignment {
-            out.refer(ResourceType::Endpoint, &cluster.name);
-            out.insert(
-                ResourceType::Endpoint,
-                XdsResource::new(cluster.name.clone(), tollgate_proto::pack_any(&assignment)),
-            );
-        }
-        out.insert(
-            ResourceType::Cluster,
-            XdsResource::new(cluster.name.clone(), tollgate_proto::pack_any(&resource)),
-        );
+        out.insert_cluster(cluster);
     }
     let listeners: Vec<_> = store
         .listeners
         .values()
         .filter(|l| l.node_cluster.as_ref().is_none_or(|c| *c == node.cluster))
         .collect();
+    let mut uses_api_keys = false;
     if !listeners.is_empty() {
         let mut routes: Vec<_> = store.routes.values().collect();
         routes.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
@@ -283,9 +329,10 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
             let virtual_hosts = route::virtual_hosts(&routes, |route| {
                 route_policies
                     .get(route.name.as_str())
-                    .map(policy::RoutePolicies::per_filter_config)
+                    .map(|p| p.per_filter_config(node.kind, &filters))
                     .unwrap_or_default()
             });
+            uses_api_keys |= filters.uses_api_keys();
             let certificates: Vec<&crate::model::Certificate> = listener
                 .tls
                 .iter()
@@ -319,9 +366,27 @@ pub fn translate(store: &StoreSnapshot, node: &NodeGroup) -> Result<XdsSnapshot,
                         listener,
                         &certificates,
                         &filters,
+                        node.kind,
                     )),
                 ),
             );
+        }
+    }
+    if uses_api_keys {
+        match node.kind {
+            NodeKind::Tollgate => {
+                let table = policy::api_key_table(&store.consumers, context);
+                out.refer(ResourceType::Secret, &table.name);
+                out.insert(
+                    ResourceType::Secret,
+                    XdsResource::new(table.name.clone(), tollgate_proto::pack_any(&table)),
+                );
+            }
+            NodeKind::Envoy | NodeKind::Other => {
+                let cluster = policy::control_plane_cluster(context);
+                out.refer(ResourceType::Cluster, &cluster.name);
+                out.insert_cluster(&cluster);
+            }
         }
     }
     out.check_consistent()?;

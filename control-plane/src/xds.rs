@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::cache::SnapshotCache;
 use crate::store::Store;
-use crate::translate::{NodeGroup, NodeKind, ResourceType};
+use crate::translate::{NodeGroup, NodeKind, ResourceType, TranslateContext};
 use nodes::{NodeRegistry, NodeStatus};
 use stream::RequestKind;
 use stream::StreamState;
@@ -45,10 +45,23 @@ pub struct AdsServer {
 impl AdsServer {
     /// A server over `store`, recording nodes in `registry`. Streams end (with `UNAVAILABLE`,
     /// so that clients reconnect elsewhere) once `shutdown` turns true.
-    pub fn new(store: Store, registry: Arc<NodeRegistry>, shutdown: watch::Receiver<bool>) -> Self {
+    ///
+    /// Envoy nodes are told to reach the control plane's gRPC services (ext_authz) at
+    /// `grpc_address`.
+    pub fn new(
+        store: Store,
+        registry: Arc<NodeRegistry>,
+        shutdown: watch::Receiver<bool>,
+        grpc_address: (String, u16),
+    ) -> Self {
+        let context = TranslateContext {
+            grpc_host: grpc_address.0,
+            grpc_port: grpc_address.1,
+            api_key_secret: store.api_key_hasher().secret().into(),
+        };
         Self {
             store,
-            cache: Arc::new(SnapshotCache::default()),
+            cache: Arc::new(SnapshotCache::new(context)),
             registry,
             shutdown,
         }

@@ -118,7 +118,12 @@ struct ControlPlane {
 impl ControlPlane {
     fn start(store: &Store, registry: &Arc<NodeRegistry>, listener: TcpListener) -> Self {
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let server = AdsServer::new(store.clone(), Arc::clone(registry), shutdown_rx);
+        let server = AdsServer::new(
+            store.clone(),
+            Arc::clone(registry),
+            shutdown_rx,
+            ("127.0.0.1".to_owned(), 18000),
+        );
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(server.into_service())
@@ -418,7 +423,7 @@ fn listeners() -> (listener_pb::Listener, listener_pb::Listener) {
         kind: NodeKind::Tollgate,
         cluster: "edge".into(),
     };
-    let xds = translate(&store, &group).unwrap();
+    let xds = translate(&store, &group, &Default::default()).unwrap();
     let body = &xds.resources(ResourceType::Listener)["public"].body;
     let good = listener_pb::Listener::decode(body.value.as_slice()).unwrap();
     let mut bad = good.clone();

@@ -2,8 +2,9 @@
 //!
 //! Envoy's xDS API (resources, ADS and RLS services) comes from the `envoy-types` crate and is
 //! re-exported here, so both sides name one version of it. Tollgate's own extension configs
-//! (carried in xDS `Any`s) join this crate, compiled by a build script, as the features that
-//! need them land.
+//! (carried in xDS `Any`s) live in this crate's modules, one per filter.
+
+pub mod api_key;
 
 pub use envoy_types;
 pub use envoy_types::pb::{envoy, google};

@@ -96,6 +96,11 @@ impl ApiKeyHasher {
         }
     }
 
+    /// The HMAC key. Proxies that check API keys themselves need it; never log or return it.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
     /// HMAC-SHA-256 of `key`, hex.
     pub fn hash(&self, key: &str) -> String {
         let mut mac =

@@ -19,6 +19,8 @@ pub enum Policy {
     Jwt(JwtPolicy),
     /// Cross-origin resource sharing: which browser origins may call the route.
     Cors(CorsPolicy),
+    /// Requests must carry the API key of a consumer.
+    ApiKey(ApiKeyPolicy),
 }
 
 /// The kinds of policy, as named in `type`.
@@ -28,6 +30,8 @@ pub enum PolicyType {
     Jwt,
     /// [`CorsPolicy`].
     Cors,
+    /// [`ApiKeyPolicy`].
+    ApiKey,
 }
 
 impl PolicyType {
@@ -36,6 +40,7 @@ impl PolicyType {
         match self {
             Self::Jwt => "jwt",
             Self::Cors => "cors",
+            Self::ApiKey => "api_key",
         }
     }
 }
@@ -46,6 +51,7 @@ impl Policy {
         match self {
             Self::Jwt(p) => &p.name,
             Self::Cors(p) => &p.name,
+            Self::ApiKey(p) => &p.name,
         }
     }
 
@@ -54,6 +60,7 @@ impl Policy {
         match self {
             Self::Jwt(p) => p.name = name,
             Self::Cors(p) => p.name = name,
+            Self::ApiKey(p) => p.name = name,
         }
     }
 
@@ -62,6 +69,7 @@ impl Policy {
         match self {
             Self::Jwt(_) => PolicyType::Jwt,
             Self::Cors(_) => PolicyType::Cors,
+            Self::ApiKey(_) => PolicyType::ApiKey,
         }
     }
 
@@ -69,6 +77,7 @@ impl Policy {
         match self {
             Self::Jwt(p) => p.validate(),
             Self::Cors(p) => p.validate(),
+            Self::ApiKey(p) => p.validate(),
         }
     }
 }
@@ -484,6 +493,65 @@ fn is_origin(origin: &str) -> bool {
         || (super::cluster::is_dns_name(host) && !host.bytes().any(|b| b.is_ascii_uppercase()));
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
     scheme_ok && host_ok && port_ok
+}
+
+/// API-key authentication: a request must present the key of a consumer, in a header or a
+/// query parameter. Keys are looked up by their keyed hash; the consumer's name and tier go to
+/// the upstream as `x-consumer-name` and `x-consumer-tier` (client-sent values are replaced).
+/// A route with several API-key policies accepts a key found by any of them.
+///
+/// Failures answer 401 with `WWW-Authenticate: ApiKey …` and never reach the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyPolicy {
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// The request header holding the key (default `x-api-key`).
+    #[serde(default = "default_api_key_header")]
+    #[schema(default = "x-api-key")]
+    pub header: String,
+    /// A query parameter holding the key, looked at when the header is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Pass the key on to the upstream; by default it is removed from the request.
+    #[serde(default)]
+    pub forward_key: bool,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_owned()
+}
+
+/// The request header naming the consumer an API key identified.
+pub const CONSUMER_NAME_HEADER: &str = "x-consumer-name";
+/// The request header carrying that consumer's tier (absent when it has none).
+pub const CONSUMER_TIER_HEADER: &str = "x-consumer-tier";
+
+impl ApiKeyPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        super::route::validate_header_name(&self.header)
+            .and_then(|()| super::route::validate_mutable_header(&self.header))
+            .map_err(|m| ValidationError::new("header", m))?;
+        if [CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER].contains(&self.header.as_str()) {
+            return Err(ValidationError::new(
+                "header",
+                format!("{} is set by the proxy", self.header),
+            ));
+        }
+        if let Some(query) = &self.query
+            && (query.is_empty()
+                || query.len() > 256
+                || !query.bytes().all(|b| b.is_ascii_graphic())
+                || query.contains(['=', '&', '#', '?']))
+        {
+            return Err(ValidationError::new(
+                "query",
+                "must be 1 to 256 printable characters, without = & # or ?",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Checks a `policies[]` list of a route or listener on its own: names well formed, none twice.

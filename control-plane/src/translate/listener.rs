@@ -62,6 +62,7 @@ pub(super) fn translate(
     listener: &Listener,
     certificates: &[&Certificate],
     filters: &super::policy::ListenerFilters<'_>,
+    node: super::NodeKind,
 ) -> listener_pb::Listener {
     let hcm = hcm_pb::HttpConnectionManager {
         stat_prefix: listener.name.clone(),
@@ -72,13 +73,16 @@ pub(super) fn translate(
                 route_config_name: listener.name.clone(),
             },
         )),
-        http_filters: filters.http_filters(hcm_pb::HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(
-                tollgate_proto::pack_any(&router_pb::Router::default()),
-            )),
-            ..Default::default()
-        }),
+        http_filters: filters.http_filters(
+            node,
+            hcm_pb::HttpFilter {
+                name: "envoy.filters.http.router".to_owned(),
+                config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(
+                    tollgate_proto::pack_any(&router_pb::Router::default()),
+                )),
+                ..Default::default()
+            },
+        ),
         // These proxies sit at the edge: the peer address is the client (Envoy's edge
         // best practices), and paths are normalised before matching so that `/a/../b` and
         // `//b` cannot slip past a route meant for `/b`.

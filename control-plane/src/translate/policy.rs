@@ -4,21 +4,39 @@
 
 use std::collections::BTreeMap;
 
+use tollgate_proto::api_key as api_key_pb;
 use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
+use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3 as ext_authz_pb;
 use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
 use tollgate_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
 use tollgate_proto::google::protobuf::{Any, BoolValue};
 
+use super::{NodeKind, TranslateContext};
 use crate::model::{
-    Cluster, CorsPolicy, Endpoint, JwtPolicy, Listener, Policy, Route, UpstreamTls,
+    ApiKeyPolicy, Cluster, CorsPolicy, Endpoint, JwtPolicy, Listener, Policy, Route, UpstreamTls,
 };
 
 /// The connection manager's name for the CORS filter; routes key their `CorsPolicy` by it.
 pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
 /// The connection manager's name for the JWT filter; routes key their requirement by it.
 pub(super) const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
+
+/// The edge proxy's API-key filter; routes key their requirement by it.
+pub(super) const API_KEY_FILTER: &str = "tollgate.filters.http.api_key";
+/// Envoy's external authorization filter, calling the control plane for API keys.
+pub(super) const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
+/// The SDS secret holding the API-key table for edge proxies. `:` keeps it apart from
+/// certificate names.
+pub(super) const API_KEY_TABLE_SECRET: &str = "tollgate:api-keys";
+/// The cluster Envoy reaches the control plane's gRPC services (ext_authz) through.
+pub(super) const CONTROL_PLANE_CLUSTER: &str = "tollgate:control-plane";
+/// The ext_authz context extension naming a route's API-key policies (comma-separated).
+pub(crate) const API_KEY_POLICIES_EXTENSION: &str = "tollgate.api_key_policies";
+/// How long Envoy waits for the control plane's API-key check.
+const EXT_AUTHZ_TIMEOUT_MS: u32 = 1_000;
 
 /// How long a proxy waits for a JWKS fetch.
 const JWKS_FETCH_TIMEOUT_MS: u32 = 5_000;
@@ -29,6 +47,7 @@ const JWKS_FETCH_TIMEOUT_MS: u32 = 5_000;
 pub(super) struct RoutePolicies<'a> {
     cors: Option<&'a CorsPolicy>,
     jwt: Vec<&'a JwtPolicy>,
+    api_key: Vec<&'a ApiKeyPolicy>,
 }
 
 impl<'a> RoutePolicies<'a> {
@@ -52,7 +71,10 @@ impl<'a> RoutePolicies<'a> {
                 Some(Policy::Jwt(jwt)) if !out.jwt.iter().any(|p| p.name == jwt.name) => {
                     out.jwt.push(jwt);
                 }
-                Some(Policy::Jwt(_)) | None => {}
+                Some(Policy::ApiKey(key)) if !out.api_key.iter().any(|p| p.name == key.name) => {
+                    out.api_key.push(key);
+                }
+                Some(Policy::Jwt(_) | Policy::ApiKey(_)) | None => {}
             }
         }
         out.cors = out.cors.or(listener_cors);
@@ -101,9 +123,51 @@ impl<'a> RoutePolicies<'a> {
         }
     }
 
-    /// The route's `typed_per_filter_config`.
-    pub(super) fn per_filter_config(&self) -> std::collections::HashMap<String, Any> {
+    /// The route's `typed_per_filter_config` for a node of kind `node` on a listener whose
+    /// filters are `filters`.
+    pub(super) fn per_filter_config(
+        &self,
+        node: NodeKind,
+        filters: &ListenerFilters<'_>,
+    ) -> std::collections::HashMap<String, Any> {
         let mut out = std::collections::HashMap::new();
+        let key_policies: Vec<String> = self.api_key.iter().map(|p| p.name.clone()).collect();
+        match node {
+            NodeKind::Tollgate if !key_policies.is_empty() => {
+                let per_route = api_key_pb::ApiKeyPerRoute {
+                    providers: key_policies,
+                };
+                out.insert(
+                    API_KEY_FILTER.to_owned(),
+                    tollgate_proto::pack_any(&per_route),
+                );
+            }
+            NodeKind::Tollgate => {}
+            // Envoy's ext_authz checks every route unless told otherwise.
+            NodeKind::Envoy | NodeKind::Other if !filters.api_key_providers.is_empty() => {
+                use ext_authz_pb::ext_authz_per_route::Override;
+                let setting = if key_policies.is_empty() {
+                    Override::Disabled(true)
+                } else {
+                    Override::CheckSettings(ext_authz_pb::CheckSettings {
+                        context_extensions: [(
+                            API_KEY_POLICIES_EXTENSION.to_owned(),
+                            key_policies.join(","),
+                        )]
+                        .into(),
+                        ..Default::default()
+                    })
+                };
+                let per_route = ext_authz_pb::ExtAuthzPerRoute {
+                    r#override: Some(setting),
+                };
+                out.insert(
+                    EXT_AUTHZ_FILTER.to_owned(),
+                    tollgate_proto::pack_any(&per_route),
+                );
+            }
+            NodeKind::Envoy | NodeKind::Other => {}
+        }
         if let Some(cors) = self.cors {
             out.insert(
                 CORS_FILTER.to_owned(),
@@ -130,6 +194,7 @@ pub(super) struct ListenerFilters<'a> {
     cors: bool,
     providers: BTreeMap<&'a str, &'a JwtPolicy>,
     requirements: BTreeMap<String, jwt_pb::JwtRequirement>,
+    api_key_providers: BTreeMap<&'a str, &'a ApiKeyPolicy>,
 }
 
 impl<'a> ListenerFilters<'a> {
@@ -139,6 +204,9 @@ impl<'a> ListenerFilters<'a> {
         for jwt in &route.jwt {
             self.providers.insert(&jwt.name, jwt);
         }
+        for key in &route.api_key {
+            self.api_key_providers.insert(&key.name, key);
+        }
         if let Some(name) = route.jwt_requirement_name() {
             self.requirements
                 .entry(name)
@@ -146,9 +214,19 @@ impl<'a> ListenerFilters<'a> {
         }
     }
 
-    /// The connection manager's filters, router last. A filter is present only when a route
-    /// uses it, so listeners without policies cost nothing extra.
-    pub(super) fn http_filters(&self, router: hcm_pb::HttpFilter) -> Vec<hcm_pb::HttpFilter> {
+    /// Whether a route on the listener checks API keys.
+    pub(super) fn uses_api_keys(&self) -> bool {
+        !self.api_key_providers.is_empty()
+    }
+
+    /// The connection manager's filters, router last: CORS, then authentication (JWT, then
+    /// API keys). A filter is present only when a route uses it, so listeners without
+    /// policies cost nothing extra.
+    pub(super) fn http_filters(
+        &self,
+        node: NodeKind,
+        router: hcm_pb::HttpFilter,
+    ) -> Vec<hcm_pb::HttpFilter> {
         let mut filters = Vec::new();
         if self.cors {
             filters.push(http_filter(CORS_FILTER, &cors_pb::Cors::default()));
@@ -169,6 +247,22 @@ impl<'a> ListenerFilters<'a> {
             };
             filters.push(http_filter(JWT_FILTER, &config));
         }
+        if self.uses_api_keys() {
+            filters.push(match node {
+                NodeKind::Tollgate => http_filter(
+                    API_KEY_FILTER,
+                    &api_key_pb::ApiKeyAuth {
+                        providers: self
+                            .api_key_providers
+                            .iter()
+                            .map(|(name, policy)| ((*name).to_owned(), api_key_provider(policy)))
+                            .collect(),
+                        key_table: API_KEY_TABLE_SECRET.to_owned(),
+                    },
+                ),
+                NodeKind::Envoy | NodeKind::Other => http_filter(EXT_AUTHZ_FILTER, &ext_authz()),
+            });
+        }
         filters.push(router);
         filters
     }
@@ -181,6 +275,90 @@ fn http_filter<M: prost::Name>(name: &str, config: &M) -> hcm_pb::HttpFilter {
             tollgate_proto::pack_any(config),
         )),
         ..Default::default()
+    }
+}
+
+fn api_key_provider(policy: &ApiKeyPolicy) -> api_key_pb::ApiKeyProvider {
+    api_key_pb::ApiKeyProvider {
+        header: policy.header.clone(),
+        query: policy.query.clone().unwrap_or_default(),
+        forward_key: policy.forward_key,
+    }
+}
+
+/// Envoy's ext_authz filter, asking the control plane's `Authorization` service. If the
+/// control plane cannot answer, requests fail closed with 503: an API key that cannot be
+/// checked is not accepted.
+fn ext_authz() -> ext_authz_pb::ExtAuthz {
+    use tollgate_proto::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
+    ext_authz_pb::ExtAuthz {
+        services: Some(ext_authz_pb::ext_authz::Services::GrpcService(
+            core_pb::GrpcService {
+                timeout: Some(super::duration_ms(EXT_AUTHZ_TIMEOUT_MS)),
+                target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                    cluster_name: CONTROL_PLANE_CLUSTER.to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )),
+        transport_api_version: core_pb::ApiVersion::V3 as i32,
+        status_on_error: Some(tollgate_proto::envoy::r#type::v3::HttpStatus {
+            code: tollgate_proto::envoy::r#type::v3::StatusCode::ServiceUnavailable as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cluster Envoy reaches the control plane's gRPC services through (HTTP/2).
+pub(super) fn control_plane_cluster(context: &TranslateContext) -> Cluster {
+    Cluster {
+        name: CONTROL_PLANE_CLUSTER.to_owned(),
+        endpoints: vec![Endpoint {
+            address: context.grpc_host.clone(),
+            port: context.grpc_port,
+            weight: 1,
+        }],
+        lb_policy: Default::default(),
+        connect_timeout_ms: EXT_AUTHZ_TIMEOUT_MS,
+        http2: true,
+        health_check: None,
+        outlier_detection: None,
+        circuit_breakers: None,
+        tls: None,
+    }
+}
+
+/// The SDS secret carrying every consumer's key hashes, and the key they are made with, to
+/// edge proxies.
+pub(super) fn api_key_table(
+    consumers: &BTreeMap<String, crate::model::Consumer>,
+    context: &TranslateContext,
+) -> tls_pb::Secret {
+    use prost::Message as _;
+    let table = api_key_pb::ApiKeyTable {
+        hmac_secret: context.api_key_secret.to_vec(),
+        consumers: consumers
+            .values()
+            .filter(|c| c.api_key_hashes.as_ref().is_some_and(|h| !h.is_empty()))
+            .map(|c| api_key_pb::ApiKeyConsumer {
+                name: c.name.clone(),
+                tier: c.tier.clone().unwrap_or_default(),
+                key_hashes: c.api_key_hashes.clone().unwrap_or_default(),
+            })
+            .collect(),
+    };
+    tls_pb::Secret {
+        name: API_KEY_TABLE_SECRET.to_owned(),
+        r#type: Some(tls_pb::secret::Type::GenericSecret(tls_pb::GenericSecret {
+            secret: Some(core_pb::DataSource {
+                specifier: Some(core_pb::data_source::Specifier::InlineBytes(
+                    table.encode_to_vec(),
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
     }
 }
 

@@ -177,7 +177,7 @@ fn render_cluster(mut cluster: cluster_pb::Cluster) -> String {
 
 #[test]
 fn golden_basic() {
-    let snapshot = translate(&load("basic"), &edge()).unwrap();
+    let snapshot = translate(&load("basic"), &edge(), &TranslateContext::default()).unwrap();
     let rendered = render(&snapshot);
     let golden = format!(
         "{}/src/translate/testdata/basic.golden",
@@ -198,14 +198,14 @@ fn golden_basic() {
 fn translation_is_deterministic() {
     let store = load("basic");
     assert_eq!(
-        translate(&store, &edge()).unwrap(),
-        translate(&store, &edge()).unwrap()
+        translate(&store, &edge(), &TranslateContext::default()).unwrap(),
+        translate(&store, &edge(), &TranslateContext::default()).unwrap()
     );
 }
 
 #[test]
 fn ip_clusters_use_eds_and_dns_clusters_resolve_themselves() {
-    let snapshot = translate(&load("basic"), &edge()).unwrap();
+    let snapshot = translate(&load("basic"), &edge(), &TranslateContext::default()).unwrap();
     let names: Vec<_> = snapshot.resources(ResourceType::Endpoint).keys().collect();
     assert_eq!(names, ["users"]);
     let legacy: cluster_pb::Cluster = decode(&snapshot.resources(ResourceType::Cluster)["legacy"]);
@@ -233,7 +233,7 @@ fn ip_clusters_use_eds_and_dns_clusters_resolve_themselves() {
 #[test]
 fn listeners_follow_node_cluster_and_use_rds_over_ads() {
     let store = load("basic");
-    let edge_snapshot = translate(&store, &edge()).unwrap();
+    let edge_snapshot = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     let names: Vec<_> = edge_snapshot
         .resources(ResourceType::Listener)
         .keys()
@@ -243,7 +243,7 @@ fn listeners_follow_node_cluster_and_use_rds_over_ads() {
         kind: NodeKind::Envoy,
         cluster: "mesh".to_owned(),
     };
-    let mesh_snapshot = translate(&store, &mesh).unwrap();
+    let mesh_snapshot = translate(&store, &mesh, &TranslateContext::default()).unwrap();
     let names: Vec<_> = mesh_snapshot
         .resources(ResourceType::Listener)
         .keys()
@@ -267,7 +267,7 @@ fn listeners_follow_node_cluster_and_use_rds_over_ads() {
 
 #[test]
 fn host_less_routes_join_every_virtual_host_in_order() {
-    let snapshot = translate(&load("basic"), &edge()).unwrap();
+    let snapshot = translate(&load("basic"), &edge(), &TranslateContext::default()).unwrap();
     let config: route_pb::RouteConfiguration =
         decode(&snapshot.resources(ResourceType::Route)["public"]);
     let layout: Vec<(Vec<String>, Vec<String>)> = config
@@ -307,10 +307,10 @@ fn host_less_routes_join_every_virtual_host_in_order() {
 #[test]
 fn versions_change_only_with_content() {
     let mut store = load("basic");
-    let before = translate(&store, &edge()).unwrap();
+    let before = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     store.revision += 1;
     store.clusters.get_mut("legacy").unwrap().connect_timeout_ms = 999;
-    let after = translate(&store, &edge()).unwrap();
+    let after = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     for ty in ResourceType::ALL {
         for (name, r) in before.resources(ty) {
             let changed = r.version != after.resources(ty)[name].version;
@@ -325,7 +325,12 @@ fn versions_change_only_with_content() {
 
 #[test]
 fn an_empty_store_gives_an_empty_consistent_snapshot() {
-    let snapshot = translate(&StoreSnapshot::default(), &edge()).unwrap();
+    let snapshot = translate(
+        &StoreSnapshot::default(),
+        &edge(),
+        &TranslateContext::default(),
+    )
+    .unwrap();
     assert!(
         ResourceType::ALL
             .iter()
@@ -335,7 +340,7 @@ fn an_empty_store_gives_an_empty_consistent_snapshot() {
 
 #[test]
 fn consistency_check_finds_dangling_names() {
-    let mut snapshot = translate(&load("basic"), &edge()).unwrap();
+    let mut snapshot = translate(&load("basic"), &edge(), &TranslateContext::default()).unwrap();
     snapshot.resources[ResourceType::Route.index()].clear();
     assert_eq!(
         snapshot.check_consistent(),
@@ -375,7 +380,7 @@ fn tls_listeners_pick_certificates_by_sni_and_fetch_them_over_sds() {
     listener.tls = Some(crate::model::ListenerTls {
         certificates: vec!["a".to_owned(), "b".to_owned()],
     });
-    let snapshot = translate(&store, &edge()).unwrap();
+    let snapshot = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     assert_eq!(
         snapshot
             .referenced(ResourceType::Secret)
@@ -435,7 +440,7 @@ fn header_values_are_literal_for_envoy() {
         .request_headers
         .set
         .insert("x-discount".to_owned(), "50% %HOST%".to_owned());
-    let snapshot = translate(&store, &edge()).unwrap();
+    let snapshot = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     let config: route_pb::RouteConfiguration =
         decode(&snapshot.resources(ResourceType::Route)["public"]);
     let value = config.virtual_hosts[0]
@@ -511,7 +516,7 @@ fn a_route_naming_the_host_outranks_an_equal_host_less_one() {
                            "match": {"hosts": ["api.example.com"], "path_prefix": "/billing"},
                            "cluster": "legacy"}),
     );
-    let snapshot = translate(&store, &edge()).unwrap();
+    let snapshot = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     let config: route_pb::RouteConfiguration =
         decode(&snapshot.resources(ResourceType::Route)["public"]);
     let api = route_names(&config, "api.example.com");
@@ -540,7 +545,7 @@ fn only_idempotent_requests_are_retried_unless_configured() {
     use matcher_pb::string_matcher::MatchPattern;
     use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
     let retry_policy = |store: &StoreSnapshot| {
-        let snapshot = translate(store, &edge()).unwrap();
+        let snapshot = translate(store, &edge(), &TranslateContext::default()).unwrap();
         let config: route_pb::RouteConfiguration =
             decode(&snapshot.resources(ResourceType::Route)["public"]);
         let route = config.virtual_hosts[0]
@@ -624,7 +629,7 @@ fn policies_become_envoy_filters_and_per_route_configs() {
     use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
     use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
     let store = policy_snapshot();
-    let out = translate(&store, &edge()).unwrap();
+    let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
 
     // The JWKS is fetched through a cluster of its own, named so it cannot collide.
     let jwks = &out.resources(ResourceType::Cluster)["tollgate:jwks:idp"];
@@ -714,9 +719,116 @@ fn policies_become_envoy_filters_and_per_route_configs() {
 
 #[test]
 fn listeners_without_policies_get_only_the_router() {
-    let out = translate(&load("basic"), &edge()).unwrap();
+    let out = translate(&load("basic"), &edge(), &TranslateContext::default()).unwrap();
     for listener in out.resources(ResourceType::Listener).values() {
         let hcm = hcm(&decode::<listener_pb::Listener>(listener));
         assert_eq!(hcm.http_filters.len(), 1);
     }
+}
+
+#[test]
+fn api_keys_go_to_envoy_as_ext_authz_and_to_edge_proxies_as_a_key_table() {
+    use tollgate_proto::api_key as api_key_pb;
+    use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3 as ext_authz_pb;
+    use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+    let mut store = load("basic");
+    let policy: crate::model::Policy = serde_json::from_value(
+        serde_json::json!({"type": "api_key", "name": "keys", "query": "apikey"}),
+    )
+    .unwrap();
+    store.policies.insert("keys".into(), policy);
+    let hasher = crate::model::ApiKeyHasher::new(b"server-secret".to_vec());
+    let consumer = crate::model::ConsumerSpec {
+        name: "acme".into(),
+        tier: Some("pro".into()),
+        metadata: Default::default(),
+        api_keys: Some(vec!["acme-key-0123456789".into()]),
+    }
+    .into_consumer(&hasher)
+    .unwrap();
+    store.consumers.insert("acme".into(), consumer);
+    let keyed = store.routes.keys().next().unwrap().clone();
+    store.routes.get_mut(&keyed).unwrap().policies = vec!["keys".into()];
+    let context = TranslateContext {
+        grpc_host: "10.1.2.3".into(),
+        grpc_port: 18000,
+        api_key_secret: std::sync::Arc::from(b"server-secret".to_vec()),
+    };
+    let per_route = |snapshot: &XdsSnapshot, filter: &str| {
+        let mut out = BTreeMap::new();
+        for config in snapshot.resources(ResourceType::Route).values() {
+            let config: route_pb::RouteConfiguration = decode(config);
+            for route in config.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
+                out.insert(
+                    route.name.clone(),
+                    route.typed_per_filter_config.get(filter).cloned(),
+                );
+            }
+        }
+        out
+    };
+
+    // Envoy: ext_authz to the control plane, switched off on routes without the policy.
+    let envoy = translate(&store, &edge(), &context).unwrap();
+    assert!(
+        envoy
+            .resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane")
+    );
+    assert!(envoy.resources(ResourceType::Secret).is_empty());
+    for (route, config) in per_route(&envoy, "envoy.filters.http.ext_authz") {
+        let config =
+            ext_authz_pb::ExtAuthzPerRoute::decode(config.unwrap().value.as_slice()).unwrap();
+        match config.r#override.unwrap() {
+            ext_authz_pb::ext_authz_per_route::Override::CheckSettings(settings) => {
+                assert_eq!(route, keyed);
+                assert_eq!(
+                    settings.context_extensions["tollgate.api_key_policies"],
+                    "keys"
+                );
+            }
+            ext_authz_pb::ext_authz_per_route::Override::Disabled(disabled) => {
+                assert!(disabled && route != keyed)
+            }
+        }
+    }
+
+    // Edge proxies: their own filter, and the key table (hashes, never keys) over SDS.
+    let tollgate = NodeGroup {
+        kind: NodeKind::Tollgate,
+        cluster: "edge".into(),
+    };
+    let edge_snapshot = translate(&store, &tollgate, &context).unwrap();
+    assert!(
+        !edge_snapshot
+            .resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane")
+    );
+    let secret: tls_pb::Secret =
+        decode(&edge_snapshot.resources(ResourceType::Secret)["tollgate:api-keys"]);
+    let Some(tls_pb::secret::Type::GenericSecret(generic)) = secret.r#type else {
+        panic!("generic secret expected")
+    };
+    let Some(tollgate_proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(bytes)) =
+        generic.secret.unwrap().specifier
+    else {
+        panic!("inline bytes expected")
+    };
+    let table = api_key_pb::ApiKeyTable::decode(bytes.as_slice()).unwrap();
+    assert_eq!(table.hmac_secret, b"server-secret");
+    assert_eq!(table.consumers[0].name, "acme");
+    assert_eq!(
+        table.consumers[0].key_hashes,
+        [hasher.hash("acme-key-0123456789")]
+    );
+    assert!(!format!("{:?}", edge_snapshot).contains("acme-key"));
+    let routes = per_route(&edge_snapshot, "tollgate.filters.http.api_key");
+    let requirement = routes[&keyed].as_ref().unwrap();
+    assert_eq!(
+        api_key_pb::ApiKeyPerRoute::decode(requirement.value.as_slice())
+            .unwrap()
+            .providers,
+        ["keys"]
+    );
+    assert!(routes.iter().all(|(name, c)| *name == keyed || c.is_none()));
 }

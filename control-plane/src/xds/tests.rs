@@ -48,7 +48,7 @@ fn snap(store: &StoreSnapshot) -> Arc<XdsSnapshot> {
         kind: NodeKind::Envoy,
         cluster: "edge".into(),
     };
-    Arc::new(translate(store, &group).unwrap())
+    Arc::new(translate(store, &group, &Default::default()).unwrap())
 }
 
 fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {

@@ -57,7 +57,7 @@ fn xds() -> XdsSnapshot {
         kind: NodeKind::Tollgate,
         cluster: "edge".into(),
     };
-    translate(&store(), &group).unwrap()
+    translate(&store(), &group, &Default::default()).unwrap()
 }
 
 fn ty(kind: Kind) -> ResourceType {

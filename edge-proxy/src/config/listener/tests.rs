@@ -1611,7 +1611,7 @@ fn accepts_what_the_control_plane_translator_emits() {
         kind: NodeKind::Tollgate,
         cluster: "edge".into(),
     };
-    let snapshot = translate(&store, &node).unwrap();
+    let snapshot = translate(&store, &node, &Default::default()).unwrap();
 
     let listeners: Vec<Listener> = snapshot
         .resources(ResourceType::Listener)

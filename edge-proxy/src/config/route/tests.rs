@@ -2058,7 +2058,7 @@ fn accepts_what_the_control_plane_translator_emits() {
         kind: NodeKind::Tollgate,
         cluster: "edge".into(),
     };
-    let snapshot = translate(&store, &node).unwrap();
+    let snapshot = translate(&store, &node, &Default::default()).unwrap();
     let resource = &snapshot.resources(ResourceType::Route)["public"];
     let proto = route_pb::RouteConfiguration::decode(resource.body.value.as_slice()).unwrap();
     let table = RouteTable::try_from(&proto).unwrap_or_else(|e| panic!("{e}"));
