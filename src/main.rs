@@ -386,6 +386,7 @@ async fn ensure_default_listener(store: &Store, address: SocketAddr) -> anyhow::
         node_cluster: None,
         tls: None,
         access_log: None,
+        trusted_proxy_hops: 0,
         policies: Vec::new(),
     };
     store

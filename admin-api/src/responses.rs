@@ -82,6 +82,9 @@ pub struct ConsumerView {
     /// Quota plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// Groups the consumer belongs to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Free-form labels.
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Short ids of the consumer's API keys (a prefix of each keyed hash).
@@ -94,6 +97,7 @@ impl ConsumerView {
         Self {
             name: consumer.name.clone(),
             tier: consumer.tier.clone(),
+            groups: consumer.groups.clone(),
             metadata: consumer.metadata.clone(),
             api_key_ids: consumer.api_key_ids(),
         }

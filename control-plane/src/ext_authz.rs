@@ -19,12 +19,13 @@ use tollgate_proto::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
 };
 use tollgate_proto::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
+use tollgate_proto::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use tollgate_proto::google::rpc;
 use tonic::{Request, Response, Status};
 
 use crate::model::{ApiKeyPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, Policy};
 use crate::store::{Store, StoreSnapshot};
-use crate::translate::API_KEY_POLICIES_EXTENSION;
+use crate::translate::{API_KEY_POLICIES_EXTENSION, CONSUMER_KEY, GROUPS_KEY};
 
 /// gRPC status codes the check answers with (`google.rpc.Code`).
 const OK: i32 = 0;
@@ -56,6 +57,7 @@ struct KeyIndex {
 struct Identity {
     name: String,
     tier: Option<String>,
+    groups: Vec<String>,
 }
 
 impl KeyIndex {
@@ -68,6 +70,7 @@ impl KeyIndex {
                     Identity {
                         name: consumer.name.clone(),
                         tier: consumer.tier.clone(),
+                        groups: consumer.groups.clone(),
                     },
                 );
             }
@@ -150,7 +153,9 @@ impl ApiKeyAuthorizer {
             presented = true;
             let hash = self.store.api_key_hasher().hash(&key);
             if let Some(identity) = index.consumers.get(&hash) {
-                return allow(consumer_headers(identity, policy, in_query));
+                let mut response = allow(consumer_headers(identity, policy, in_query));
+                response.dynamic_metadata = Some(identity_metadata(identity));
+                return response;
             }
         }
         deny(if presented {
@@ -235,6 +240,30 @@ fn consumer_headers(identity: &Identity, policy: &ApiKeyPolicy, in_query: bool) 
     ok
 }
 
+/// The consumer's identity as dynamic metadata, for Envoy's RBAC filter (authorization
+/// policies on consumers and groups).
+fn identity_metadata(identity: &Identity) -> Struct {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let mut fields: std::collections::HashMap<String, Value> = [
+        (CONSUMER_KEY.to_owned(), string(&identity.name)),
+        (
+            GROUPS_KEY.to_owned(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: identity.groups.iter().map(|g| string(g)).collect(),
+                })),
+            },
+        ),
+    ]
+    .into();
+    if let Some(tier) = &identity.tier {
+        fields.insert("tier".to_owned(), string(tier));
+    }
+    Struct { fields }
+}
+
 fn allow(ok: OkHttpResponse) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
@@ -297,6 +326,7 @@ mod tests {
         let consumer = ConsumerSpec {
             name: "acme".to_owned(),
             tier: Some("pro".to_owned()),
+            groups: vec!["partners".into()],
             metadata: Default::default(),
             api_keys: Some(vec![KEY.to_owned()]),
         }

@@ -19,8 +19,9 @@ pub use cluster::{
 pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{AccessLog, Listener, ListenerTls};
 pub use policy::{
-    ApiKeyPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, CorsPolicy, JwksUri, JwtPolicy,
-    MAX_JWKS_BYTES, Policy, PolicyType, TokenSource,
+    ApiKeyPolicy, AuthorizationPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, Cidr,
+    CorsPolicy, IpFilterPolicy, JwksUri, JwtPolicy, MAX_JWKS_BYTES, Policy, PolicyType,
+    TokenSource,
 };
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,

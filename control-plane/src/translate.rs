@@ -7,9 +7,11 @@
 mod cluster;
 mod listener;
 mod policy;
+mod rbac;
 mod route;
 
 pub(crate) use policy::API_KEY_POLICIES_EXTENSION;
+pub(crate) use rbac::{CONSUMER_KEY, GROUPS_KEY};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

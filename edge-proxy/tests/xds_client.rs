@@ -85,6 +85,7 @@ fn listener(name: &str, port: u16, certificates: &[&str]) -> Change {
             certificates: certificates.iter().map(|c| (*c).to_owned()).collect(),
         }),
         access_log: None,
+        trusted_proxy_hops: 0,
         policies: Vec::new(),
     }))
 }

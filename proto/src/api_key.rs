@@ -69,6 +69,9 @@ pub struct ApiKeyConsumer {
     /// HMAC-SHA-256 (hex) of each of its keys.
     #[prost(string, repeated, tag = "3")]
     pub key_hashes: Vec<String>,
+    /// The groups it belongs to, for authorization policies.
+    #[prost(string, repeated, tag = "4")]
+    pub groups: Vec<String>,
 }
 
 macro_rules! named {

@@ -22,6 +22,9 @@ pub struct Consumer {
     /// Quota plan (e.g. `free`, `pro`); rate-limit policies may key on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// Groups the consumer belongs to; authorization policies may require one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Free-form labels forwarded with the consumer's identity.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
@@ -35,6 +38,7 @@ impl fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("name", &self.name)
             .field("tier", &self.tier)
+            .field("groups", &self.groups)
             .field("metadata", &self.metadata)
             .field("api_keys", &self.api_key_hashes.as_ref().map(Vec::len))
             .finish()
@@ -51,6 +55,9 @@ pub struct ConsumerSpec {
     /// Quota plan (e.g. `free`, `pro`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// Groups the consumer belongs to; authorization policies may require one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Free-form labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
@@ -146,6 +153,7 @@ impl ConsumerSpec {
         Ok(Consumer {
             name: self.name,
             tier: self.tier,
+            groups: self.groups,
             metadata: self.metadata,
             api_key_hashes,
         })
@@ -158,6 +166,7 @@ impl Consumer {
         ConsumerSpec {
             name: self.name.clone(),
             tier: self.tier.clone(),
+            groups: self.groups.clone(),
             metadata: self.metadata.clone(),
             api_keys: None,
         }
@@ -166,6 +175,19 @@ impl Consumer {
     pub(super) fn validate(&self) -> Result<(), ValidationError> {
         if let Some(tier) = &self.tier {
             super::validate_name(tier).map_err(|e| ValidationError::new("tier", e.message))?;
+        }
+        if self.groups.len() > 64 {
+            return Err(ValidationError::new("groups", "at most 64 groups"));
+        }
+        for (i, group) in self.groups.iter().enumerate() {
+            super::validate_name(group)
+                .map_err(|e| ValidationError::new(format!("groups[{i}]"), e.message))?;
+            if self.groups[..i].contains(group) {
+                return Err(ValidationError::new(
+                    format!("groups[{i}]"),
+                    format!("group {group} is listed twice"),
+                ));
+            }
         }
         if self.metadata.len() > 64 {
             return Err(ValidationError::new("metadata", "at most 64 entries"));
@@ -208,6 +230,7 @@ mod tests {
         let spec = ConsumerSpec {
             name: "acme".into(),
             tier: Some("pro".into()),
+            groups: vec!["partners".into()],
             metadata: BTreeMap::new(),
             api_keys: Some(vec!["k3y-0123456789abcdef".into()]),
         };

@@ -28,6 +28,12 @@ pub struct Listener {
     /// Write one JSON line per request here; no access log when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// How many proxies in front of this listener (load balancers, CDNs) append to
+    /// `x-forwarded-for`: the client address, for IP filters and logs, is the entry that many
+    /// hops back. 0 (the default) uses the peer address, which clients cannot forge.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schema(maximum = 10)]
+    pub trusted_proxy_hops: u32,
     /// Policies enforced on every route served by this listener (names), before the
     /// route's own. A route's CORS policy replaces the listener's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -57,6 +63,10 @@ pub struct ListenerTls {
     /// Certificate names. A client's SNI picks the certificate whose names match it; the first
     /// certificate serves clients without SNI or with an unknown name.
     pub certificates: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_address() -> String {
@@ -117,6 +127,12 @@ impl Listener {
             log.validate()?;
         }
         super::policy::validate_policy_names(&self.policies)?;
+        if self.trusted_proxy_hops > 10 {
+            return Err(ValidationError::new(
+                "trusted_proxy_hops",
+                "must be at most 10",
+            ));
+        }
         if let Some(cluster) = &self.node_cluster
             && (cluster.is_empty() || cluster.len() > 128)
         {

@@ -21,6 +21,10 @@ pub enum Policy {
     Cors(CorsPolicy),
     /// Requests must carry the API key of a consumer.
     ApiKey(ApiKeyPolicy),
+    /// Who may call the route, once authenticated: claims, scopes, consumers.
+    Authorization(AuthorizationPolicy),
+    /// Which client addresses may call the route.
+    IpFilter(IpFilterPolicy),
 }
 
 /// The kinds of policy, as named in `type`.
@@ -32,6 +36,10 @@ pub enum PolicyType {
     Cors,
     /// [`ApiKeyPolicy`].
     ApiKey,
+    /// [`AuthorizationPolicy`].
+    Authorization,
+    /// [`IpFilterPolicy`].
+    IpFilter,
 }
 
 impl PolicyType {
@@ -41,6 +49,8 @@ impl PolicyType {
             Self::Jwt => "jwt",
             Self::Cors => "cors",
             Self::ApiKey => "api_key",
+            Self::Authorization => "authorization",
+            Self::IpFilter => "ip_filter",
         }
     }
 }
@@ -52,6 +62,8 @@ impl Policy {
             Self::Jwt(p) => &p.name,
             Self::Cors(p) => &p.name,
             Self::ApiKey(p) => &p.name,
+            Self::Authorization(p) => &p.name,
+            Self::IpFilter(p) => &p.name,
         }
     }
 
@@ -61,6 +73,8 @@ impl Policy {
             Self::Jwt(p) => p.name = name,
             Self::Cors(p) => p.name = name,
             Self::ApiKey(p) => p.name = name,
+            Self::Authorization(p) => p.name = name,
+            Self::IpFilter(p) => p.name = name,
         }
     }
 
@@ -70,6 +84,8 @@ impl Policy {
             Self::Jwt(_) => PolicyType::Jwt,
             Self::Cors(_) => PolicyType::Cors,
             Self::ApiKey(_) => PolicyType::ApiKey,
+            Self::Authorization(_) => PolicyType::Authorization,
+            Self::IpFilter(_) => PolicyType::IpFilter,
         }
     }
 
@@ -78,6 +94,8 @@ impl Policy {
             Self::Jwt(p) => p.validate(),
             Self::Cors(p) => p.validate(),
             Self::ApiKey(p) => p.validate(),
+            Self::Authorization(p) => p.validate(),
+            Self::IpFilter(p) => p.validate(),
         }
     }
 }
@@ -554,6 +572,169 @@ impl ApiKeyPolicy {
     }
 }
 
+/// Authorization: who may call the route once authentication (a JWT or an API key policy on
+/// the same route) has said who the caller is. Every requirement given must hold; a route with
+/// several authorization policies needs all of them. Failures answer 403.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// JWT claims and the values accepted for each (any of them); a claim holding a list
+    /// matches when the list contains one. Nested claims as `a.b`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub require_claims: BTreeMap<String, Vec<String>>,
+    /// OAuth scopes the JWT must grant, all of them: in `scope` (space-separated) or `scp`
+    /// (a list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_scopes: Vec<String>,
+    /// The API key's consumer must be in one of these groups, or be named in
+    /// `allow_consumers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_consumer_groups: Vec<String>,
+    /// Consumers (names) allowed whatever their groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_consumers: Vec<String>,
+}
+
+impl AuthorizationPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.require_claims.is_empty()
+            && self.require_scopes.is_empty()
+            && self.allow_consumer_groups.is_empty()
+            && self.allow_consumers.is_empty()
+        {
+            return Err(ValidationError::new(
+                "require_claims",
+                "give at least one of require_claims, require_scopes, allow_consumer_groups \
+                 and allow_consumers",
+            ));
+        }
+        for (claim, values) in &self.require_claims {
+            let field = format!("require_claims.{claim}");
+            if claim.is_empty() || claim.len() > 256 || claim.split('.').any(str::is_empty) {
+                return Err(ValidationError::new(
+                    field,
+                    "claim names are 1 to 256 characters, nested ones as a.b",
+                ));
+            }
+            if values.is_empty() || values.len() > 64 {
+                return Err(ValidationError::new(field, "give 1 to 64 accepted values"));
+            }
+            if values.iter().any(|v| v.len() > 1024) {
+                return Err(ValidationError::new(
+                    field,
+                    "values are at most 1024 characters",
+                ));
+            }
+        }
+        for (i, scope) in self.require_scopes.iter().enumerate() {
+            if scope.is_empty() || scope.len() > 256 || !scope.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(ValidationError::new(
+                    format!("require_scopes[{i}]"),
+                    "scopes are 1 to 256 printable characters without spaces",
+                ));
+            }
+        }
+        for (field, names) in [
+            ("allow_consumer_groups", &self.allow_consumer_groups),
+            ("allow_consumers", &self.allow_consumers),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                super::validate_name(name)
+                    .map_err(|e| ValidationError::new(format!("{field}[{i}]"), e.message))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// IP filtering: a request is refused (403) when its client address is in `deny`, or when
+/// `allow` is given and the address is not in it. The client address is the peer's, or, on a
+/// listener with `trusted_proxy_hops`, the one `x-forwarded-for` names that many hops back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilterPolicy {
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// Address ranges allowed (`10.0.0.0/8`, `2001:db8::/32`, or one address); all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Address ranges refused, even when `allow` covers them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// An address range: the network address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The first address of the range.
+    pub address: std::net::IpAddr,
+    /// How many leading bits are fixed.
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDRESS/LEN` or a single `ADDRESS`. Host bits must be zero, so a typo such as
+    /// `10.0.0.1/8` (meant `/32`?) is refused rather than silently widened.
+    pub fn parse(value: &str) -> Result<Cidr, String> {
+        let (address, prefix) = match value.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (value, None),
+        };
+        let address: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| format!("{value:?} is not an IP address or CIDR range"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{value:?}: the prefix length must be 0 to {max}"))?,
+        };
+        let bits = match address {
+            std::net::IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+            std::net::IpAddr::V6(a) => u128::from(a),
+        };
+        let host_bits = if prefix_len == 0 {
+            bits
+        } else {
+            bits & (u128::MAX >> prefix_len)
+        };
+        if host_bits != 0 {
+            return Err(format!(
+                "{value:?} has host bits set; the range starts at a network address"
+            ));
+        }
+        Ok(Cidr {
+            address,
+            prefix_len,
+        })
+    }
+}
+
+impl IpFilterPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.allow.is_empty() && self.deny.is_empty() {
+            return Err(ValidationError::new("allow", "give allow or deny ranges"));
+        }
+        for (field, ranges) in [("allow", &self.allow), ("deny", &self.deny)] {
+            if ranges.len() > 1024 {
+                return Err(ValidationError::new(field, "at most 1024 ranges"));
+            }
+            for (i, range) in ranges.iter().enumerate() {
+                Cidr::parse(range).map_err(|m| ValidationError::new(format!("{field}[{i}]"), m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks a `policies[]` list of a route or listener on its own: names well formed, none twice.
 pub(super) fn validate_policy_names(names: &[String]) -> Result<(), ValidationError> {
     if names.len() > 32 {
@@ -622,6 +803,29 @@ mod tests {
         assert!(serde_json::from_value::<Policy>(extra).is_err());
         let unknown = serde_json::json!({"type": "magic"});
         assert!(serde_json::from_value::<Policy>(unknown).is_err());
+    }
+
+    #[test]
+    fn cidr_ranges_start_at_their_network_address() {
+        assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().prefix_len, 8);
+        assert_eq!(Cidr::parse("192.0.2.7").unwrap().prefix_len, 32);
+        assert_eq!(Cidr::parse("2001:db8::/32").unwrap().prefix_len, 32);
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().prefix_len, 0);
+        assert!(Cidr::parse("10.0.0.1/8").is_err());
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("10.0.0/8").is_err());
+        assert!(Cidr::parse("2001:db8::1/32").is_err());
+    }
+
+    #[test]
+    fn authorization_needs_a_requirement() {
+        let empty = serde_json::json!({"type": "authorization"});
+        assert_eq!(jwt(empty).unwrap_err().field, "require_claims");
+        let claims = serde_json::json!({"type": "authorization", "require_claims": {"role": []}});
+        assert_eq!(jwt(claims).unwrap_err().field, "require_claims.role");
+        let ok = serde_json::json!({"type": "authorization", "require_scopes": ["orders:read"],
+            "allow_consumer_groups": ["partners"]});
+        assert_eq!(jwt(ok), Ok(()));
     }
 
     #[test]

@@ -199,6 +199,7 @@ fn listeners_on_the_same_socket_conflict() {
         node_cluster: node_cluster.map(str::to_owned),
         tls: None,
         access_log: None,
+        trusted_proxy_hops: 0,
         policies: Vec::new(),
     };
     let check = |ls: Vec<Listener>| {

@@ -48,6 +48,7 @@ fn listener(name: &str, port: u16) -> Resource {
         node_cluster: None,
         tls: None,
         access_log: None,
+        trusted_proxy_hops: 0,
         policies: Vec::new(),
     })
 }

@@ -92,6 +92,7 @@ pub(super) fn translate(
             ..Default::default()
         }],
         use_remote_address: Some(BoolValue { value: true }),
+        xff_num_trusted_hops: listener.trusted_proxy_hops,
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         access_log: listener.access_log.iter().map(access_log).collect(),

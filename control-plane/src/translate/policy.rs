@@ -16,7 +16,8 @@ use tollgate_proto::google::protobuf::{Any, BoolValue};
 
 use super::{NodeKind, TranslateContext};
 use crate::model::{
-    ApiKeyPolicy, Cluster, CorsPolicy, Endpoint, JwtPolicy, Listener, Policy, Route, UpstreamTls,
+    ApiKeyPolicy, AuthorizationPolicy, Cluster, CorsPolicy, Endpoint, IpFilterPolicy, JwtPolicy,
+    Listener, Policy, Route, UpstreamTls,
 };
 
 /// The connection manager's name for the CORS filter; routes key their `CorsPolicy` by it.
@@ -48,6 +49,8 @@ pub(super) struct RoutePolicies<'a> {
     cors: Option<&'a CorsPolicy>,
     jwt: Vec<&'a JwtPolicy>,
     api_key: Vec<&'a ApiKeyPolicy>,
+    authorization: Vec<&'a AuthorizationPolicy>,
+    ip_filter: Vec<&'a IpFilterPolicy>,
 }
 
 impl<'a> RoutePolicies<'a> {
@@ -74,7 +77,21 @@ impl<'a> RoutePolicies<'a> {
                 Some(Policy::ApiKey(key)) if !out.api_key.iter().any(|p| p.name == key.name) => {
                     out.api_key.push(key);
                 }
-                Some(Policy::Jwt(_) | Policy::ApiKey(_)) | None => {}
+                Some(Policy::Authorization(authz))
+                    if !out.authorization.iter().any(|p| p.name == authz.name) =>
+                {
+                    out.authorization.push(authz);
+                }
+                Some(Policy::IpFilter(ip)) if !out.ip_filter.iter().any(|p| p.name == ip.name) => {
+                    out.ip_filter.push(ip);
+                }
+                Some(
+                    Policy::Jwt(_)
+                    | Policy::ApiKey(_)
+                    | Policy::Authorization(_)
+                    | Policy::IpFilter(_),
+                )
+                | None => {}
             }
         }
         out.cors = out.cors.or(listener_cors);
@@ -95,6 +112,11 @@ impl<'a> RoutePolicies<'a> {
             ""
         };
         Some(format!("{}{optional}", names.join("|")))
+    }
+
+    /// Whether IP filters or authorization policies apply (the RBAC filter's job).
+    fn restricts_callers(&self) -> bool {
+        !self.ip_filter.is_empty() || !self.authorization.is_empty()
     }
 
     /// A route lets requests without a token through only if every JWT policy on it does.
@@ -174,6 +196,15 @@ impl<'a> RoutePolicies<'a> {
                 tollgate_proto::pack_any(&cors_policy(cors)),
             );
         }
+        if self.restricts_callers() {
+            out.insert(
+                super::rbac::RBAC_FILTER.to_owned(),
+                tollgate_proto::pack_any(&super::rbac::per_route(
+                    &self.ip_filter,
+                    &self.authorization,
+                )),
+            );
+        }
         if let Some(requirement_name) = self.jwt_requirement_name() {
             let per_route = jwt_pb::PerRouteConfig {
                 requirement_specifier: Some(
@@ -195,12 +226,14 @@ pub(super) struct ListenerFilters<'a> {
     providers: BTreeMap<&'a str, &'a JwtPolicy>,
     requirements: BTreeMap<String, jwt_pb::JwtRequirement>,
     api_key_providers: BTreeMap<&'a str, &'a ApiKeyPolicy>,
+    rbac: bool,
 }
 
 impl<'a> ListenerFilters<'a> {
     /// Records a route's policies.
     pub(super) fn add(&mut self, route: &RoutePolicies<'a>) {
         self.cors |= route.cors.is_some();
+        self.rbac |= route.restricts_callers();
         for jwt in &route.jwt {
             self.providers.insert(&jwt.name, jwt);
         }
@@ -220,7 +253,7 @@ impl<'a> ListenerFilters<'a> {
     }
 
     /// The connection manager's filters, router last: CORS, then authentication (JWT, then
-    /// API keys). A filter is present only when a route uses it, so listeners without
+    /// API keys), then authorization (RBAC). A filter is present only when a route uses it, so listeners without
     /// policies cost nothing extra.
     pub(super) fn http_filters(
         &self,
@@ -262,6 +295,13 @@ impl<'a> ListenerFilters<'a> {
                 ),
                 NodeKind::Envoy | NodeKind::Other => http_filter(EXT_AUTHZ_FILTER, &ext_authz()),
             });
+        }
+        // Authorization reads what authentication found, so it comes after it.
+        if self.rbac {
+            filters.push(http_filter(
+                super::rbac::RBAC_FILTER,
+                &super::rbac::filter(),
+            ));
         }
         filters.push(router);
         filters
@@ -345,6 +385,7 @@ pub(super) fn api_key_table(
                 name: c.name.clone(),
                 tier: c.tier.clone().unwrap_or_default(),
                 key_hashes: c.api_key_hashes.clone().unwrap_or_default(),
+                groups: c.groups.clone(),
             })
             .collect(),
     };
@@ -404,6 +445,12 @@ fn jwt_provider(policy: &JwtPolicy) -> jwt_pb::JwtProvider {
             })
             .collect(),
         jwks_source_specifier: Some(jwks),
+        // Authorization policies match claims in the verified payload, with `scope` split
+        // into a list as OAuth defines it.
+        payload_in_metadata: super::rbac::JWT_PAYLOAD_KEY.to_owned(),
+        normalize_payload_in_metadata: Some(jwt_pb::jwt_provider::NormalizePayload {
+            space_delimited_claims: vec!["scope".to_owned()],
+        }),
         ..Default::default()
     };
     for source in &policy.token_from {

@@ -741,6 +741,7 @@ fn api_keys_go_to_envoy_as_ext_authz_and_to_edge_proxies_as_a_key_table() {
     let consumer = crate::model::ConsumerSpec {
         name: "acme".into(),
         tier: Some("pro".into()),
+        groups: vec!["partners".into()],
         metadata: Default::default(),
         api_keys: Some(vec!["acme-key-0123456789".into()]),
     }
@@ -831,4 +832,58 @@ fn api_keys_go_to_envoy_as_ext_authz_and_to_edge_proxies_as_a_key_table() {
         ["keys"]
     );
     assert!(routes.iter().all(|(name, c)| *name == keyed || c.is_none()));
+}
+
+#[test]
+fn ip_filters_and_authorization_become_one_rbac_rule_per_route() {
+    use tollgate_proto::envoy::config::rbac::v3 as rbac_pb;
+    use tollgate_proto::envoy::extensions::filters::http::rbac::v3 as rbac_filter_pb;
+    let mut store = load("basic");
+    let policies: Vec<crate::model::Policy> = serde_json::from_value(serde_json::json!([
+        {"type": "ip_filter", "name": "office", "allow": ["10.0.0.0/8"], "deny": ["10.9.0.0/16"]},
+        {"type": "authorization", "name": "admins", "require_claims": {"role": ["admin"]},
+         "require_scopes": ["write"]}
+    ]))
+    .unwrap();
+    for policy in policies {
+        store.policies.insert(policy.name().to_owned(), policy);
+    }
+    let guarded = store.routes.keys().next().unwrap().clone();
+    store.routes.get_mut(&guarded).unwrap().policies = vec!["office".into(), "admins".into()];
+    for listener in store.listeners.values_mut() {
+        listener.trusted_proxy_hops = 2;
+    }
+    let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
+    for listener in out.resources(ResourceType::Listener).values() {
+        let hcm = hcm(&decode::<listener_pb::Listener>(listener));
+        assert_eq!(hcm.xff_num_trusted_hops, 2);
+        let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+        );
+    }
+    for config in out.resources(ResourceType::Route).values() {
+        let config: route_pb::RouteConfiguration = decode(config);
+        for route in config.virtual_hosts.iter().flat_map(|vh| &vh.routes) {
+            let rbac = route.typed_per_filter_config.get("envoy.filters.http.rbac");
+            if route.name != guarded {
+                assert!(rbac.is_none(), "{} is unrestricted", route.name);
+                continue;
+            }
+            let per_route =
+                rbac_filter_pb::RbacPerRoute::decode(rbac.unwrap().value.as_slice()).unwrap();
+            let rules = per_route.rbac.unwrap().rules.unwrap();
+            assert_eq!(rules.action, rbac_pb::rbac::Action::Allow as i32);
+            let principal = &rules.policies["tollgate"].principals[0];
+            // AND(ip filter = AND(allow, NOT deny), authorization = AND(claim, scope)).
+            let Some(rbac_pb::principal::Identifier::AndIds(all)) = &principal.identifier else {
+                panic!("and_ids expected: {principal:?}")
+            };
+            assert_eq!(all.ids.len(), 2);
+            let text = format!("{principal:?}");
+            assert!(text.contains("RemoteIp") && text.contains("NotId"));
+            assert!(text.contains("jwt_payload") && text.contains("\"scp\""));
+        }
+    }
 }

@@ -1582,6 +1582,7 @@ fn accepts_what_the_control_plane_translator_emits() {
             path: "stdout".into(),
             include_query: true,
         }),
+        trusted_proxy_hops: 0,
         policies: Vec::new(),
     });
     let mut certificates = std::collections::BTreeMap::new();
