@@ -173,3 +173,209 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     }
     HeaderValue::from_bytes(&out).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
+    use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
+    use tollgate_proto::google::protobuf::BoolValue;
+
+    use super::*;
+    use crate::config::filters::cors::policy;
+
+    fn exact(origin: &str) -> matcher_pb::StringMatcher {
+        matcher_pb::StringMatcher {
+            match_pattern: Some(matcher_pb::string_matcher::MatchPattern::Exact(
+                origin.into(),
+            )),
+            ignore_case: false,
+        }
+    }
+
+    fn route_policy() -> CorsPolicy {
+        policy(&cors_pb::CorsPolicy {
+            allow_origin_string_match: vec![exact("https://app.example")],
+            allow_methods: "GET,POST".into(),
+            allow_headers: "content-type".into(),
+            expose_headers: "x-trace".into(),
+            max_age: "600".into(),
+            allow_credentials: Some(BoolValue { value: true }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn request(method: Method, headers: &[(&'static str, &str)]) -> (Method, HeaderMap) {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        (method, map)
+    }
+
+    fn run(policies: [Option<&CorsPolicy>; 2], req: &(Method, HeaderMap)) -> Outcome {
+        on_request(policies, true, &req.0, &req.1)
+    }
+
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_preflight_from_an_allowed_origin_is_answered_with_envoys_headers() {
+        let policy = route_policy();
+        let req = request(
+            Method::OPTIONS,
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        );
+        let Outcome::Respond(mut response, latch) = run([Some(&policy), None], &req) else {
+            panic!("not answered")
+        };
+        assert_eq!(response.status(), StatusCode::OK);
+        // Then the filter's response side runs on its own answer, as Envoy's does.
+        latch.unwrap().apply(response.headers_mut());
+        assert_eq!(
+            pairs(response.headers()),
+            [
+                ("access-control-allow-origin", "https://app.example"),
+                ("access-control-allow-credentials", "true"),
+                ("access-control-allow-methods", "GET,POST"),
+                ("access-control-allow-headers", "content-type"),
+                ("access-control-max-age", "600"),
+                ("access-control-expose-headers", "x-trace"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn preflights_from_other_origins_are_forwarded_unless_configured_not_to_be() {
+        let policy = route_policy();
+        let req = request(
+            Method::OPTIONS,
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        );
+        assert!(matches!(
+            run([Some(&policy), None], &req),
+            Outcome::Continue(None)
+        ));
+        let mut strict = route_policy();
+        strict.forward_not_matching_preflights = Some(false);
+        let Outcome::Respond(response, None) = run([Some(&strict), None], &req) else {
+            panic!("not answered")
+        };
+        // No allow-origin: the browser refuses.
+        assert!(response.headers().get(ALLOW_ORIGIN).is_none());
+        assert_eq!(response.headers()[ALLOW_METHODS], "GET,POST");
+    }
+
+    #[test]
+    fn simple_requests_get_the_origin_back_only_when_allowed() {
+        let policy = route_policy();
+        let allowed = request(Method::GET, &[("origin", "https://app.example")]);
+        let Outcome::Continue(Some(latch)) = run([Some(&policy), None], &allowed) else {
+            panic!("no latch")
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        latch.apply(&mut headers);
+        assert_eq!(headers[ALLOW_ORIGIN], "https://app.example");
+        assert_eq!(headers[ALLOW_CREDENTIALS], "true");
+        assert_eq!(headers[EXPOSE_HEADERS], "x-trace");
+        assert!(headers.get(ALLOW_METHODS).is_none());
+
+        let other = request(Method::GET, &[("origin", "https://evil.example")]);
+        assert!(matches!(
+            run([Some(&policy), None], &other),
+            Outcome::Continue(None)
+        ));
+        // No origin, or an empty one: not a CORS request.
+        for req in [
+            request(Method::GET, &[]),
+            request(Method::GET, &[("origin", "")]),
+        ] {
+            assert!(matches!(run([Some(&policy), None], &req), Outcome::Skip));
+        }
+        // An OPTIONS without Access-Control-Request-Method is an ordinary request.
+        let options = request(Method::OPTIONS, &[("origin", "https://app.example")]);
+        assert!(matches!(
+            run([Some(&policy), None], &options),
+            Outcome::Continue(Some(_))
+        ));
+    }
+
+    #[test]
+    fn levels_merge_field_by_field_and_the_most_specific_decides_enabled() {
+        let vhost = route_policy();
+        let route = policy(&cors_pb::CorsPolicy {
+            allow_methods: "*".into(),
+            allow_headers: "*".into(),
+            allow_credentials: Some(BoolValue { value: false }),
+            allow_private_network_access: Some(BoolValue { value: true }),
+            ..Default::default()
+        })
+        .unwrap();
+        let req = request(
+            Method::OPTIONS,
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "PATCH"),
+                ("access-control-request-headers", "x-a"),
+                ("access-control-request-headers", "x-b"),
+                ("access-control-request-private-network", "true"),
+            ],
+        );
+        let Outcome::Respond(response, _) = run([Some(&route), Some(&vhost)], &req) else {
+            panic!("not answered")
+        };
+        let headers = response.headers();
+        // Origins come from the virtual host; `*` echoes the request; the route's `false`
+        // wins over the virtual host's `true`.
+        assert_eq!(headers[ALLOW_ORIGIN], "https://app.example");
+        assert_eq!(headers[ALLOW_METHODS], "PATCH");
+        assert_eq!(headers[ALLOW_HEADERS], "x-a,x-b");
+        assert!(headers.get(ALLOW_CREDENTIALS).is_none());
+        assert_eq!(headers[MAX_AGE], "600");
+        assert_eq!(headers[ALLOW_PRIVATE_NETWORK], "true");
+
+        let mut off = route_policy();
+        off.enabled = false;
+        assert!(matches!(
+            run([Some(&off), Some(&vhost)], &req),
+            Outcome::Skip
+        ));
+        assert!(matches!(run([None, None], &req), Outcome::Skip));
+        // Redirect and direct-response routes are left alone.
+        assert!(matches!(
+            on_request([Some(&vhost), None], false, &req.0, &req.1),
+            Outcome::Skip
+        ));
+    }
+
+    #[test]
+    fn a_matcher_that_matches_a_star_allows_any_origin() {
+        let any = policy(&cors_pb::CorsPolicy {
+            allow_origin_string_match: vec![exact("*")],
+            ..Default::default()
+        })
+        .unwrap();
+        let req = request(Method::GET, &[("origin", "https://whoever.example")]);
+        let Outcome::Continue(Some(latch)) = run([Some(&any), None], &req) else {
+            panic!("not allowed")
+        };
+        let mut headers = HeaderMap::new();
+        latch.apply(&mut headers);
+        // The request's origin, not `*`.
+        assert_eq!(headers[ALLOW_ORIGIN], "https://whoever.example");
+        assert!(headers.get(ALLOW_CREDENTIALS).is_none());
+    }
+}
