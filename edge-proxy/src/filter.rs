@@ -1,6 +1,6 @@
 //! The HTTP filters' request and response work: what runs after route matching and before the
 //! router, in the order the listener's connection manager lists the filters
-//! ([`crate::proxy::filters`] drives them), and on the way back in reverse.
+//! (the proxy's `filters` module drives them), and on the way back in reverse.
 //!
 //! - [`cors`]: Envoy's CORS filter: answers preflights, and adds the `access-control-*`
 //!   headers to responses for allowed origins.

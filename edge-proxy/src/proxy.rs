@@ -1,5 +1,5 @@
 //! The request path, from a parsed request to its response: route match on the current
-//! snapshot → the listener's HTTP filters ([`filters`]: CORS, JWT) → the route's action
+//! snapshot → the listener's HTTP filters (`filters`: CORS, JWT) → the route's action
 //! (forward, redirect, direct response) → upstream attempts with
 //! retries and timeouts → response header mutations → the access log line, written when the
 //! response body ends ([`crate::access_log`]).

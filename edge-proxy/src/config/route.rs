@@ -943,7 +943,7 @@ fn eq_bytes(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
     }
 }
 
-/// Envoy's `StringMatcher`; built from config only (see [`string_matcher`]).
+/// Envoy's `StringMatcher`; built from config only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StringMatch {
     pattern: Pattern,

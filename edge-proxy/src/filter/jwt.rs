@@ -1,6 +1,6 @@
 //! Envoy's JWT authentication filter (`envoy.filters.http.jwt_authn`), after route matching.
 //!
-//! Per request ([`on_request`]): the `claim_to_headers` headers of every provider are removed
+//! Per request (`on_request`): the `claim_to_headers` headers of every provider are removed
 //! (so clients cannot forge them); a CORS preflight passes when `bypass_cors_preflight`; the
 //! requirement is the route's (`PerRouteConfig`, most specific level) or else the first
 //! matching rule's; then it is verified:
@@ -14,7 +14,7 @@
 //! request unless the provider has `forward` (a cookie token is never removed, as in Envoy).
 //! A failure answers 401 (403 for audiences) with `www-authenticate: Bearer realm="<url>"`
 //! and, unless the token was missing, `, error="invalid_token"`; the body is Tollgate's JSON
-//! error with Envoy's message (see [`super::json_error`]).
+//! error with Envoy's message (`json_error` in [`super`]).
 //!
 //! Keys: [`jwks`] (parsing, signatures), [`remote`] (fetching, caching); token shape: [`token`].
 
