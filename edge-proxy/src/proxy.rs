@@ -226,6 +226,11 @@ async fn route<'p>(
         };
         let outcome = filters::on_request(plane, &http.http_filters, &matched, &mut req, &mut work);
         if let filters::Outcome::Respond(mut response) = outcome.await {
+            // Envoy 1.40 gives a filter's answer the route's response headers on forwarding
+            // routes (checked against it), not on redirect or direct-response ones.
+            if matches!(matched.route.action, RouteAction::Forward(_)) {
+                matched.apply_response_headers(response.headers_mut());
+            }
             filters::on_response(&work, response.headers_mut());
             return with_request_id(response, &request_id, http);
         }

@@ -344,22 +344,45 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Removes every `name` parameter from the query, keeping the others as they were.
+/// Removes every `name` parameter from the query as Envoy does: the query is decoded, the
+/// parameter dropped, and the rest written back sorted by name, values decoded (`a=1%2F`
+/// becomes `a=1/`), a bare `flag` as `flag=`. Unlike Envoy, bytes that cannot stand in a
+/// request target (space, controls, non-ASCII) are written percent-encoded, so the request
+/// stays valid.
 fn remove_param(path_and_query: &str, name: &str) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return path_and_query.to_owned();
     };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            percent_decode(key) != name
-        })
-        .collect();
-    if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
+    let mut params: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        params
+            .entry(percent_decode(key))
+            .or_default()
+            .push(percent_decode(value));
+    }
+    params.remove(name);
+    let mut out = path.to_owned();
+    let mut separator = '?';
+    for (key, values) in &params {
+        for value in values {
+            out.push(separator);
+            separator = '&';
+            push_target_safe(&mut out, key);
+            out.push('=');
+            push_target_safe(&mut out, value);
+        }
+    }
+    out
+}
+
+fn push_target_safe(out: &mut String, text: &str) {
+    for byte in text.bytes() {
+        if byte.is_ascii_graphic() {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
     }
 }
 

@@ -536,9 +536,15 @@ async fn tokens_are_found_in_params_headers_and_cookies() {
 
     // Default locations: the `access_token` parameter, removed from the path after success.
     let config = build(filter(provider(&keys.jwks())));
-    let mut req = TestRequest::get(&format!("/a?x=1&access_token={token}&y=2"));
+    // The rest of the query is written back as Envoy 1.40 does: sorted, values decoded.
+    let mut req = TestRequest::get(&format!(
+        "/a?y=2&flag&access_token={token}&x=1%2F&y=1&s=a%20b"
+    ));
     assert!(run(&config, &mut req).await.is_none());
-    assert_eq!(req.path, "/a?x=1&y=2");
+    assert_eq!(req.path, "/a?flag=&s=a%20b&x=1/&y=2&y=1");
+    let mut req = TestRequest::get(&format!("/a?access%5Ftoken={token}"));
+    assert!(run(&config, &mut req).await.is_none());
+    assert_eq!(req.path, "/a");
     let mut req = TestRequest::get(&format!("/a?access_token={token}"));
     assert!(run(&config, &mut req).await.is_none());
     assert_eq!(req.path, "/a");
@@ -610,6 +616,9 @@ async fn forward_keeps_the_token_and_payload_and_claims_are_forwarded() {
         claim("x-ratio", "ratio"),
         claim("x-admin", "admin"),
         claim("x-roles", "roles"),
+        claim("x-obj", "obj"),
+        claim("x-neg", "neg"),
+        claim("x-big", "big"),
         claim("x-absent", "nope"),
         jwt_pb::JwtClaimToHeader {
             header_name: "x-url-claim".into(),
@@ -626,6 +635,9 @@ async fn forward_keeps_the_token_and_payload_and_claims_are_forwarded() {
     c["ratio"] = json!(1.5);
     c["admin"] = json!(true);
     c["roles"] = json!(["a", "b"]);
+    c["obj"] = json!({"k": 1, "a": [true, null]});
+    c["neg"] = json!(-2);
+    c["big"] = json!(1e20);
     c["https://example.org/group"] = json!("eng");
     let token = keys.sign("RS256", "rsa-1", &c);
     let mut req = TestRequest::bearer(&token);
@@ -648,6 +660,13 @@ async fn forward_keeps_the_token_and_payload_and_claims_are_forwarded() {
         h("x-roles"),
         Some(base64::engine::general_purpose::STANDARD.encode(r#"["a","b"]"#))
     );
+    // Values as an Envoy 1.40 upstream received them for the same claims.
+    assert_eq!(
+        h("x-obj").as_deref(),
+        Some("eyJhIjpbdHJ1ZSxudWxsXSwiayI6MX0=")
+    );
+    assert_eq!(h("x-neg").as_deref(), Some("-2.000000"));
+    assert_eq!(h("x-big").as_deref(), Some("100000000000000000000.000000"));
     assert_eq!(h("x-absent"), None);
     assert_eq!(h("x-url-claim").as_deref(), Some("eng"));
     let payload = h("x-jwt-payload").unwrap();
