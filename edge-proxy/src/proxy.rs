@@ -225,10 +225,14 @@ async fn route<'p>(
             headers: request.headers_mut(),
         };
         let outcome = filters::on_request(plane, &http.http_filters, &matched, &mut req, &mut work);
-        if let filters::Outcome::Respond(mut response) = outcome.await {
-            // Envoy 1.40 gives a filter's answer the route's response headers on forwarding
-            // routes (checked against it), not on redirect or direct-response ones.
-            if matches!(matched.route.action, RouteAction::Forward(_)) {
+        if let filters::Outcome::Respond {
+            mut response,
+            local_reply,
+        } = outcome.await
+        {
+            // Envoy 1.40 gives a filter's local reply the route's response headers on
+            // forwarding routes (checked against it), not on redirect or direct-response ones.
+            if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
                 matched.apply_response_headers(response.headers_mut());
             }
             filters::on_response(&work, response.headers_mut());

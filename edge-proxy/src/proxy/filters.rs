@@ -34,12 +34,22 @@ pub(crate) struct ResponseWork {
 }
 
 /// How the request goes on after the filters.
+// Returned once per request and consumed at once: boxing the answer would only add an
+// allocation to every filter answer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// To the route's action.
     Continue,
     /// A filter answered.
-    Respond(Response<DownstreamBody>),
+    Respond {
+        /// The answer.
+        response: Response<DownstreamBody>,
+        /// Whether it is an Envoy "local reply" (jwt_authn's 401/403), which gets the route's
+        /// response headers on forwarding routes; the CORS preflight answer is written
+        /// directly by Envoy's filter and does not (both checked against Envoy 1.40).
+        local_reply: bool,
+    },
 }
 
 /// Runs the request side of every filter up to the router.
@@ -71,7 +81,10 @@ pub(crate) async fn on_request(
                     cors::Outcome::Continue(latch) => work.cors.extend(latch),
                     cors::Outcome::Respond(response, latch) => {
                         work.cors.extend(latch);
-                        return Outcome::Respond(response);
+                        return Outcome::Respond {
+                            response,
+                            local_reply: false,
+                        };
                     }
                 }
             }
@@ -82,7 +95,10 @@ pub(crate) async fn on_request(
                 if let Some(response) =
                     filter::jwt::on_request(config, per_route, &plane.upstreams, req).await
                 {
-                    return Outcome::Respond(response);
+                    return Outcome::Respond {
+                        response,
+                        local_reply: true,
+                    };
                 }
             }
         }
@@ -274,7 +290,7 @@ mod tests {
         };
         let mut work = ResponseWork::default();
         let mut response = match on_request(&plane, filters, &matched, &mut req, &mut work).await {
-            Outcome::Respond(response) => response,
+            Outcome::Respond { response, .. } => response,
             Outcome::Continue => Response::new(super::super::body::full("upstream")),
         };
         on_response(&work, response.headers_mut());
