@@ -13,6 +13,7 @@
 //! cosmetic fields (names, stat prefixes, metadata, decorators) are skipped.
 
 pub mod cluster;
+pub mod filters;
 mod http_options;
 pub mod listener;
 pub mod route;
@@ -123,6 +124,14 @@ impl Rejection {
         }
     }
 
+    /// The value being read is wrong as a whole; the enclosing levels add the path.
+    pub(crate) fn here(reason: Reason) -> Self {
+        Self {
+            path: Vec::new(),
+            reason,
+        }
+    }
+
     /// `field` is set, and the proxy does not implement it.
     pub(crate) fn unsupported(field: &'static str) -> Self {
         Self::new(field, Reason::Unsupported)
@@ -138,6 +147,12 @@ impl Rejection {
     pub(crate) fn at(mut self, field: &'static str, index: usize) -> Self {
         self.path.push(Segment::Index(index));
         self.path.push(Segment::Field(field));
+        self
+    }
+
+    /// Adds the key of the enclosing map under which the wrong value sits.
+    pub(crate) fn key(mut self, key: &str) -> Self {
+        self.path.push(Segment::Key(key.to_owned()));
         self
     }
 

@@ -7,7 +7,8 @@
 //! - [`run`] turns each snapshot into a [`proxy::DataPlane`] (the snapshot plus its
 //!   [`upstream::Upstreams`]) swapped behind one atomic pointer, and reconciles [`listeners`].
 //! - [`listeners`] accept TCP and TLS (certificate by SNI), speak HTTP/1.1 and HTTP/2, and call
-//!   [`proxy::handle`] for every request: route match, redirect / direct response / forward with
+//!   [`proxy::handle`] for every request: route match, the HTTP filters ([`filter`]: CORS, JWT
+//!   authentication), redirect / direct response / forward with
 //!   retries and timeouts, to an endpoint picked by [`upstream::balancer`] over a pooled
 //!   connection.
 //! - [`admin`] serves `/ready`, `/config_dump` and `/metrics` ([`metrics`]).
@@ -15,6 +16,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod filter;
 pub mod listeners;
 pub mod metrics;
 pub mod proxy;
@@ -120,6 +122,8 @@ async fn apply(plane: &SharedDataPlane, listeners: &mut Listeners, snapshot: Arc
         snapshot: Arc::clone(&snapshot),
         upstreams: Arc::new(upstreams),
     })));
+    // JWKS fetched in the background (`async_fetch`) go through the upstreams just stored.
+    filter::jwt::start_background_fetches(&snapshot, plane);
     listeners.apply(&snapshot.listeners).await;
     tracing::info!(version = %snapshot.version, "config applied");
 }

@@ -1,5 +1,6 @@
 //! The request path, from a parsed request to its response: route match on the current
-//! snapshot → the route's action (forward, redirect, direct response) → upstream attempts with
+//! snapshot → the listener's HTTP filters (`filters`: CORS, JWT) → the route's action
+//! (forward, redirect, direct response) → upstream attempts with
 //! retries and timeouts → response header mutations → the access log line, written when the
 //! response body ends ([`crate::access_log`]).
 //!
@@ -7,6 +8,7 @@
 //! once per request, so a config change never splits one request across two configs.
 
 pub mod body;
+mod filters;
 pub mod headers;
 
 use std::net::SocketAddr;
@@ -210,6 +212,40 @@ async fn route<'p>(
         return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
     };
     served.route = Some(&matched.route.name);
+    // The listener's HTTP filters (CORS, JWT…) run before the route's action, as Envoy's
+    // decoder filters run before the router; they may change the head, or answer.
+    let mut path_and_query = path_and_query;
+    let mut work = filters::ResponseWork::default();
+    if filters::has_request_filters(&http.http_filters) {
+        let mut req = crate::filter::Request {
+            method: &method,
+            scheme,
+            authority: &authority,
+            path_and_query: &mut path_and_query,
+            headers: request.headers_mut(),
+        };
+        let outcome = filters::on_request(plane, &http.http_filters, &matched, &mut req, &mut work);
+        if let filters::Outcome::Respond {
+            mut response,
+            local_reply,
+        } = outcome.await
+        {
+            // Envoy 1.40 gives a filter's local reply the route's response headers on
+            // forwarding routes (checked against it), not on redirect or direct-response ones.
+            if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
+                matched.apply_response_headers(response.headers_mut());
+            }
+            filters::on_response(&work, response.headers_mut());
+            return with_request_id(response, &request_id, http);
+        }
+    }
+    let head = RequestHead {
+        method: method.as_str(),
+        scheme,
+        authority: &authority,
+        path_and_query: &path_and_query,
+        headers: request.headers(),
+    };
     let mut response = match &matched.route.action {
         RouteAction::Direct(direct) => {
             let mut response = local_reply(direct.status, direct.body.clone());
@@ -243,6 +279,7 @@ async fn route<'p>(
         }
     };
     matched.apply_response_headers(response.headers_mut());
+    filters::on_response(&work, response.headers_mut());
     with_request_id(response, &request_id, http)
 }
 

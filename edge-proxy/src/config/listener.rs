@@ -36,6 +36,7 @@ use tollgate_proto::envoy::extensions::transport_sockets::raw_buffer::v3 as raw_
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::google::protobuf as pb;
 
+pub use super::filters::{HttpFilter, HttpFilterKind};
 pub use access_log::{AccessLogConfig, AccessLogField, AccessLogSink};
 
 use super::http_options::{http1_options, http2_options};
@@ -111,7 +112,7 @@ pub struct HttpSettings {
     /// Which HTTP versions are spoken.
     pub codec: Codec,
     /// The HTTP filters, in order; the last is always [`HttpFilterKind::Router`].
-    pub http_filters: Vec<HttpFilterKind>,
+    pub http_filters: Vec<HttpFilter>,
     /// Whether the peer address is the client's, rather than what `x-forwarded-for` says.
     /// This decides the client address and whether the request is internal, and is what
     /// gets appended to `x-forwarded-for`.
@@ -177,14 +178,6 @@ pub enum Codec {
     Http1,
     /// HTTP/2 only.
     Http2,
-}
-
-/// An HTTP filter of a connection manager. Only the router exists so far; the route's own
-/// filters (CORS, authentication, quotas…) arrive with their issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpFilterKind {
-    /// `envoy.filters.http.router` with its default config: forward as the route says.
-    Router,
 }
 
 /// What a listener needs from other resources: see [`Listener::references`].
@@ -1577,28 +1570,35 @@ fn rds(proto: &hcm_pb::Rds) -> Result<String, Rejection> {
     Ok(route_config_name.clone())
 }
 
-/// The HTTP filters: for now exactly one, the router, which Envoy requires to be last.
-fn http_filters(filters: &[hcm_pb::HttpFilter]) -> Result<Vec<HttpFilterKind>, Rejection> {
+/// The HTTP filters, in order; the router, which Envoy requires to be last.
+fn http_filters(filters: &[hcm_pb::HttpFilter]) -> Result<Vec<HttpFilter>, Rejection> {
     if filters.is_empty() {
         return Err(Rejection::new("http_filters", Reason::Missing));
     }
-    let mut kinds = Vec::with_capacity(filters.len());
+    let mut out = Vec::with_capacity(filters.len());
     for (i, filter) in filters.iter().enumerate() {
-        let kind = http_filter(filter).at("http_filters", i)?;
-        // The router is terminal: a filter after it would never run, and Envoy refuses it.
-        if kind == HttpFilterKind::Router && i + 1 != filters.len() {
+        let filter = http_filter(filter).at("http_filters", i)?;
+        let last = i + 1 == filters.len();
+        // The router is terminal: a filter after it would never run, and Envoy refuses it;
+        // without it at the end nothing would answer.
+        if filter.is_router() != last {
+            let reason = if last {
+                "the last filter must be the router (envoy.extensions.filters.http.router.v3.Router)"
+            } else {
+                "the router is terminal: it must be the last filter"
+            };
             return Err(Rejection::new_at(
                 "http_filters",
                 i,
-                Reason::Invalid("the router is terminal: it must be the last filter".into()),
+                Reason::Invalid(reason.into()),
             ));
         }
-        kinds.push(kind);
+        out.push(filter);
     }
-    Ok(kinds)
+    Ok(out)
 }
 
-fn http_filter(proto: &hcm_pb::HttpFilter) -> Result<HttpFilterKind, Rejection> {
+fn http_filter(proto: &hcm_pb::HttpFilter) -> Result<HttpFilter, Rejection> {
     use hcm_pb::http_filter::ConfigType;
     let hcm_pb::HttpFilter {
         name,
@@ -1610,6 +1610,8 @@ fn http_filter(proto: &hcm_pb::HttpFilter) -> Result<HttpFilterKind, Rejection> 
     if name.is_empty() {
         return Err(Rejection::new("name", Reason::Missing));
     }
+    // Disabled here and enabled per route would need the routes' `FilterConfig`s to turn
+    // filters on; only turning them off is implemented.
     reject_if(*disabled, "disabled")?;
     let any = match config_type {
         Some(ConfigType::TypedConfig(any)) => any,
@@ -1618,12 +1620,11 @@ fn http_filter(proto: &hcm_pb::HttpFilter) -> Result<HttpFilterKind, Rejection> 
             return Err(Rejection::unsupported("config_discovery"));
         }
     };
-    if !is_type::<router_pb::Router>(any) {
-        return Err(unsupported_extension("http filter", name, any));
-    }
-    let router = decode(any).within("typed_config")?;
-    self::router(&router).within("typed_config")?;
-    Ok(HttpFilterKind::Router)
+    let kind = super::filters::http_filter_kind(name, any, router)?;
+    Ok(HttpFilter {
+        name: name.clone(),
+        kind,
+    })
 }
 
 #[allow(deprecated)] // deprecated fields still change behaviour when set: they must be read
@@ -1719,12 +1720,12 @@ fn common_options(proto: &core_pb::HttpProtocolOptions) -> Result<CommonOptions,
 // Helpers
 
 /// Whether `any` holds a `T`. Envoy reads only the part of the type URL after the last `/`.
-fn is_type<T: Name>(any: &pb::Any) -> bool {
+pub(super) fn is_type<T: Name>(any: &pb::Any) -> bool {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
     name == T::full_name()
 }
 
-fn decode<T: Message + Default>(any: &pb::Any) -> Result<T, Rejection> {
+pub(super) fn decode<T: Message + Default>(any: &pb::Any) -> Result<T, Rejection> {
     T::decode(any.value.as_slice()).map_err(|e| {
         Rejection::new(
             "value",
@@ -1735,7 +1736,7 @@ fn decode<T: Message + Default>(any: &pb::Any) -> Result<T, Rejection> {
 
 /// An extension (listener, network or HTTP filter, transport socket) whose config type this
 /// proxy does not implement. The message names the extension as configured and its type.
-fn unsupported_extension(kind: &str, name: &str, any: &pb::Any) -> Rejection {
+pub(super) fn unsupported_extension(kind: &str, name: &str, any: &pb::Any) -> Rejection {
     Rejection::new(
         "typed_config",
         Reason::UnsupportedValue(format!("{kind} {name:?} ({})", any.type_url)),

@@ -23,6 +23,7 @@ use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
 
+use super::filters::{FilterOverrides, PerFilterConfig, filter_overrides};
 use super::{
     ConfigError, Reason, Rejection, Resource, Within as _, duration, no_control_chars, reject_if,
     reject_set,
@@ -115,6 +116,8 @@ pub struct VirtualHost {
     pub request_headers: HeaderMutations,
     /// Header changes applied to responses of this virtual host.
     pub response_headers: HeaderMutations,
+    /// Per-filter config (`typed_per_filter_config`), for the HTTP filters named.
+    pub filter_overrides: FilterOverrides,
     index: RouteIndex,
 }
 
@@ -130,6 +133,8 @@ pub struct Route {
     pub request_headers: HeaderMutations,
     /// Header changes applied to this route's responses, including redirects and direct ones.
     pub response_headers: HeaderMutations,
+    /// Per-filter config (`typed_per_filter_config`), for the HTTP filters named.
+    pub filter_overrides: FilterOverrides,
 }
 
 /// What a route does with the requests it matches.
@@ -354,6 +359,35 @@ impl<'t> Matched<'t> {
         for mutations in self.response_header_mutations() {
             mutations.apply(headers);
         }
+    }
+
+    /// The most specific per-filter config for the HTTP filter configured as `filter` (its
+    /// `name` in the connection manager): the route's, else the virtual host's, as Envoy's
+    /// `resolveMostSpecificPerFilterConfig`.
+    pub fn filter_config(&self, filter: &str) -> Option<&'t PerFilterConfig> {
+        self.route
+            .filter_overrides
+            .config(filter)
+            .or_else(|| self.virtual_host.filter_overrides.config(filter))
+    }
+
+    /// Every per-filter config for `filter`, most specific first (route, then virtual host),
+    /// for filters that merge levels field by field, as Envoy's CORS filter does.
+    pub fn filter_configs(&self, filter: &str) -> [Option<&'t PerFilterConfig>; 2] {
+        [
+            self.route.filter_overrides.config(filter),
+            self.virtual_host.filter_overrides.config(filter),
+        ]
+    }
+
+    /// Whether the route or its virtual host disables `filter` (a `FilterConfig` with
+    /// `disabled: true`); the most specific level that says either way decides.
+    pub fn filter_disabled(&self, filter: &str) -> bool {
+        self.route
+            .filter_overrides
+            .disabled(filter)
+            .or_else(|| self.virtual_host.filter_overrides.disabled(filter))
+            .unwrap_or(false)
     }
 
     fn ordered(
@@ -814,6 +848,23 @@ struct RouteMatcher {
     query: Vec<QueryMatch>,
 }
 
+/// A `RouteMatch` used outside a route table, e.g. by jwt_authn's `rules`: the same path,
+/// header and query matching as routes, on the request as the filter sees it.
+#[derive(Debug)]
+pub struct RequestMatcher(RouteMatcher);
+
+impl RequestMatcher {
+    /// Whether the request matches.
+    pub fn matches(&self, req: &RequestHead<'_>) -> bool {
+        self.0.matches(req)
+    }
+}
+
+/// Builds a [`RequestMatcher`]; the same subset of `RouteMatch` as routes is accepted.
+pub(crate) fn request_matcher(proto: &route_pb::RouteMatch) -> Result<RequestMatcher, Rejection> {
+    route_match(proto).map(|(matcher, _)| RequestMatcher(matcher))
+}
+
 impl RouteMatcher {
     fn matches(&self, req: &RequestHead<'_>) -> bool {
         if !self.path.matches(req.path()) || !self.headers.iter().all(|h| h.matches(req)) {
@@ -892,9 +943,9 @@ fn eq_bytes(a: &[u8], b: &[u8], ignore_case: bool) -> bool {
     }
 }
 
-/// Envoy's `StringMatcher`.
+/// Envoy's `StringMatcher`; built from config only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct StringMatch {
+pub struct StringMatch {
     pattern: Pattern,
     /// For exact, prefix, suffix and contains; a regex ignores it, as in Envoy.
     ignore_case: bool,
@@ -931,7 +982,8 @@ impl PartialEq for Pattern {
 impl Eq for Pattern {}
 
 impl StringMatch {
-    fn matches(&self, value: &str) -> bool {
+    /// Whether `value` matches, as Envoy's `StringMatcherImpl::match`.
+    pub fn matches(&self, value: &str) -> bool {
         let ic = self.ignore_case;
         match &self.pattern {
             Pattern::Exact(s) => eq_bytes(value.as_bytes(), s.as_bytes(), ic),
@@ -1316,10 +1368,6 @@ fn virtual_host(proto: &route_pb::VirtualHost, max_body: u32) -> Result<VirtualH
         (!rate_limits.is_empty(), "rate_limits"),
         (cors.is_some(), "cors"),
         (
-            !typed_per_filter_config.is_empty(),
-            "typed_per_filter_config",
-        ),
-        (
             *include_request_attempt_count,
             "include_request_attempt_count",
         ),
@@ -1360,9 +1408,12 @@ fn virtual_host(proto: &route_pb::VirtualHost, max_body: u32) -> Result<VirtualH
         .enumerate()
         .map(|(i, r)| route(r, retry.as_ref(), max_body).at("routes", i))
         .collect::<Result<_, _>>()?;
+    let filter_overrides =
+        filter_overrides(typed_per_filter_config).within("typed_per_filter_config")?;
     Ok(VirtualHost {
         name: name.clone(),
         domains: domains.clone(),
+        filter_overrides,
         index: RouteIndex::new(&routes),
         routes,
         request_headers: header_mutations(
@@ -1403,10 +1454,6 @@ fn route(
         action,
     } = proto;
     reject_set(&[
-        (
-            !typed_per_filter_config.is_empty(),
-            "typed_per_filter_config",
-        ),
         (tracing.is_some(), "tracing"),
         (
             per_request_buffer_limit_bytes.is_some(),
@@ -1444,10 +1491,13 @@ fn route(
             return Err(Rejection::unsupported("non_forwarding_action"));
         }
     };
+    let filter_overrides =
+        filter_overrides(typed_per_filter_config).within("typed_per_filter_config")?;
     Ok(Route {
         name: name.clone(),
         matcher,
         action,
+        filter_overrides,
         request_headers: header_mutations(
             request_headers_to_add,
             request_headers_to_remove,
@@ -1646,7 +1696,7 @@ fn query_matcher(proto: &route_pb::QueryParameterMatcher) -> Result<QueryMatch, 
     })
 }
 
-fn string_matcher(proto: &matcher_pb::StringMatcher) -> Result<StringMatch, Rejection> {
+pub(crate) fn string_matcher(proto: &matcher_pb::StringMatcher) -> Result<StringMatch, Rejection> {
     use matcher_pb::string_matcher::MatchPattern;
     let matcher_pb::StringMatcher {
         ignore_case,

@@ -35,6 +35,18 @@ fn router_filter() -> hcm_pb::HttpFilter {
     }
 }
 
+/// A filter type the proxy does not implement.
+fn buffer_filter() -> hcm_pb::HttpFilter {
+    hcm_pb::HttpFilter {
+        name: "envoy.filters.http.buffer".into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pb::Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer".into(),
+            value: Vec::new(),
+        })),
+        ..Default::default()
+    }
+}
+
 fn hcm(route_config_name: &str) -> hcm_pb::HttpConnectionManager {
     hcm_pb::HttpConnectionManager {
         stat_prefix: route_config_name.into(),
@@ -164,7 +176,10 @@ fn default_settings(route: &str) -> HttpSettings {
         stat_prefix: route.into(),
         route_config_name: route.into(),
         codec: Codec::Auto,
-        http_filters: vec![HttpFilterKind::Router],
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            kind: HttpFilterKind::Router,
+        }],
         use_remote_address: true,
         xff_num_trusted_hops: 0,
         skip_xff_append: false,
@@ -477,7 +492,7 @@ fn unsupported_or_invalid_listeners_are_rejected_naming_the_field() {
     let missing = |r: &Reason| *r == Reason::Missing;
     let unsupported_value = |r: &Reason| matches!(r, Reason::UnsupportedValue(_));
     let names = |needle: &'static str| move |r: &Reason| matches!(r, Reason::UnsupportedValue(m) if m.contains(needle));
-    let cors_filter = names("\"envoy.filters.http.cors\"");
+    let buffer_named = names("\"envoy.filters.http.buffer\"");
     let tcp_proxy = names("\"envoy.filters.network.tcp_proxy\"");
     let proxy_protocol = names("\"envoy.filters.listener.proxy_protocol\"");
     let starttls = names("\"envoy.transport_sockets.starttls\"");
@@ -1178,21 +1193,8 @@ fn unsupported_or_invalid_listeners_are_rejected_naming_the_field() {
         (
             format!("{HCM}.http_filters[0].typed_config"),
             plain,
-            Box::new(|l| {
-                edit_hcm(l, |h| {
-                    h.http_filters.insert(
-                        0,
-                        hcm_pb::HttpFilter {
-                            name: "envoy.filters.http.cors".into(),
-                            config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(
-                                pack_any(&cors_pb::Cors::default()),
-                            )),
-                            ..Default::default()
-                        },
-                    )
-                })
-            }),
-            &cors_filter,
+            Box::new(|l| edit_hcm(l, |h| h.http_filters.insert(0, buffer_filter()))),
+            &buffer_named,
         ),
         (
             format!("{HCM}.http_filters[0]"),
@@ -1257,23 +1259,12 @@ fn unsupported_or_invalid_listeners_are_rejected_naming_the_field() {
 #[test]
 fn rejection_messages_read_well() {
     let mut proto = tls();
-    edit_hcm(&mut proto, |h| {
-        h.http_filters.insert(
-            0,
-            hcm_pb::HttpFilter {
-                name: "envoy.filters.http.cors".into(),
-                config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pack_any(
-                    &cors_pb::Cors::default(),
-                ))),
-                ..Default::default()
-            },
-        )
-    });
+    edit_hcm(&mut proto, |h| h.http_filters.insert(0, buffer_filter()));
     assert_eq!(
         Listener::try_from(&proto).unwrap_err().to_string(),
         "listener secure: filter_chains[0].filters[0].typed_config.http_filters[0].typed_config: \
-         not supported: http filter \"envoy.filters.http.cors\" \
-         (type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors)"
+         not supported: http filter \"envoy.filters.http.buffer\" \
+         (type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer)"
     );
     let mut proto = plain();
     edit_hcm(&mut proto, |h| {
@@ -1736,4 +1727,56 @@ fn accepts_what_the_control_plane_translator_emits() {
             certificates[name].key_pem.as_deref()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP filters
+
+fn cors_filter(name: &str) -> hcm_pb::HttpFilter {
+    hcm_pb::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pack_any(
+            &cors_pb::Cors::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn http_filters_run_in_order_with_the_router_last() {
+    let mut proto = plain();
+    edit_hcm(&mut proto, |h| {
+        h.http_filters
+            .insert(0, cors_filter("envoy.filters.http.cors"));
+        h.http_filters.insert(1, cors_filter("cors-again"));
+    });
+    let listener = Listener::try_from(&proto).unwrap();
+    let filters = &listener.chains()[0].http.http_filters;
+    let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.cors",
+            "cors-again",
+            "envoy.filters.http.router"
+        ]
+    );
+    assert_eq!(filters[0].kind, HttpFilterKind::Cors);
+    assert!(filters[2].is_router());
+
+    // Nothing may follow the router, and the chain must end with it.
+    let mut proto = plain();
+    edit_hcm(&mut proto, |h| h.http_filters.push(cors_filter("late")));
+    assert_eq!(
+        Listener::try_from(&proto).unwrap_err().to_string(),
+        "listener public: filter_chains[0].filters[0].typed_config.http_filters[0]: the router \
+         is terminal: it must be the last filter"
+    );
+    let mut proto = plain();
+    edit_hcm(&mut proto, |h| h.http_filters = vec![cors_filter("only")]);
+    assert_eq!(
+        Listener::try_from(&proto).unwrap_err().to_string(),
+        "listener public: filter_chains[0].filters[0].typed_config.http_filters[0]: the last \
+         filter must be the router (envoy.extensions.filters.http.router.v3.Router)"
+    );
 }

@@ -1595,13 +1595,13 @@ fn unsupported_or_invalid_configs_are_rejected_naming_the_field() {
             &unsupported,
         ),
         (
-            "virtual_hosts[0].routes[0].typed_per_filter_config",
+            "virtual_hosts[0].routes[0].typed_per_filter_config[\"envoy.filters.http.cors\"]",
             Box::new(|c| {
                 first_route(c)
                     .typed_per_filter_config
                     .insert("envoy.filters.http.cors".into(), Default::default());
             }),
-            &unsupported,
+            &unsupported_value,
         ),
         (
             "virtual_hosts[0].routes[0].tracing",
@@ -1951,13 +1951,13 @@ fn unsupported_or_invalid_configs_are_rejected_naming_the_field() {
             &unsupported,
         ),
         (
-            "virtual_hosts[0].typed_per_filter_config",
+            "virtual_hosts[0].typed_per_filter_config.f",
             Box::new(|c| {
                 c.virtual_hosts[0]
                     .typed_per_filter_config
                     .insert("f".into(), Default::default());
             }),
-            &unsupported,
+            &unsupported_value,
         ),
         // Route configuration.
         (

@@ -1,0 +1,224 @@
+//! HTTP filters: a connection manager's `http_filters`, and the per-route config that routes
+//! and virtual hosts give them (`typed_per_filter_config`).
+//!
+//! In the request flow the filters run right after route matching and before the router
+//! (see [`crate::proxy`]): CORS, then JWT authentication, in the order the listener lists them.
+//! The listener says which filters run ([`HttpFilter`]); the matched route and its virtual host
+//! say how, per filter name ([`FilterOverrides`]). As in Envoy, per-filter config is found by
+//! the filter's configured `name`, the most specific level first.
+//!
+//! A per-filter config whose key names no filter of the listener is accepted and unused, as in
+//! Envoy: route tables are validated on their own, and Envoy only checks that it knows the
+//! config's type. A type the proxy does not implement is NACKed, unless wrapped in a
+//! `FilterConfig` marked `is_optional`.
+
+pub mod cors;
+pub mod jwt_authn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tollgate_proto::envoy::config::route::v3 as route_pb;
+use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
+use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
+use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
+use tollgate_proto::google::protobuf as pb;
+
+use super::listener::{decode, is_type, unsupported_extension};
+use super::{Reason, Rejection, Within as _};
+
+/// One HTTP filter of a connection manager, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpFilter {
+    /// The filter's `name`; per-route config is looked up by it.
+    pub name: String,
+    /// What the filter does.
+    pub kind: HttpFilterKind,
+}
+
+/// The HTTP filters the proxy implements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFilterKind {
+    /// `envoy.filters.http.router` with its default config: forward as the route says. Always
+    /// the last filter.
+    Router,
+    /// `envoy.filters.http.cors`: its policy comes from the route's per-filter config.
+    Cors,
+    /// `envoy.filters.http.jwt_authn`.
+    JwtAuthn(Arc<jwt_authn::JwtAuthn>),
+}
+
+impl HttpFilter {
+    /// Whether this is the router.
+    pub fn is_router(&self) -> bool {
+        matches!(self.kind, HttpFilterKind::Router)
+    }
+}
+
+/// Reads an HTTP filter's `typed_config` into its kind. `name` is only for messages. The
+/// router's own config is validated by the caller, which knows the listener's rules for it.
+pub(super) fn http_filter_kind(
+    name: &str,
+    any: &pb::Any,
+    router: impl FnOnce(&router_pb::Router) -> Result<(), Rejection>,
+) -> Result<HttpFilterKind, Rejection> {
+    if is_type::<router_pb::Router>(any) {
+        let config = decode(any).within("typed_config")?;
+        router(&config).within("typed_config")?;
+        Ok(HttpFilterKind::Router)
+    } else if is_type::<cors_pb::Cors>(any) {
+        // `Cors` has no fields: decoding only checks the bytes.
+        let cors_pb::Cors {} = decode(any).within("typed_config")?;
+        Ok(HttpFilterKind::Cors)
+    } else if is_type::<jwt_pb::JwtAuthentication>(any) {
+        let config: jwt_pb::JwtAuthentication = decode(any).within("typed_config")?;
+        let config = jwt_authn::JwtAuthn::try_from_proto(config).within("typed_config")?;
+        Ok(HttpFilterKind::JwtAuthn(Arc::new(config)))
+    } else {
+        Err(unsupported_extension("http filter", name, any))
+    }
+}
+
+/// The per-filter config of one level (a virtual host or a route), by filter name.
+#[derive(Debug, Default)]
+pub struct FilterOverrides {
+    /// Few entries: a scan is faster than hashing, and needs no allocation per request.
+    entries: Vec<FilterOverride>,
+}
+
+#[derive(Debug)]
+struct FilterOverride {
+    name: String,
+    /// From a `FilterConfig` wrapper: `Some(true)` disables the filter here.
+    disabled: Option<bool>,
+    config: Option<PerFilterConfig>,
+}
+
+/// A filter's config for one route or virtual host.
+#[derive(Debug)]
+pub enum PerFilterConfig {
+    /// `envoy.extensions.filters.http.cors.v3.CorsPolicy`.
+    Cors(cors::CorsPolicy),
+    /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`.
+    JwtAuthn(jwt_authn::PerRoute),
+}
+
+impl PerFilterConfig {
+    /// The CORS policy, when this is one. A filter ignores a config of another filter's type,
+    /// as Envoy's typed lookup does.
+    pub fn as_cors(&self) -> Option<&cors::CorsPolicy> {
+        match self {
+            Self::Cors(policy) => Some(policy),
+            Self::JwtAuthn(_) => None,
+        }
+    }
+
+    /// The jwt_authn per-route config, when this is one.
+    pub fn as_jwt_authn(&self) -> Option<&jwt_authn::PerRoute> {
+        match self {
+            Self::JwtAuthn(per_route) => Some(per_route),
+            Self::Cors(_) => None,
+        }
+    }
+}
+
+impl FilterOverrides {
+    /// Whether nothing is configured at this level.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The config for the filter named `filter`, if this level has one.
+    pub fn config(&self, filter: &str) -> Option<&PerFilterConfig> {
+        self.entries
+            .iter()
+            .find(|e| e.name == filter)
+            .and_then(|e| e.config.as_ref())
+    }
+
+    /// Whether this level disables (`Some(true)`) or explicitly enables (`Some(false)`) the
+    /// filter named `filter`.
+    pub fn disabled(&self, filter: &str) -> Option<bool> {
+        self.entries
+            .iter()
+            .find(|e| e.name == filter)
+            .and_then(|e| e.disabled)
+    }
+}
+
+/// Reads a `typed_per_filter_config` map. Errors carry the map key in their path.
+pub(super) fn filter_overrides(
+    map: &HashMap<String, pb::Any>,
+) -> Result<FilterOverrides, Rejection> {
+    // Sorted, so that the first error reported does not depend on hash order.
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some(entry) = filter_override(name, &map[name]).map_err(|r| r.key(name))? {
+            entries.push(entry);
+        }
+    }
+    Ok(FilterOverrides { entries })
+}
+
+/// One entry; `None` when it is an optional config of a type the proxy does not know, which
+/// Envoy skips.
+fn filter_override(name: &str, any: &pb::Any) -> Result<Option<FilterOverride>, Rejection> {
+    if name.is_empty() {
+        return Err(Rejection::new("name", Reason::Missing));
+    }
+    if !is_type::<route_pb::FilterConfig>(any) {
+        return Ok(Some(FilterOverride {
+            name: name.to_owned(),
+            disabled: None,
+            config: Some(per_filter_config(name, any)?),
+        }));
+    }
+    let route_pb::FilterConfig {
+        config,
+        is_optional,
+        disabled,
+    } = decode(any)?;
+    if disabled {
+        // Envoy ignores the config of a disabled filter.
+        return Ok(Some(FilterOverride {
+            name: name.to_owned(),
+            disabled: Some(true),
+            config: None,
+        }));
+    }
+    let config = match &config {
+        None => None,
+        Some(inner) if is_optional && !known_per_filter_type(inner) => return Ok(None),
+        Some(inner) => Some(per_filter_config(name, inner).within("config")?),
+    };
+    Ok(Some(FilterOverride {
+        name: name.to_owned(),
+        disabled: Some(false),
+        config,
+    }))
+}
+
+fn known_per_filter_type(any: &pb::Any) -> bool {
+    is_type::<cors_pb::CorsPolicy>(any) || is_type::<jwt_pb::PerRouteConfig>(any)
+}
+
+fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejection> {
+    if is_type::<cors_pb::CorsPolicy>(any) {
+        let proto = decode(any)?;
+        Ok(PerFilterConfig::Cors(cors::policy(&proto)?))
+    } else if is_type::<jwt_pb::PerRouteConfig>(any) {
+        let proto = decode(any)?;
+        Ok(PerFilterConfig::JwtAuthn(jwt_authn::per_route(&proto)?))
+    } else {
+        // The path ends at the map key: the value is the `Any` itself.
+        Err(Rejection::here(Reason::UnsupportedValue(format!(
+            "per-filter config for {name:?} ({})",
+            any.type_url
+        ))))
+    }
+}
+
+#[cfg(test)]
+mod tests;
