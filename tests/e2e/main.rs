@@ -2,11 +2,13 @@
 //! free loopback ports. Build the binaries first (`cargo build --bins`; `scripts/test` does).
 
 mod access_log;
+mod cors;
 mod declarative;
 mod dev;
 mod edge_proxy;
 mod envoy_xds;
 mod fixtures;
+mod jwt;
 mod openapi;
 mod parity;
 mod proxy_metrics;
