@@ -1717,13 +1717,14 @@ fn policy_schemas_carry_their_type_tag() {
     let policy = &schemas["Policy"];
     assert_eq!(policy["discriminator"]["propertyName"], "type");
     let variants = policy["oneOf"].as_array().unwrap();
-    assert_eq!(variants.len(), 5);
+    assert_eq!(variants.len(), 6);
     for (name, tag) in [
         ("JwtPolicy", "jwt"),
         ("CorsPolicy", "cors"),
         ("ApiKeyPolicy", "api_key"),
         ("AuthorizationPolicy", "authorization"),
         ("IpFilterPolicy", "ip_filter"),
+        ("TransformPolicy", "transform"),
     ] {
         let schema = &schemas[name];
         assert_eq!(schema["properties"]["type"]["enum"], json!([tag]), "{name}");

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::model::{ApiKeyPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, Policy};
 use crate::store::{Store, StoreSnapshot};
-use crate::translate::{API_KEY_POLICIES_EXTENSION, CONSUMER_KEY, GROUPS_KEY};
+use crate::translate::{API_KEY_POLICIES_EXTENSION, CONSUMER_KEY, GROUPS_KEY, TIER_KEY};
 
 /// gRPC status codes the check answers with (`google.rpc.Code`).
 const OK: i32 = 0;
@@ -259,7 +259,7 @@ fn identity_metadata(identity: &Identity) -> Struct {
     ]
     .into();
     if let Some(tier) = &identity.tier {
-        fields.insert("tier".to_owned(), string(tier));
+        fields.insert(TIER_KEY.to_owned(), string(tier));
     }
     Struct { fields }
 }

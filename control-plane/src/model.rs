@@ -19,9 +19,10 @@ pub use cluster::{
 pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{AccessLog, Listener, ListenerTls};
 pub use policy::{
-    ApiKeyPolicy, AuthorizationPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, Cidr,
-    CorsPolicy, IpFilterPolicy, JwksUri, JwtPolicy, MAX_JWKS_BYTES, Policy, PolicyType,
-    TokenSource,
+    ApiKeyPolicy, AuthorizationPolicy, BodyConversion, BodyTransform, CONSUMER_NAME_HEADER,
+    CONSUMER_TIER_HEADER, Cidr, CorsPolicy, IpFilterPolicy, JwksUri, JwtPolicy, KeyCase,
+    MAX_JWKS_BYTES, MessageTransform, OnInvalidBody, PathRewrite, Policy, PolicyType,
+    RequestTransform, TemplatePart, TemplatedHeaders, TokenSource, TransformPolicy, parse_template,
 };
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,
@@ -285,6 +286,7 @@ pub fn check_references(
             &listener.name,
             &listener.policies,
             policies,
+            None,
         )?;
         for (i, name) in listener
             .tls
@@ -315,7 +317,17 @@ pub fn check_references(
         bound.push(listener);
     }
     for route in routes.values() {
-        check_policy_refs(ResourceKind::Route, &route.name, &route.policies, policies)?;
+        let own_path_rewrite = route
+            .rewrite
+            .as_ref()
+            .is_some_and(|r| r.path_prefix.is_some() || r.path_regex.is_some());
+        check_policy_refs(
+            ResourceKind::Route,
+            &route.name,
+            &route.policies,
+            policies,
+            Some(own_path_rewrite),
+        )?;
         for (field, cluster) in route.cluster_refs() {
             if !clusters.contains_key(cluster) {
                 return Err(ReferenceError {
@@ -330,15 +342,18 @@ pub fn check_references(
     Ok(())
 }
 
-/// Confirms that a `policies[]` list names policies that exist, and at most one of each type
-/// a route can hold only once (CORS).
+/// Confirms that a `policies[]` list names policies that exist, at most one CORS policy, and
+/// at most one path rewrite: none on a listener (`route_rewrites_path` is `None`), none from a
+/// policy on a route that rewrites its path itself.
 fn check_policy_refs(
     kind: ResourceKind,
     name: &str,
     names: &[String],
     policies: &BTreeMap<String, Policy>,
+    route_rewrites_path: Option<bool>,
 ) -> Result<(), ReferenceError> {
     let mut cors: Option<&str> = None;
+    let mut path_rewrite: Option<&str> = None;
     for (i, policy_name) in names.iter().enumerate() {
         let error = |message: String| ReferenceError {
             kind,
@@ -356,6 +371,29 @@ fn check_policy_refs(
                 )));
             }
             cors = Some(policy_name);
+        }
+        if let Policy::Transform(transform) = policy
+            && transform.request.as_ref().is_some_and(|r| r.path.is_some())
+        {
+            match (route_rewrites_path, path_rewrite) {
+                (None, _) => {
+                    return Err(error(
+                        "a transform that rewrites the path applies to routes, not listeners"
+                            .to_owned(),
+                    ));
+                }
+                (Some(true), _) => {
+                    return Err(error(
+                        "the route rewrites its path itself (rewrite); one rewrite only".to_owned(),
+                    ));
+                }
+                (Some(false), Some(first)) => {
+                    return Err(error(format!(
+                        "only one path rewrite applies: {first} already rewrites the path"
+                    )));
+                }
+                (Some(false), None) => path_rewrite = Some(policy_name),
+            }
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ mod rbac;
 mod route;
 
 pub(crate) use policy::API_KEY_POLICIES_EXTENSION;
-pub(crate) use rbac::{CONSUMER_KEY, GROUPS_KEY};
+pub(crate) use rbac::{CONSUMER_KEY, GROUPS_KEY, TIER_KEY};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -328,11 +328,10 @@ pub fn translate(
                     (route.name.as_str(), policies)
                 })
                 .collect();
-            let virtual_hosts = route::virtual_hosts(&routes, |route| {
-                route_policies
-                    .get(route.name.as_str())
-                    .map(|p| p.per_filter_config(node.kind, &filters))
-                    .unwrap_or_default()
+            let virtual_hosts = route::virtual_hosts(&routes, |route, translated| {
+                if let Some(policies) = route_policies.get(route.name.as_str()) {
+                    policies.decorate(node.kind, &filters, translated);
+                }
             });
             uses_api_keys |= filters.uses_api_keys();
             let certificates: Vec<&crate::model::Certificate> = listener

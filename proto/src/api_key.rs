@@ -7,8 +7,6 @@
 //! The messages are declared with prost's derive rather than generated from `.proto` files:
 //! they are few and small, and this keeps `protoc` out of the build.
 
-use prost::Name;
-
 const PACKAGE: &str = "tollgate.filters.http.api_key.v1";
 
 /// The filter's config, in the connection manager: the API-key policies its routes use.
@@ -74,28 +72,11 @@ pub struct ApiKeyConsumer {
     pub groups: Vec<String>,
 }
 
-macro_rules! named {
-    ($($message:ident),*) => {$(
-        impl Name for $message {
-            const NAME: &'static str = stringify!($message);
-            const PACKAGE: &'static str = PACKAGE;
-            fn full_name() -> String {
-                format!("{PACKAGE}.{}", Self::NAME)
-            }
-            fn type_url() -> String {
-                format!("type.googleapis.com/{}", Self::full_name())
-            }
-        }
-    )*};
-}
-
-named!(
-    ApiKeyAuth,
+named!(PACKAGE; ApiKeyAuth,
     ApiKeyProvider,
     ApiKeyPerRoute,
     ApiKeyTable,
-    ApiKeyConsumer
-);
+    ApiKeyConsumer);
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,24 @@
 //! re-exported here, so both sides name one version of it. Tollgate's own extension configs
 //! (carried in xDS `Any`s) live in this crate's modules, one per filter.
 
+/// Implements [`prost::Name`] for Tollgate's own messages of one protobuf package.
+macro_rules! named {
+    ($package:expr; $($message:ident),*) => {$(
+        impl prost::Name for $message {
+            const NAME: &'static str = stringify!($message);
+            const PACKAGE: &'static str = $package;
+            fn full_name() -> String {
+                format!("{}.{}", $package, Self::NAME)
+            }
+            fn type_url() -> String {
+                format!("type.googleapis.com/{}", Self::full_name())
+            }
+        }
+    )*};
+}
+
 pub mod api_key;
+pub mod transform;
 
 pub use envoy_types;
 pub use envoy_types::pb::{envoy, google};

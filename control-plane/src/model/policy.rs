@@ -25,6 +25,9 @@ pub enum Policy {
     Authorization(AuthorizationPolicy),
     /// Which client addresses may call the route.
     IpFilter(IpFilterPolicy),
+    /// Changes to the request and the response: headers from claims, the consumer or the
+    /// request; the path; JSON and XML bodies (edge proxies).
+    Transform(TransformPolicy),
 }
 
 /// The kinds of policy, as named in `type`.
@@ -40,6 +43,8 @@ pub enum PolicyType {
     Authorization,
     /// [`IpFilterPolicy`].
     IpFilter,
+    /// [`TransformPolicy`].
+    Transform,
 }
 
 impl PolicyType {
@@ -51,6 +56,7 @@ impl PolicyType {
             Self::ApiKey => "api_key",
             Self::Authorization => "authorization",
             Self::IpFilter => "ip_filter",
+            Self::Transform => "transform",
         }
     }
 }
@@ -64,6 +70,7 @@ impl Policy {
             Self::ApiKey(p) => &p.name,
             Self::Authorization(p) => &p.name,
             Self::IpFilter(p) => &p.name,
+            Self::Transform(p) => &p.name,
         }
     }
 
@@ -75,6 +82,7 @@ impl Policy {
             Self::ApiKey(p) => p.name = name,
             Self::Authorization(p) => p.name = name,
             Self::IpFilter(p) => p.name = name,
+            Self::Transform(p) => p.name = name,
         }
     }
 
@@ -86,6 +94,7 @@ impl Policy {
             Self::ApiKey(_) => PolicyType::ApiKey,
             Self::Authorization(_) => PolicyType::Authorization,
             Self::IpFilter(_) => PolicyType::IpFilter,
+            Self::Transform(_) => PolicyType::Transform,
         }
     }
 
@@ -96,6 +105,7 @@ impl Policy {
             Self::ApiKey(p) => p.validate(),
             Self::Authorization(p) => p.validate(),
             Self::IpFilter(p) => p.validate(),
+            Self::Transform(p) => p.validate(),
         }
     }
 }
@@ -735,6 +745,306 @@ impl IpFilterPolicy {
     }
 }
 
+/// Transforms of the request on its way to the upstream and of the response on its way back.
+///
+/// Header values are templates: `{claim.sub}` (a claim of the verified JWT, nested as
+/// `{claim.org.id}`), `{consumer.name}`, `{consumer.tier}` (the API key's consumer),
+/// `{header.x-name}` (a request header), `{client_ip}`; `{{` and `}}` are literal braces. A
+/// value whose parts are all missing is not sent. Bodies are transformed by edge proxies only:
+/// Envoy nodes apply the header and path changes and leave bodies alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformPolicy {
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// Changes to the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestTransform>,
+    /// Changes to the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<MessageTransform>,
+}
+
+/// Changes to a request: a message transform and a path rewrite.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestTransform {
+    /// Header changes.
+    #[serde(default, skip_serializing_if = "TemplatedHeaders::is_empty")]
+    pub headers: TemplatedHeaders,
+    /// Body changes (edge proxies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyTransform>,
+    /// Rewrite the path: matches of `regex` are replaced by `substitution` (`\1` for groups).
+    /// A route with its own path rewrite cannot take one from a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+}
+
+/// Changes to a response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTransform {
+    /// Header changes.
+    #[serde(default, skip_serializing_if = "TemplatedHeaders::is_empty")]
+    pub headers: TemplatedHeaders,
+    /// Body changes (edge proxies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyTransform>,
+}
+
+/// Header changes whose values are templates (see [`TransformPolicy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatedHeaders {
+    /// Headers set, replacing any value the message had.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers appended to any existing values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl TemplatedHeaders {
+    /// Whether nothing is changed.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A path rewrite by regular expression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathRewrite {
+    /// RE2 syntax, matched against the path without the query.
+    pub regex: String,
+    /// The replacement.
+    pub substitution: String,
+}
+
+/// Body changes, made by edge proxies on bodies up to 1 MiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyTransform {
+    /// Convert the body between formats first: `xml_to_json` or `json_to_xml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convert: Option<BodyConversion>,
+    /// Rename every object key of the JSON body to this case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rename_keys: Option<KeyCase>,
+    /// Fields removed from the JSON body, as dotted paths (`user.password`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Fields set in the JSON body (dotted path → JSON value), after renaming.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub add: BTreeMap<String, serde_json::Value>,
+    /// What to do with a body that is not valid JSON (or XML, to convert): `pass` it on
+    /// unchanged (default) or `reject` it (400 for a request, 502 for a response).
+    #[serde(default)]
+    pub on_invalid: OnInvalidBody,
+}
+
+/// A body format conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyConversion {
+    /// XML in, JSON out (`content-type: application/json`).
+    XmlToJson,
+    /// JSON in, XML out (`content-type: application/xml`).
+    JsonToXml,
+}
+
+/// A naming convention for JSON keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyCase {
+    /// `userId` → `user_id`.
+    SnakeCase,
+    /// `user_id` → `userId`.
+    CamelCase,
+}
+
+/// What a body transform does with a body it cannot parse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalidBody {
+    /// Pass it on unchanged.
+    #[default]
+    Pass,
+    /// Refuse it: 400 for a request, 502 for a response.
+    Reject,
+}
+
+/// One piece of a header template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Literal text.
+    Literal(String),
+    /// A claim of the verified JWT, as a path (`["org", "id"]`).
+    Claim(Vec<String>),
+    /// The consumer's name.
+    ConsumerName,
+    /// The consumer's tier.
+    ConsumerTier,
+    /// A request header.
+    Header(String),
+    /// The client address.
+    ClientIp,
+}
+
+/// Parses a header template (see [`TransformPolicy`]).
+pub fn parse_template(template: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        literal.push_str(&rest[..i]);
+        let brace = &rest[i..i + 1];
+        if rest[i + 1..].starts_with(brace) {
+            literal.push_str(brace);
+            rest = &rest[i + 2..];
+            continue;
+        }
+        if brace == "}" {
+            return Err(format!(
+                "unmatched }} in {template:?} (write }}}} for a literal one)"
+            ));
+        }
+        let end = rest[i..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed {{ in {template:?} (write {{{{ for a literal one)"))?;
+        let name = &rest[i + 1..i + end];
+        let part = match name.split_once('.') {
+            _ if name == "client_ip" => TemplatePart::ClientIp,
+            _ if name == "consumer.name" => TemplatePart::ConsumerName,
+            _ if name == "consumer.tier" => TemplatePart::ConsumerTier,
+            Some(("claim", path)) if !path.is_empty() && !path.split('.').any(str::is_empty) => {
+                TemplatePart::Claim(path.split('.').map(str::to_owned).collect())
+            }
+            Some(("header", header)) => {
+                super::route::validate_header_name(header)?;
+                TemplatePart::Header(header.to_owned())
+            }
+            _ => {
+                return Err(format!(
+                    "{{{name}}} is not a known value: use claim.NAME, consumer.name, \
+                     consumer.tier, header.NAME or client_ip"
+                ));
+            }
+        };
+        if !literal.is_empty() {
+            parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
+        }
+        parts.push(part);
+        rest = &rest[i + end + 1..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(TemplatePart::Literal(literal));
+    }
+    Ok(parts)
+}
+
+impl TransformPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.request.is_none() && self.response.is_none() {
+            return Err(ValidationError::new(
+                "request",
+                "give request or response changes",
+            ));
+        }
+        if let Some(request) = &self.request {
+            validate_headers(&request.headers).map_err(|e| e.within("request.headers"))?;
+            if let Some(body) = &request.body {
+                validate_body(body).map_err(|e| e.within("request.body"))?;
+            }
+            if let Some(path) = &request.path {
+                super::validate_regex("request.path.regex", &path.regex)?;
+                if path.substitution.len() > 1024 || path.substitution.chars().any(char::is_control)
+                {
+                    return Err(ValidationError::new(
+                        "request.path.substitution",
+                        "must be at most 1024 characters, without control characters",
+                    ));
+                }
+            }
+        }
+        if let Some(response) = &self.response {
+            validate_headers(&response.headers).map_err(|e| e.within("response.headers"))?;
+            if let Some(body) = &response.body {
+                validate_body(body).map_err(|e| e.within("response.body"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_headers(headers: &TemplatedHeaders) -> Result<(), ValidationError> {
+    for (field, map) in [("set", &headers.set), ("add", &headers.add)] {
+        for (name, template) in map {
+            let field = format!("{field}.{name}");
+            super::route::validate_header_name(name)
+                .and_then(|()| super::route::validate_mutable_header(name))
+                .map_err(|m| ValidationError::new(&field, m))?;
+            if template.len() > 1024 || template.chars().any(char::is_control) {
+                return Err(ValidationError::new(
+                    field,
+                    "must be at most 1024 characters, without control characters",
+                ));
+            }
+            parse_template(template).map_err(|m| ValidationError::new(field, m))?;
+        }
+    }
+    for (i, name) in headers.remove.iter().enumerate() {
+        super::route::validate_header_name(name)
+            .and_then(|()| super::route::validate_mutable_header(name))
+            .map_err(|m| ValidationError::new(format!("remove[{i}]"), m))?;
+    }
+    Ok(())
+}
+
+fn validate_body(body: &BodyTransform) -> Result<(), ValidationError> {
+    if body.convert.is_none()
+        && body.rename_keys.is_none()
+        && body.remove.is_empty()
+        && body.add.is_empty()
+    {
+        return Err(ValidationError::new(
+            "convert",
+            "give convert, rename_keys, remove or add",
+        ));
+    }
+    let json_changes =
+        body.rename_keys.is_some() || !body.remove.is_empty() || !body.add.is_empty();
+    if body.convert == Some(BodyConversion::JsonToXml) && json_changes {
+        // JSON changes apply to the JSON form; with json_to_xml that is the input, which
+        // the policy could name as well: keep one meaning.
+        return Err(ValidationError::new(
+            "convert",
+            "json_to_xml cannot be combined with rename_keys, remove or add",
+        ));
+    }
+    for (field, paths) in [
+        ("remove", body.remove.iter().collect::<Vec<_>>()),
+        ("add", body.add.keys().collect()),
+    ] {
+        for (i, path) in paths.iter().enumerate() {
+            if path.is_empty() || path.len() > 256 || path.split('.').any(str::is_empty) {
+                return Err(ValidationError::new(
+                    format!("{field}[{i}]"),
+                    "paths are 1 to 256 characters, nested fields as a.b",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a `policies[]` list of a route or listener on its own: names well formed, none twice.
 pub(super) fn validate_policy_names(names: &[String]) -> Result<(), ValidationError> {
     if names.len() > 32 {
@@ -825,6 +1135,49 @@ mod tests {
         assert_eq!(jwt(claims).unwrap_err().field, "require_claims.role");
         let ok = serde_json::json!({"type": "authorization", "require_scopes": ["orders:read"],
             "allow_consumer_groups": ["partners"]});
+        assert_eq!(jwt(ok), Ok(()));
+    }
+
+    #[test]
+    fn templates_name_known_values() {
+        assert_eq!(
+            parse_template("Bearer {claim.org.id}/{consumer.name} {{x}}").unwrap(),
+            [
+                TemplatePart::Literal("Bearer ".into()),
+                TemplatePart::Claim(vec!["org".into(), "id".into()]),
+                TemplatePart::Literal("/".into()),
+                TemplatePart::ConsumerName,
+                TemplatePart::Literal(" {x}".into()),
+            ]
+        );
+        assert_eq!(
+            parse_template("{header.x-a}{client_ip}").unwrap(),
+            [TemplatePart::Header("x-a".into()), TemplatePart::ClientIp]
+        );
+        assert!(parse_template("{claim}").is_err());
+        assert!(parse_template("{claim.a..b}").is_err());
+        assert!(parse_template("{header.X-A}").is_err());
+        assert!(parse_template("{secret}").is_err());
+        assert!(parse_template("{claim.sub").is_err());
+        assert!(parse_template("a}b").is_err());
+    }
+
+    #[test]
+    fn transforms_are_checked_where_they_are_written() {
+        let bad_template = serde_json::json!({"type": "transform",
+            "request": {"headers": {"set": {"x-user": "{claims.sub}"}}}});
+        assert_eq!(
+            jwt(bad_template).unwrap_err().field,
+            "request.headers.set.x-user"
+        );
+        let both = serde_json::json!({"type": "transform",
+            "response": {"body": {"convert": "json_to_xml", "rename_keys": "camel_case"}}});
+        assert_eq!(jwt(both).unwrap_err().field, "response.body.convert");
+        let ok = serde_json::json!({"type": "transform",
+            "request": {"headers": {"set": {"x-user": "{claim.sub}"}, "remove": ["x-debug"]},
+                        "body": {"rename_keys": "snake_case", "remove": ["password"], "add": {"via": "gw"}},
+                        "path": {"regex": "^/v1/(.*)", "substitution": "/\\1"}},
+            "response": {"body": {"convert": "json_to_xml"}}});
         assert_eq!(jwt(ok), Ok(()));
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use tollgate_proto::api_key as api_key_pb;
 use tollgate_proto::envoy::config::core::v3 as core_pb;
+use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
 use tollgate_proto::envoy::extensions::filters::http::ext_authz::v3 as ext_authz_pb;
 use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
@@ -13,11 +14,13 @@ use tollgate_proto::envoy::extensions::filters::network::http_connection_manager
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
 use tollgate_proto::google::protobuf::{Any, BoolValue};
+use tollgate_proto::transform as transform_pb;
 
 use super::{NodeKind, TranslateContext};
 use crate::model::{
-    ApiKeyPolicy, AuthorizationPolicy, Cluster, CorsPolicy, Endpoint, IpFilterPolicy, JwtPolicy,
-    Listener, Policy, Route, UpstreamTls,
+    ApiKeyPolicy, AuthorizationPolicy, BodyConversion, BodyTransform, Cluster, CorsPolicy,
+    Endpoint, IpFilterPolicy, JwtPolicy, KeyCase, Listener, Policy, Route, TemplatePart,
+    TransformPolicy, UpstreamTls, parse_template,
 };
 
 /// The connection manager's name for the CORS filter; routes key their `CorsPolicy` by it.
@@ -29,6 +32,8 @@ pub(super) const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub(super) const API_KEY_FILTER: &str = "tollgate.filters.http.api_key";
 /// Envoy's external authorization filter, calling the control plane for API keys.
 pub(super) const EXT_AUTHZ_FILTER: &str = "envoy.filters.http.ext_authz";
+/// The edge proxy's body transform filter; routes key their body changes by it.
+pub(super) const TRANSFORM_FILTER: &str = "tollgate.filters.http.transform";
 /// The SDS secret holding the API-key table for edge proxies. `:` keeps it apart from
 /// certificate names.
 pub(super) const API_KEY_TABLE_SECRET: &str = "tollgate:api-keys";
@@ -51,6 +56,7 @@ pub(super) struct RoutePolicies<'a> {
     api_key: Vec<&'a ApiKeyPolicy>,
     authorization: Vec<&'a AuthorizationPolicy>,
     ip_filter: Vec<&'a IpFilterPolicy>,
+    transform: Vec<&'a TransformPolicy>,
 }
 
 impl<'a> RoutePolicies<'a> {
@@ -85,11 +91,15 @@ impl<'a> RoutePolicies<'a> {
                 Some(Policy::IpFilter(ip)) if !out.ip_filter.iter().any(|p| p.name == ip.name) => {
                     out.ip_filter.push(ip);
                 }
+                Some(Policy::Transform(t)) if !out.transform.iter().any(|p| p.name == t.name) => {
+                    out.transform.push(t);
+                }
                 Some(
                     Policy::Jwt(_)
                     | Policy::ApiKey(_)
                     | Policy::Authorization(_)
-                    | Policy::IpFilter(_),
+                    | Policy::IpFilter(_)
+                    | Policy::Transform(_),
                 )
                 | None => {}
             }
@@ -145,9 +155,67 @@ impl<'a> RoutePolicies<'a> {
         }
     }
 
+    /// Adds what the route's policies need to its translated form, for a node of kind `node`
+    /// on a listener whose filters are `filters`: per-filter configs, and the header and path
+    /// changes of transforms (appended after the route's own).
+    pub(super) fn decorate(
+        &self,
+        node: NodeKind,
+        filters: &ListenerFilters<'_>,
+        route: &mut route_pb::Route,
+    ) {
+        route.typed_per_filter_config = self.per_filter_config(node, filters);
+        for transform in &self.transform {
+            if let Some(request) = &transform.request {
+                let headers = &request.headers;
+                route
+                    .request_headers_to_add
+                    .extend(super::route::header_options(
+                        &headers.set,
+                        &headers.add,
+                        envoy_format,
+                    ));
+                route
+                    .request_headers_to_remove
+                    .extend(headers.remove.iter().cloned());
+                if let (Some(path), Some(route_pb::route::Action::Route(action))) =
+                    (&request.path, route.action.as_mut())
+                {
+                    action.regex_rewrite =
+                        Some(super::route::regex_rewrite(&path.regex, &path.substitution));
+                }
+            }
+            if let Some(response) = &transform.response {
+                let headers = &response.headers;
+                route
+                    .response_headers_to_add
+                    .extend(super::route::header_options(
+                        &headers.set,
+                        &headers.add,
+                        envoy_format,
+                    ));
+                route
+                    .response_headers_to_remove
+                    .extend(headers.remove.iter().cloned());
+            }
+        }
+    }
+
+    /// The body changes of the route's transforms, for edge proxies.
+    fn body_transforms(&self) -> Option<transform_pb::TransformPerRoute> {
+        let mut out = transform_pb::TransformPerRoute::default();
+        for transform in &self.transform {
+            let request = transform.request.as_ref().and_then(|r| r.body.as_ref());
+            let response = transform.response.as_ref().and_then(|r| r.body.as_ref());
+            out.request.extend(request.map(body_transform));
+            out.response.extend(response.map(body_transform));
+        }
+        (!out.request.is_empty() || !out.response.is_empty()).then_some(out)
+    }
+
     /// The route's `typed_per_filter_config` for a node of kind `node` on a listener whose
     /// filters are `filters`.
-    pub(super) fn per_filter_config(
+    fn per_filter_config(
         &self,
         node: NodeKind,
         filters: &ListenerFilters<'_>,
@@ -196,6 +264,12 @@ impl<'a> RoutePolicies<'a> {
                 tollgate_proto::pack_any(&cors_policy(cors)),
             );
         }
+        if let (NodeKind::Tollgate, Some(bodies)) = (node, self.body_transforms()) {
+            out.insert(
+                TRANSFORM_FILTER.to_owned(),
+                tollgate_proto::pack_any(&bodies),
+            );
+        }
         if self.restricts_callers() {
             out.insert(
                 super::rbac::RBAC_FILTER.to_owned(),
@@ -227,6 +301,7 @@ pub(super) struct ListenerFilters<'a> {
     requirements: BTreeMap<String, jwt_pb::JwtRequirement>,
     api_key_providers: BTreeMap<&'a str, &'a ApiKeyPolicy>,
     rbac: bool,
+    body_transforms: bool,
 }
 
 impl<'a> ListenerFilters<'a> {
@@ -234,6 +309,7 @@ impl<'a> ListenerFilters<'a> {
     pub(super) fn add(&mut self, route: &RoutePolicies<'a>) {
         self.cors |= route.cors.is_some();
         self.rbac |= route.restricts_callers();
+        self.body_transforms |= route.body_transforms().is_some();
         for jwt in &route.jwt {
             self.providers.insert(&jwt.name, jwt);
         }
@@ -253,8 +329,8 @@ impl<'a> ListenerFilters<'a> {
     }
 
     /// The connection manager's filters, router last: CORS, then authentication (JWT, then
-    /// API keys), then authorization (RBAC). A filter is present only when a route uses it, so listeners without
-    /// policies cost nothing extra.
+    /// API keys), then authorization (RBAC), then body transforms. A filter is present only
+    /// when a route uses it, so listeners without policies cost nothing extra.
     pub(super) fn http_filters(
         &self,
         node: NodeKind,
@@ -303,6 +379,10 @@ impl<'a> ListenerFilters<'a> {
                 &super::rbac::filter(),
             ));
         }
+        // Bodies are transformed for requests that got through; Envoy has no such filter.
+        if self.body_transforms && node == NodeKind::Tollgate {
+            filters.push(http_filter(TRANSFORM_FILTER, &transform_pb::Transform {}));
+        }
         filters.push(router);
         filters
     }
@@ -315,6 +395,56 @@ fn http_filter<M: prost::Name>(name: &str, config: &M) -> hcm_pb::HttpFilter {
             tollgate_proto::pack_any(config),
         )),
         ..Default::default()
+    }
+}
+
+/// A header template in Envoy's substitution format, which the edge proxy reads too.
+fn envoy_format(template: &str) -> String {
+    // Validated by the store.
+    let parts = parse_template(template).unwrap_or_default();
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            TemplatePart::Literal(text) => out.push_str(&text.replace('%', "%%")),
+            TemplatePart::Claim(path) => out.push_str(&format!(
+                "%DYNAMIC_METADATA({JWT_FILTER}:{}:{})%",
+                super::rbac::JWT_PAYLOAD_KEY,
+                path.join(":")
+            )),
+            TemplatePart::ConsumerName => out.push_str(&format!(
+                "%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:{})%",
+                super::rbac::CONSUMER_KEY
+            )),
+            TemplatePart::ConsumerTier => out.push_str(&format!(
+                "%DYNAMIC_METADATA({EXT_AUTHZ_FILTER}:{})%",
+                super::rbac::TIER_KEY
+            )),
+            TemplatePart::Header(name) => out.push_str(&format!("%REQ({name})%")),
+            TemplatePart::ClientIp => out.push_str("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        }
+    }
+    out
+}
+
+fn body_transform(body: &BodyTransform) -> transform_pb::BodyTransform {
+    transform_pb::BodyTransform {
+        convert: match body.convert {
+            None => transform_pb::Conversion::None,
+            Some(BodyConversion::XmlToJson) => transform_pb::Conversion::XmlToJson,
+            Some(BodyConversion::JsonToXml) => transform_pb::Conversion::JsonToXml,
+        } as i32,
+        rename_keys: match body.rename_keys {
+            None => transform_pb::KeyCase::Unchanged,
+            Some(KeyCase::SnakeCase) => transform_pb::KeyCase::SnakeCase,
+            Some(KeyCase::CamelCase) => transform_pb::KeyCase::CamelCase,
+        } as i32,
+        remove: body.remove.clone(),
+        add: body
+            .add
+            .iter()
+            .map(|(path, value)| (path.clone(), value.to_string()))
+            .collect(),
+        reject_invalid: body.on_invalid == crate::model::OnInvalidBody::Reject,
     }
 }
 

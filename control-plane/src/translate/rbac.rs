@@ -25,6 +25,8 @@ const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 pub(crate) const CONSUMER_KEY: &str = "consumer";
 /// See [`CONSUMER_KEY`].
 pub(crate) const GROUPS_KEY: &str = "groups";
+/// See [`CONSUMER_KEY`].
+pub(crate) const TIER_KEY: &str = "tier";
 
 /// The route's RBAC config: callers must satisfy every policy given.
 pub(super) fn per_route(

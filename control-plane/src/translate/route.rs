@@ -1,11 +1,11 @@
 //! Routes → RDS `RouteConfiguration`: virtual hosts by domain, routes in match order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
-use tollgate_proto::google::protobuf::{Any, BoolValue, UInt32Value};
+use tollgate_proto::google::protobuf::{BoolValue, UInt32Value};
 
 use crate::model::{HeaderMatch, HeaderMutations, QueryMatch, Route};
 
@@ -19,14 +19,15 @@ const ANY_HOST: &str = "*";
 /// routes that outrank it, so each domain gets its own virtual host holding its routes and the
 /// host-less ones, in the global order; the `*` virtual host holds the host-less routes.
 ///
-/// `per_filter_config` gives each route's `typed_per_filter_config` (its policies).
+/// `decorate` adds what a route's policies need to its translated form.
 pub(super) fn virtual_hosts(
     routes: &[&Route],
-    per_filter_config: impl Fn(&Route) -> HashMap<String, Any>,
+    decorate: impl Fn(&Route, &mut route_pb::Route),
 ) -> Vec<route_pb::VirtualHost> {
-    let translate = |route: &Route| route_pb::Route {
-        typed_per_filter_config: per_filter_config(route),
-        ..translate(route)
+    let translate = |route: &Route| {
+        let mut translated = translate(route);
+        decorate(route, &mut translated);
+        translated
     };
     let domains: BTreeSet<&str> = routes
         .iter()
@@ -267,10 +268,7 @@ fn route_action(route: &Route) -> route_pb::RouteAction {
         }
         if let (Some(regex), Some(substitution)) = (&rewrite.path_regex, &rewrite.path_substitution)
         {
-            action.regex_rewrite = Some(matcher_pb::RegexMatchAndSubstitute {
-                pattern: Some(regex_matcher(regex)),
-                substitution: substitution.clone(),
-            });
+            action.regex_rewrite = Some(regex_rewrite(regex, substitution));
         }
         if let Some(host) = &rewrite.host {
             action.host_rewrite_specifier =
@@ -304,26 +302,47 @@ fn route_action(route: &Route) -> route_pb::RouteAction {
 }
 
 fn header_values(mutations: &HeaderMutations) -> Vec<core_pb::HeaderValueOption> {
+    // Envoy reads `%…%` in header values as per-request substitutions; the values users give
+    // are literal, so `%` is escaped.
+    header_options(&mutations.set, &mutations.add, |value| {
+        value.replace('%', "%%")
+    })
+}
+
+/// Header options setting (overwriting) `set` and appending `add`, each value as `render`
+/// writes it in Envoy's substitution format.
+pub(super) fn header_options(
+    set: &BTreeMap<String, String>,
+    add: &BTreeMap<String, String>,
+    render: impl Fn(&str) -> String,
+) -> Vec<core_pb::HeaderValueOption> {
     use core_pb::header_value_option::HeaderAppendAction;
     let entry =
         |name: &String, value: &String, action: HeaderAppendAction| core_pb::HeaderValueOption {
             header: Some(core_pb::HeaderValue {
                 key: name.clone(),
-                // Envoy reads `%…%` in header values as per-request substitutions; the values
-                // users give are literal, so `%` is escaped.
-                value: value.replace('%', "%%"),
+                value: render(value),
                 ..Default::default()
             }),
             append_action: action as i32,
             ..Default::default()
         };
-    let set = mutations
-        .set
+    let set = set
         .iter()
         .map(|(n, v)| entry(n, v, HeaderAppendAction::OverwriteIfExistsOrAdd));
-    let add = mutations
-        .add
+    let add = add
         .iter()
         .map(|(n, v)| entry(n, v, HeaderAppendAction::AppendIfExistsOrAdd));
     set.chain(add).collect()
+}
+
+/// The regex matcher of a path rewrite.
+pub(super) fn regex_rewrite(
+    regex: &str,
+    substitution: &str,
+) -> matcher_pb::RegexMatchAndSubstitute {
+    matcher_pb::RegexMatchAndSubstitute {
+        pattern: Some(regex_matcher(regex)),
+        substitution: substitution.to_owned(),
+    }
 }

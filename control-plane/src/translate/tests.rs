@@ -887,3 +887,110 @@ fn ip_filters_and_authorization_become_one_rbac_rule_per_route() {
         }
     }
 }
+
+#[test]
+fn transforms_become_route_header_formatters_and_edge_body_configs() {
+    use tollgate_proto::transform as transform_pb;
+    let mut store = load("basic");
+    let policy: crate::model::Policy = serde_json::from_value(serde_json::json!({
+        "type": "transform", "name": "shape",
+        "request": {"headers": {"set": {"x-user": "u-{claim.org.id}/{consumer.name} 100%"},
+                                "remove": ["x-debug"]},
+                    "body": {"rename_keys": "snake_case", "add": {"via": "gw"}},
+                    "path": {"regex": "^/old/(.*)", "substitution": "/new/\\1"}},
+        "response": {"headers": {"add": {"x-client": "{client_ip} {header.user-agent}"}},
+                     "body": {"convert": "json_to_xml"}}
+    }))
+    .unwrap();
+    store.policies.insert("shape".into(), policy);
+    let shaped = store
+        .routes
+        .values()
+        .find(|r| r.weighted_clusters.is_some() && r.rewrite.is_none())
+        .unwrap()
+        .name
+        .clone();
+    store.routes.get_mut(&shaped).unwrap().policies = vec!["shape".into()];
+    let find = |snapshot: &XdsSnapshot| {
+        let config: route_pb::RouteConfiguration = decode(
+            snapshot
+                .resources(ResourceType::Route)
+                .values()
+                .next()
+                .unwrap(),
+        );
+        config
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.routes.clone())
+            .find(|r| r.name == shaped)
+            .unwrap()
+    };
+    let envoy = translate(&store, &edge(), &TranslateContext::default()).unwrap();
+    let route = find(&envoy);
+    let user = route
+        .request_headers_to_add
+        .iter()
+        .find(|h| h.header.as_ref().unwrap().key == "x-user")
+        .unwrap();
+    assert_eq!(
+        user.header.as_ref().unwrap().value,
+        "u-%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:jwt_payload:org:id)%/\
+         %DYNAMIC_METADATA(envoy.filters.http.ext_authz:consumer)% 100%%"
+    );
+    assert!(
+        route
+            .request_headers_to_remove
+            .contains(&"x-debug".to_owned())
+    );
+    assert_eq!(
+        route.response_headers_to_add[0]
+            .header
+            .as_ref()
+            .unwrap()
+            .value,
+        "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %REQ(user-agent)%"
+    );
+    let Some(route_pb::route::Action::Route(action)) = &route.action else {
+        panic!("forwarding route")
+    };
+    assert_eq!(
+        action.regex_rewrite.as_ref().unwrap().substitution,
+        "/new/\\1"
+    );
+    assert!(
+        !route
+            .typed_per_filter_config
+            .contains_key("tollgate.filters.http.transform")
+    );
+
+    let tollgate = NodeGroup {
+        kind: NodeKind::Tollgate,
+        cluster: "edge".into(),
+    };
+    let edge_snapshot = translate(&store, &tollgate, &TranslateContext::default()).unwrap();
+    let route = find(&edge_snapshot);
+    let per_route = transform_pb::TransformPerRoute::decode(
+        route.typed_per_filter_config["tollgate.filters.http.transform"]
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(
+        per_route.request[0].rename_keys,
+        transform_pb::KeyCase::SnakeCase as i32
+    );
+    assert_eq!(per_route.request[0].add["via"], "\"gw\"");
+    assert_eq!(
+        per_route.response[0].convert,
+        transform_pb::Conversion::JsonToXml as i32
+    );
+    for listener in edge_snapshot.resources(ResourceType::Listener).values() {
+        let hcm = hcm(&decode::<listener_pb::Listener>(listener));
+        assert!(
+            hcm.http_filters
+                .iter()
+                .any(|f| f.name == "tollgate.filters.http.transform")
+        );
+    }
+}
