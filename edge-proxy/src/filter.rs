@@ -7,12 +7,19 @@
 //! - [`jwt`]: Envoy's jwt_authn filter: finds tokens, verifies them against the providers'
 //!   keys (inline or fetched through an upstream cluster), and answers 401/403 when the
 //!   requirement is not met.
+//! - [`api_key`]: Tollgate's API-key filter: looks keys up by keyed hash in the key table from
+//!   SDS, names the consumer to the upstream, and answers 401 for a missing or unknown key.
+//! - [`rbac`]: Envoy's RBAC filter: allows or denies (403) by client address and by what
+//!   authentication found out.
 //!
 //! Filters see the request head (they may change its headers and path) and may answer it
-//! themselves; the body is never buffered for them.
+//! themselves; the body is never buffered for them. What authentication learns about the
+//! caller is passed to later filters in [`Metadata`], as Envoy passes dynamic metadata.
 
+pub mod api_key;
 pub mod cors;
 pub mod jwt;
+pub mod rbac;
 
 use std::borrow::Cow;
 
@@ -20,8 +27,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
+use crate::config::filters::api_key::Consumer;
 use crate::config::route::RequestHead;
 use crate::proxy::body::{DownstreamBody, full};
+use crate::proxy::headers::Addresses;
 
 /// The request head as filters see it, after routing: they may change headers and the path.
 #[derive(Debug)]
@@ -36,6 +45,21 @@ pub struct Request<'r, 'p> {
     pub path_and_query: &'r mut Cow<'p, str>,
     /// The request headers.
     pub headers: &'r mut HeaderMap,
+    /// The peer's address, and how far `x-forwarded-for` is trusted.
+    pub addresses: Addresses,
+}
+
+/// What filters learnt about a request, for the filters after them: the part of Envoy's
+/// dynamic metadata that this proxy's filters write and read. Empty, it allocates nothing.
+#[derive(Debug, Default)]
+pub struct Metadata<'c> {
+    /// Namespace `envoy.filters.http.jwt_authn`: each verified token's payload (and header),
+    /// under its provider's `payload_in_metadata` (`header_in_metadata`) key, in the order
+    /// verified; a later entry under the same key replaces an earlier one, as in Envoy.
+    pub jwt: Vec<(&'c str, serde_json::Value)>,
+    /// Namespace `envoy.filters.http.ext_authz`: the consumer the API key belongs to
+    /// (`consumer`, `tier`, `groups`, as the control plane's ext_authz service answers Envoy).
+    pub consumer: Option<&'c Consumer>,
 }
 
 impl Request<'_, '_> {

@@ -1,5 +1,5 @@
 //! The request path, from a parsed request to its response: route match on the current
-//! snapshot → the listener's HTTP filters (`filters`: CORS, JWT) → the route's action
+//! snapshot → the listener's HTTP filters (`filters`: CORS, JWT, API keys, RBAC) → the route's action
 //! (forward, redirect, direct response) → upstream attempts with
 //! retries and timeouts → response header mutations → the access log line, written when the
 //! response body ends ([`crate::access_log`]).
@@ -223,12 +223,21 @@ async fn route<'p>(
             authority: &authority,
             path_and_query: &mut path_and_query,
             headers: request.headers_mut(),
+            addresses: headers::Addresses::new(downstream.peer.ip().to_canonical(), http),
         };
         let outcome = filters::on_request(plane, &http.http_filters, &matched, &mut req, &mut work);
+        let outcome = outcome.await;
+        // The path as filters left it (without the API key or token they removed) is the one
+        // logged, as Envoy logs `:path` after its filters.
+        if let Some(log) = &mut served.log
+            && log.path_and_query.as_deref() != Some(&*path_and_query)
+        {
+            log.path_and_query = Some(path_and_query.clone().into_owned());
+        }
         if let filters::Outcome::Respond {
             mut response,
             local_reply,
-        } = outcome.await
+        } = outcome
         {
             // Envoy 1.40 gives a filter's local reply the route's response headers on
             // forwarding routes (checked against it), not on redirect or direct-response ones.

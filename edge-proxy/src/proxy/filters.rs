@@ -4,7 +4,8 @@
 //!
 //! [`on_request`] runs the listener's filters in order, skipping those the route disables. A
 //! filter may change the request head, or answer it ([`Outcome::Respond`]); later filters and
-//! the route's action then do not run. Response work ([`ResponseWork`]) is collected from the
+//! the route's action then do not run. What authentication finds (JWT payloads, the API key's
+//! consumer) is kept for the request in a [`Metadata`] that RBAC reads. Response work ([`ResponseWork`]) is collected from the
 //! filters that ran and applied by [`on_response`] to whatever answers the request: the
 //! upstream's response, a redirect or direct response, the router's own errors, or a filter's
 //! answer.
@@ -19,7 +20,7 @@ use super::DataPlane;
 use super::body::DownstreamBody;
 use crate::config::filters::{HttpFilter, HttpFilterKind};
 use crate::config::route::{Matched, RouteAction};
-use crate::filter::{self, cors};
+use crate::filter::{self, Metadata, cors};
 
 /// Whether the chain has any filter besides the router.
 pub(crate) fn has_request_filters(filters: &[HttpFilter]) -> bool {
@@ -45,7 +46,8 @@ pub(crate) enum Outcome {
     Respond {
         /// The answer.
         response: Response<DownstreamBody>,
-        /// Whether it is an Envoy "local reply" (jwt_authn's 401/403), which gets the route's
+        /// Whether it is an Envoy "local reply" (jwt_authn's 401/403, ext_authz's 401 for API
+        /// keys, RBAC's 403), which gets the route's
         /// response headers on forwarding routes; the CORS preflight answer is written
         /// directly by Envoy's filter and does not (both checked against Envoy 1.40).
         local_reply: bool,
@@ -53,13 +55,14 @@ pub(crate) enum Outcome {
 }
 
 /// Runs the request side of every filter up to the router.
-pub(crate) async fn on_request(
-    plane: &DataPlane,
-    filters: &[HttpFilter],
+pub(crate) async fn on_request<'c>(
+    plane: &'c DataPlane,
+    filters: &'c [HttpFilter],
     matched: &Matched<'_>,
     req: &mut filter::Request<'_, '_>,
     work: &mut ResponseWork,
 ) -> Outcome {
+    let mut metadata = Metadata::default();
     for filter in filters {
         if filter.is_router() {
             break;
@@ -92,8 +95,45 @@ pub(crate) async fn on_request(
                 let per_route = matched
                     .filter_config(&filter.name)
                     .and_then(|c| c.as_jwt_authn());
+                let answer = filter::jwt::on_request(
+                    config,
+                    per_route,
+                    &plane.upstreams,
+                    req,
+                    &mut metadata,
+                );
+                if let Some(response) = answer.await {
+                    return Outcome::Respond {
+                        response,
+                        local_reply: true,
+                    };
+                }
+            }
+            HttpFilterKind::ApiKey(config) => {
+                let per_route = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_api_key());
+                let table = plane
+                    .snapshot
+                    .api_key_tables
+                    .get(&config.key_table)
+                    .map(|t| &**t);
                 if let Some(response) =
-                    filter::jwt::on_request(config, per_route, &plane.upstreams, req).await
+                    filter::api_key::on_request(config, per_route, table, req, &mut metadata)
+                {
+                    return Outcome::Respond {
+                        response,
+                        local_reply: true,
+                    };
+                }
+            }
+            HttpFilterKind::Rbac(config) => {
+                // The most specific per-route config replaces the listener's rules, whichever
+                // it holds.
+                let per_route = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_rbac());
+                if let Some(response) = filter::rbac::on_request(config, per_route, req, &metadata)
                 {
                     return Outcome::Respond {
                         response,
@@ -256,6 +296,7 @@ mod tests {
                 clusters: BTreeMap::new(),
                 endpoints: BTreeMap::new(),
                 certificates: BTreeMap::new(),
+                api_key_tables: BTreeMap::new(),
             }),
             upstreams: Arc::new(Upstreams::default()),
         }
@@ -287,6 +328,7 @@ mod tests {
             authority: "api",
             path_and_query: &mut path_and_query,
             headers: &mut headers,
+            addresses: crate::proxy::headers::Addresses::direct([192, 0, 2, 1].into()),
         };
         let mut work = ResponseWork::default();
         let mut response = match on_request(&plane, filters, &matched, &mut req, &mut work).await {
