@@ -145,7 +145,7 @@ pub fn ratelimit_item(policy: &Policy, decision: &Decision) -> Option<String> {
 /// The window the `t` parameter and `X-RateLimit-Reset` state: the retry delay when refused.
 fn effective_window(decision: &Decision) -> Duration {
     match (decision.outcome, decision.retry_after) {
-        (Outcome::Limited, Some(retry_after)) => retry_after.max(decision.reset_after),
+        (Outcome::Limited, Some(retry_after)) => retry_after,
         _ => decision.reset_after,
     }
 }

@@ -82,10 +82,14 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with_args(name: &str, extra: &[&str]) -> io::Result<Self> {
+        Self::start_on(name, free_port(false)?, extra)
+    }
+
+    /// A server on `port` (for a harness that hands out its own ports), with extra arguments.
+    pub fn start_on(name: &str, port: u16, extra: &[&str]) -> io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tollgate-{name}-"))
             .tempdir()?;
-        let port = free_port(false)?;
         let mut args: Vec<String> = [
             "--port",
             &port.to_string(),
