@@ -18,6 +18,30 @@ pub(crate) struct Verdict {
     pub(crate) reset_after_us: u64,
     /// When refused: how long until the same request would be allowed.
     pub(crate) retry_after_us: Option<u64>,
+    /// Units counted: the cost when allowed, 0 when refused; with [`Demand::UpTo`], what was
+    /// available up to the maximum asked.
+    pub(crate) granted: u64,
+}
+
+/// How much a request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Demand {
+    /// Exactly this many units, or nothing.
+    Exact(u64),
+    /// As many units as are available, at most this many (≥ 1), or nothing when none is:
+    /// a lease of tokens for a proxy to spend locally.
+    UpTo(u64),
+}
+
+impl Demand {
+    /// The cost to evaluate given what is `available` now.
+    fn cost(self, available: u64) -> u64 {
+        match self {
+            Demand::Exact(cost) => cost,
+            // Nothing available: evaluate one unit, which is refused with its retry delay.
+            Demand::UpTo(max) => available.min(max).max(1),
+        }
+    }
 }
 
 /// One key's stored state.
@@ -46,7 +70,7 @@ pub(crate) fn evaluate(
     limit: &Limit,
     state: Option<State>,
     now: u64,
-    cost: u64,
+    demand: Demand,
 ) -> (Verdict, Option<Update>) {
     match limit.algorithm {
         Algorithm::TokenBucket { burst } => {
@@ -54,21 +78,21 @@ pub(crate) fn evaluate(
                 Some(State::TokenBucket { tat }) => Some(tat),
                 _ => None,
             };
-            gcra(limit, burst, tat, now, cost)
+            gcra(limit, burst, tat, now, demand)
         }
         Algorithm::FixedWindow => {
             let window = match state {
                 Some(State::FixedWindow { start, count }) => Some((start, count)),
                 _ => None,
             };
-            fixed_window(limit, window, now, cost)
+            fixed_window(limit, window, now, demand)
         }
         Algorithm::SlidingWindow => {
             let counts = match state {
                 Some(State::SlidingWindow { index, prev, cur }) => Some((index, prev, cur)),
                 _ => None,
             };
-            sliding_window(limit, counts, now, cost)
+            sliding_window(limit, counts, now, demand)
         }
     }
 }
@@ -80,11 +104,12 @@ fn gcra(
     burst: u64,
     tat: Option<u64>,
     now: u64,
-    cost: u64,
+    demand: Demand,
 ) -> (Verdict, Option<Update>) {
     let interval = limit.emission_interval_micros();
     let tau = interval * burst;
     let tat = tat.unwrap_or(now).max(now);
+    let cost = demand.cost((now + tau).saturating_sub(tat) / interval);
     let new_tat = tat + cost * interval;
     if new_tat > now + tau {
         let retry_after = if cost > burst {
@@ -97,6 +122,7 @@ fn gcra(
             remaining: (now + tau).saturating_sub(tat) / interval,
             reset_after_us: tat - now,
             retry_after_us: Some(retry_after),
+            granted: 0,
         };
         return (verdict, None);
     }
@@ -105,6 +131,7 @@ fn gcra(
         remaining: (now + tau - new_tat) / interval,
         reset_after_us: new_tat - now,
         retry_after_us: None,
+        granted: cost,
     };
     let update = (cost > 0).then_some(Update {
         state: State::TokenBucket { tat: new_tat },
@@ -118,13 +145,14 @@ fn fixed_window(
     limit: &Limit,
     window_state: Option<(u64, u64)>,
     now: u64,
-    cost: u64,
+    demand: Demand,
 ) -> (Verdict, Option<Update>) {
     let window = limit.window_micros();
     let (start, count) = match window_state {
         Some((start, count)) if now < start + window => (start, count),
         _ => (now, 0),
     };
+    let cost = demand.cost(limit.requests - count);
     let reset_after = start + window - now;
     if count + cost > limit.requests {
         let retry_after = if cost > limit.requests {
@@ -137,6 +165,7 @@ fn fixed_window(
             remaining: limit.requests - count,
             reset_after_us: reset_after,
             retry_after_us: Some(retry_after),
+            granted: 0,
         };
         return (verdict, None);
     }
@@ -146,6 +175,7 @@ fn fixed_window(
         remaining: limit.requests - count,
         reset_after_us: reset_after,
         retry_after_us: None,
+        granted: cost,
     };
     let update = (cost > 0).then_some(Update {
         state: State::FixedWindow { start, count },
@@ -160,7 +190,7 @@ fn sliding_window(
     limit: &Limit,
     counts: Option<(u64, u64, u64)>,
     now: u64,
-    cost: u64,
+    demand: Demand,
 ) -> (Verdict, Option<Update>) {
     let window = limit.window_micros();
     let mut index = now / window;
@@ -181,6 +211,7 @@ fn sliding_window(
     // The same operations in the same order as the Lua script, so both round alike.
     let weighted = prev as f64 * (window - elapsed) as f64 / window_f;
     let reset_after = window - elapsed;
+    let cost = demand.cost(floor_count(limit_f - weighted - cur as f64));
     if weighted + cur as f64 + cost as f64 > limit_f {
         let retry_after = if cost > limit.requests {
             window
@@ -202,6 +233,7 @@ fn sliding_window(
             remaining: floor_count(limit_f - weighted - cur as f64),
             reset_after_us: reset_after,
             retry_after_us: Some(retry_after.max(1)),
+            granted: 0,
         };
         return (verdict, None);
     }
@@ -211,6 +243,7 @@ fn sliding_window(
         remaining: floor_count(limit_f - weighted - cur as f64),
         reset_after_us: reset_after,
         retry_after_us: None,
+        granted: cost,
     };
     let update = (cost > 0).then_some(Update {
         state: State::SlidingWindow { index, prev, cur },

@@ -37,6 +37,7 @@ pub mod clock;
 mod decision;
 pub mod headers;
 pub mod key;
+mod lease;
 mod local;
 mod metrics;
 mod policy;
@@ -139,7 +140,7 @@ impl Quota {
             Backend::Local(local) => {
                 Decision::counted(policy, local.evaluate(policy, &key, cost, &inner.metrics))
             }
-            Backend::Redis(redis) => match redis.evaluate(policy, &key, cost).await {
+            Backend::Redis(redis) => match redis.decide(policy, &key, cost).await {
                 Ok(verdict) => Decision::counted(policy, verdict),
                 Err(_) => Decision::unavailable(policy),
             },

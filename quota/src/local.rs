@@ -12,7 +12,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex};
 
-use crate::algorithm::{self, State, Verdict};
+use crate::algorithm::{self, Demand, State, Verdict};
 use crate::clock::{Clock, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -101,7 +101,8 @@ impl LocalBackend {
             .get(key)
             .filter(|e| now < e.expires_at)
             .map(|e| e.state);
-        let (verdict, update) = algorithm::evaluate(policy.limit(), state, now, cost);
+        let (verdict, update) =
+            algorithm::evaluate(policy.limit(), state, now, Demand::Exact(cost));
         if let Some(update) = update {
             shard.store(key, update, now, self.per_shard, metrics);
         }

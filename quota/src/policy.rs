@@ -153,6 +153,9 @@ pub enum PolicyError {
     /// `window` out of range.
     #[error("window {0:?}: must be between 1 ms and 366 days")]
     Window(Duration),
+    /// A lease size outside 2..=capacity.
+    #[error("lease {0}: must be between 2 and the limit's capacity (burst or requests)")]
+    Lease(u64),
     /// More than one token per microsecond.
     #[error("{requests} requests per {window:?}: more than one per microsecond")]
     RateTooHigh {
@@ -173,6 +176,7 @@ struct PolicyInner {
     key_part: String,
     limit: Limit,
     failure_mode: FailureMode,
+    lease: Option<u64>,
 }
 
 impl Policy {
@@ -195,7 +199,39 @@ impl Policy {
             name,
             limit,
             failure_mode,
+            lease: None,
         })))
+    }
+
+    /// The same policy in batched mode, for hot keys on the Redis backend: a proxy takes up to
+    /// `tokens` units from Redis in one call and spends them locally, so Redis sees one call
+    /// per `tokens` requests instead of one per request. Tokens are counted in Redis when
+    /// taken and dropped when their window ends (or, for the token bucket, `tokens` emission
+    /// intervals after they were taken), so:
+    ///
+    /// - fixed and sliding windows never admit more than unbatched (no overshoot);
+    /// - a token bucket admits at most `tokens` more than unbatched over any interval, for the
+    ///   whole fleet (a token can be spent up to `tokens` intervals after it was taken);
+    /// - each proxy can leave up to `tokens − 1` unspent when its lease ends: under-admission,
+    ///   up to `(tokens − 1) × proxies` per lease period.
+    ///
+    /// `tokens` must be between 2 and the limit's capacity. The in-process backend ignores it.
+    pub fn with_lease(self, tokens: u64) -> Result<Self, PolicyError> {
+        if tokens < 2 || tokens > self.0.limit.capacity() {
+            return Err(PolicyError::Lease(tokens));
+        }
+        Ok(Self(Arc::new(PolicyInner {
+            name: self.0.name.clone(),
+            key_part: self.0.key_part.clone(),
+            limit: self.0.limit,
+            failure_mode: self.0.failure_mode,
+            lease: Some(tokens),
+        })))
+    }
+
+    /// Tokens taken per Redis call in batched mode, if enabled.
+    pub fn lease(&self) -> Option<u64> {
+        self.0.lease
     }
 
     /// The policy's name.
@@ -224,6 +260,7 @@ impl fmt::Debug for Policy {
             .field("name", &self.0.name)
             .field("limit", &self.0.limit)
             .field("failure_mode", &self.0.failure_mode)
+            .field("lease", &self.0.lease)
             .finish()
     }
 }
@@ -233,6 +270,7 @@ impl PartialEq for Policy {
         self.0.name == other.0.name
             && self.0.limit == other.0.limit
             && self.0.failure_mode == other.0.failure_mode
+            && self.0.lease == other.0.lease
     }
 }
 
@@ -265,6 +303,10 @@ mod tests {
             fast.validate(),
             Err(PolicyError::RateTooHigh { .. })
         ));
+        let policy = Policy::new("api", ok, FailureMode::Open).unwrap();
+        assert_eq!(policy.clone().with_lease(10).unwrap().lease(), Some(10));
+        assert_eq!(policy.clone().with_lease(11), Err(PolicyError::Lease(11)));
+        assert_eq!(policy.with_lease(1), Err(PolicyError::Lease(1)));
     }
 
     #[test]

@@ -11,15 +11,17 @@ mod scripts;
 pub mod url;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use self::link::{Link, Severity};
 use self::scripts::{Reply, Scripts};
 use self::url::{InvalidRedisUrl, RedisTarget};
-use crate::algorithm::Verdict;
+use crate::algorithm::{Demand, Verdict};
+use crate::clock::duration_micros;
 use crate::key::KeyScheme;
+use crate::lease::Leases;
 use crate::metrics::{Failure, Metrics};
-use crate::policy::Policy;
+use crate::policy::{Algorithm, Policy};
 
 /// The default deadline for one decision.
 ///
@@ -85,6 +87,7 @@ pub enum RedisSetupError {
 pub(crate) struct RedisBackend {
     link: Arc<Link>,
     scripts: Scripts,
+    leases: Leases,
     timeout: Duration,
     keys: KeyScheme,
     metrics: Arc<Metrics>,
@@ -103,6 +106,7 @@ impl RedisBackend {
         Ok(Self {
             link,
             scripts: Scripts::new(),
+            leases: Leases::new(),
             timeout,
             keys,
             metrics,
@@ -117,18 +121,63 @@ impl RedisBackend {
         self.link.is_up()
     }
 
-    /// One decision: one script call (two on `NOSCRIPT`), within the deadline.
-    pub(crate) async fn evaluate(
+    /// One decision for a request of `cost`: from the key's lease when the policy is batched
+    /// and one is held, else one script call.
+    pub(crate) async fn decide(
         &self,
         policy: &Policy,
         key: &str,
         cost: u64,
     ) -> Result<Verdict, Failure> {
+        let Some(batch) = policy.lease().filter(|_| cost == 1) else {
+            return self.evaluate(policy, key, Demand::Exact(cost)).await;
+        };
+        // Before the call is sent: the lease then ends no later than the window in Redis.
+        let sent = Instant::now();
+        if let Some(spent) = self.leases.take(key, sent) {
+            return Ok(Verdict {
+                allowed: true,
+                remaining: spent.remaining,
+                reset_after_us: duration_micros(spent.reset_after),
+                retry_after_us: None,
+                granted: 1,
+            });
+        }
+        let mut verdict = self.evaluate(policy, key, Demand::UpTo(batch)).await?;
+        if verdict.allowed && verdict.granted > 1 {
+            let spare = verdict.granted - 1;
+            let limit = policy.limit();
+            let lifetime = match limit.algorithm {
+                // Spent later than taken, a token stretches the bucket's burst: keep that to
+                // the time the taken tokens take to refill.
+                Algorithm::TokenBucket { .. } => verdict.granted * limit.emission_interval_micros(),
+                // Counted in the current window: spend them before it ends.
+                Algorithm::FixedWindow | Algorithm::SlidingWindow => verdict.reset_after_us,
+            };
+            self.leases.put(
+                key,
+                spare,
+                verdict.remaining,
+                sent + Duration::from_micros(lifetime),
+                sent + Duration::from_micros(verdict.reset_after_us),
+            );
+            verdict.remaining += spare;
+        }
+        Ok(verdict)
+    }
+
+    /// One script call (two on `NOSCRIPT`), within the deadline.
+    async fn evaluate(
+        &self,
+        policy: &Policy,
+        key: &str,
+        demand: Demand,
+    ) -> Result<Verdict, Failure> {
         let Some(conn) = self.link.current() else {
             self.metrics.record_failure(Failure::ShortCircuit);
             return Err(Failure::ShortCircuit);
         };
-        let call = self.scripts.run(&conn, policy, key, cost);
+        let call = self.scripts.run(&conn, policy, key, demand);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {
                 self.link.on_success();
@@ -158,12 +207,13 @@ impl RedisBackend {
     }
 }
 
-fn verdict((allowed, remaining, reset_after, retry_after): Reply) -> Verdict {
+fn verdict((allowed, remaining, reset_after, retry_after, granted): Reply) -> Verdict {
     let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
     Verdict {
         allowed: allowed == 1,
         remaining: non_negative(remaining),
         reset_after_us: non_negative(reset_after),
         retry_after_us: u64::try_from(retry_after).ok(),
+        granted: non_negative(granted),
     }
 }

@@ -425,3 +425,100 @@ async fn unreachable_at_start_fails_open_at_once() {
     assert!(decisions.iter().all(|d| d.outcome == Outcome::FailedOpen));
     assert!(!quota.is_backend_up());
 }
+
+/// Script calls the server has answered (`EVALSHA` and `EVAL`).
+fn script_calls(server: &RedisServer) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Three proxies (engines) share one Redis and hammer one hot key in batched mode.
+async fn hammer(proxies: &[Quota], policy: &Policy, tasks: usize, requests: usize) -> u64 {
+    let mut handles = Vec::new();
+    for quota in proxies {
+        for _ in 0..tasks {
+            let (quota, policy) = (quota.clone(), policy.clone());
+            handles.push(tokio::spawn(async move {
+                let mut allowed = 0u64;
+                for _ in 0..requests {
+                    let d = quota.check(&policy, "hot").await;
+                    assert!(d.is_counted(), "{d:?}");
+                    allowed += u64::from(d.is_allowed());
+                }
+                allowed
+            }));
+        }
+    }
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await.unwrap();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_overshoot_bound() {
+    require_redis!();
+    let server = RedisServer::start().unwrap();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(connect(&server.url(), RELAXED_TIMEOUT).await);
+    }
+    let hour = Duration::from_secs(3600);
+    for (limit, bound) in [
+        // Windows: leased tokens are counted before they are spent: never over the limit.
+        (Limit::fixed_window(100, hour), 100),
+        (Limit::sliding_window(100, hour), 100),
+        // Token bucket: at most one lease (10) over, fleet-wide.
+        (Limit::token_bucket(100, hour, 100), 110),
+    ] {
+        let name = format!("hot-{}", limit.algorithm.short_name());
+        let policy = policy(&name, limit).with_lease(10).unwrap();
+        let allowed = hammer(&proxies, &policy, 4, 100).await;
+        eprintln!("{name}: {allowed} allowed by 3 proxies in batched mode");
+        assert!(
+            (1..=bound).contains(&allowed),
+            "{name}: {allowed} allowed, bound {bound}"
+        );
+        // Redis counted every leased token: nothing more can be had there.
+        let key = proxies[0].key(&policy, "hot");
+        if limit.algorithm == tollgate_quota::Algorithm::FixedWindow {
+            assert_eq!(server.command(&["GET", &key]).unwrap(), "100");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_saves_round_trips() {
+    require_redis!();
+    let server = RedisServer::start().unwrap();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(connect(&server.url(), RELAXED_TIMEOUT).await);
+    }
+    let policy = policy("hot", Limit::fixed_window(1000, Duration::from_secs(3600)))
+        .with_lease(10)
+        .unwrap();
+    let before = script_calls(&server);
+    // 900 requests, all within the limit.
+    let allowed = hammer(&proxies, &policy, 2, 150).await;
+    assert_eq!(allowed, 900);
+    let calls = script_calls(&server) - before;
+    eprintln!("{calls} script calls for 900 requests in batched mode");
+    // About one call per 10 requests (more when refills race); unbatched it would be 900.
+    assert!(calls <= 900 / 5, "{calls} script calls for 900 requests");
+    // Local spending reports Redis's count plus the tokens still held.
+    let d = proxies[0].check(&policy, "hot").await;
+    assert!(d.is_allowed() && d.remaining < 100, "{d:?}");
+}

@@ -22,12 +22,20 @@ impl Key {
         }
     }
 
+    /// A request of exactly `cost`; `granted` is checked here and zeroed in the result.
     fn hit(&mut self, cost: u64) -> Verdict {
+        let mut verdict = self.demand(Demand::Exact(cost));
+        assert_eq!(verdict.granted, if verdict.allowed { cost } else { 0 });
+        verdict.granted = 0;
+        verdict
+    }
+
+    fn demand(&mut self, demand: Demand) -> Verdict {
         let state = self
             .stored
             .filter(|u| self.now < u.expires_at)
             .map(|u| u.state);
-        let (verdict, update) = evaluate(&self.limit, state, self.now, cost);
+        let (verdict, update) = evaluate(&self.limit, state, self.now, demand);
         if update.is_some() {
             self.stored = update;
         }
@@ -53,6 +61,7 @@ fn allowed(remaining: u64, reset_after_us: u64) -> Verdict {
         remaining,
         reset_after_us,
         retry_after_us: None,
+        granted: 0,
     }
 }
 
@@ -62,6 +71,7 @@ fn refused(remaining: u64, reset_after_us: u64, retry_after_us: u64) -> Verdict 
         remaining,
         reset_after_us,
         retry_after_us: Some(retry_after_us),
+        granted: 0,
     }
 }
 
@@ -225,4 +235,40 @@ fn sliding_window_never_counts_over_limit_in_a_window() {
     assert!(per_window.iter().all(|&n| n <= 20), "{per_window:?}");
     // After the first window the weighting admits about the limit per window.
     assert!(per_window[2..].iter().all(|&n| n >= 19), "{per_window:?}");
+}
+
+/// (allowed, granted, remaining) of an `UpTo(max)` demand.
+fn lease(key: &mut Key, max: u64) -> (bool, u64, u64) {
+    let v = key.demand(Demand::UpTo(max));
+    (v.allowed, v.granted, v.remaining)
+}
+
+#[test]
+fn leases_take_what_is_available() {
+    let mut fixed = Key::new(Limit::fixed_window(12, Duration::from_secs(1)), 0);
+    assert_eq!(lease(&mut fixed, 5), (true, 5, 7));
+    assert_eq!(lease(&mut fixed, 5), (true, 5, 2));
+    assert_eq!(lease(&mut fixed, 5), (true, 2, 0));
+    let empty = fixed.demand(Demand::UpTo(5));
+    assert_eq!((empty.allowed, empty.granted), (false, 0));
+    assert_eq!(empty.retry_after_us, Some(SEC));
+
+    let mut bucket = Key::new(Limit::token_bucket(10, Duration::from_secs(1), 5), 0);
+    assert_eq!(lease(&mut bucket, 3), (true, 3, 2));
+    assert_eq!(lease(&mut bucket, 3), (true, 2, 0));
+    // Nothing left: refused like a single request, with the time to the next token.
+    assert_eq!(
+        bucket.demand(Demand::UpTo(3)).retry_after_us,
+        Some(100 * MS)
+    );
+    bucket.advance(250 * MS);
+    assert_eq!(lease(&mut bucket, 3), (true, 2, 0));
+
+    let mut sliding = Key::new(Limit::sliding_window(10, Duration::from_secs(1)), 0);
+    assert_eq!(lease(&mut sliding, 4), (true, 4, 6));
+    assert_eq!(lease(&mut sliding, 8), (true, 6, 0));
+    sliding.at(1_500 * MS);
+    // Half of the previous window's 10 still weighs: 5 available.
+    assert_eq!(lease(&mut sliding, 8), (true, 5, 0));
+    assert!(!sliding.demand(Demand::UpTo(8)).allowed);
 }

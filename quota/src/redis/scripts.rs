@@ -3,7 +3,9 @@
 //! proxies with skewed clocks agree; the fixed window needs no time at all, its window being
 //! the key's expiry.
 //!
-//! Each returns `{allowed (0/1), remaining, reset_after_us, retry_after_us (-1: none)}`.
+//! Each returns `{allowed (0/1), remaining, reset_after_us, retry_after_us (-1: none),
+//! granted}`. With the last argument `up-to` = 1, `cost` is a maximum: the script takes what
+//! is available up to it (a lease, see `lease.rs`) and says how much in `granted`.
 //! Numbers are Lua doubles: every value stays below 2^53 (see `policy.rs`), and stored
 //! numbers are written with `%d` so they are never rounded to 14 digits.
 //!
@@ -13,12 +15,13 @@
 
 use redis::{Cmd, ErrorKind, RedisResult, ServerErrorKind, Value};
 
+use crate::algorithm::Demand;
 use crate::policy::{Algorithm, Policy};
 
 use super::link::Conn;
 
 /// GCRA. KEYS[1]: the theoretical arrival time (µs). ARGV: emission interval (µs), burst, cost,
-/// window (µs).
+/// window (µs), up-to (1: take what is available, at most `cost`).
 const TOKEN_BUCKET: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -29,22 +32,26 @@ local window = tonumber(ARGV[4])
 local tau = interval * burst
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
+if ARGV[5] == '1' then
+  local available = math.floor((now + tau - tat) / interval)
+  cost = math.max(math.min(available, cost), 1)
+end
 local new_tat = tat + cost * interval
 if new_tat > now + tau then
   local remaining = math.floor((now + tau - tat) / interval)
   if remaining < 0 then remaining = 0 end
   local retry = new_tat - tau - now
   if cost > burst then retry = window end
-  return {0, remaining, tat - now, retry}
+  return {0, remaining, tat - now, retry, 0}
 end
 if cost > 0 then
   redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 end
-return {1, math.floor((now + tau - new_tat) / interval), new_tat - now, -1}
+return {1, math.floor((now + tau - new_tat) / interval), new_tat - now, -1, cost}
 ";
 
 /// Fixed window from the first counted request. KEYS[1]: the count, expiring with the window.
-/// ARGV: limit, window (ms), cost.
+/// ARGV: limit, window (ms), cost, up-to.
 const FIXED_WINDOW: &str = r"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -60,10 +67,13 @@ if stored then
     redis.call('PEXPIRE', KEYS[1], window)
   end
 end
+if ARGV[4] == '1' then
+  cost = math.max(math.min(limit - count, cost), 1)
+end
 if count + cost > limit then
   local retry = ttl * 1000
   if cost > limit then retry = window * 1000 end
-  return {0, limit - count, ttl * 1000, retry}
+  return {0, limit - count, ttl * 1000, retry, 0}
 end
 if cost > 0 then
   if stored then
@@ -72,11 +82,11 @@ if cost > 0 then
     redis.call('SET', KEYS[1], cost, 'PX', window)
   end
 end
-return {1, limit - count - cost, ttl * 1000, -1}
+return {1, limit - count - cost, ttl * 1000, -1, cost}
 ";
 
 /// Two-window approximation. KEYS[1]: a hash {w: window index, p: previous count, c: current
-/// count}. ARGV: limit, window (µs), cost.
+/// count}. ARGV: limit, window (µs), cost, up-to.
 const SLIDING_WINDOW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -101,6 +111,10 @@ else
 end
 local weighted = prev * (window - elapsed) / window
 local reset = window - elapsed
+if ARGV[4] == '1' then
+  local available = math.floor(limit - weighted - cur)
+  cost = math.max(math.min(available, cost), 1)
+end
 if weighted + cur + cost > limit then
   local retry
   if cost > limit then
@@ -117,7 +131,7 @@ if weighted + cur + cost > limit then
   if retry < 1 then retry = 1 end
   local remaining = math.floor(limit - weighted - cur)
   if remaining < 0 then remaining = 0 end
-  return {0, remaining, reset, retry}
+  return {0, remaining, reset, retry, 0}
 end
 cur = cur + cost
 if cost > 0 then
@@ -127,7 +141,7 @@ if cost > 0 then
 end
 local remaining = math.floor(limit - weighted - cur)
 if remaining < 0 then remaining = 0 end
-return {1, remaining, reset, -1}
+return {1, remaining, reset, -1, cost}
 ";
 
 /// A script's source and SHA-1, computed once.
@@ -155,7 +169,7 @@ pub(crate) struct Scripts {
 }
 
 /// A script's reply, before it becomes a verdict.
-pub(crate) type Reply = (i64, i64, i64, i64);
+pub(crate) type Reply = (i64, i64, i64, i64, i64);
 
 impl Scripts {
     pub(crate) fn new() -> Self {
@@ -166,16 +180,19 @@ impl Scripts {
         }
     }
 
-    /// Runs `policy`'s script on `key` for a request of `cost`: `EVALSHA`, then `EVAL` on
-    /// `NOSCRIPT`.
+    /// Runs `policy`'s script on `key` for `demand`: `EVALSHA`, then `EVAL` on `NOSCRIPT`.
     pub(crate) async fn run(
         &self,
         conn: &Conn,
         policy: &Policy,
         key: &str,
-        cost: u64,
+        demand: Demand,
     ) -> RedisResult<Reply> {
         let limit = policy.limit();
+        let (cost, up_to) = match demand {
+            Demand::Exact(cost) => (cost, 0),
+            Demand::UpTo(max) => (max, 1),
+        };
         let (script, args): (&Script, Vec<u64>) = match limit.algorithm {
             Algorithm::TokenBucket { burst } => (
                 &self.token_bucket,
@@ -184,15 +201,21 @@ impl Scripts {
                     burst,
                     cost,
                     limit.window_micros(),
+                    up_to,
                 ],
             ),
             Algorithm::FixedWindow => (
                 &self.fixed_window,
-                vec![limit.requests, limit.window_micros().div_ceil(1000), cost],
+                vec![
+                    limit.requests,
+                    limit.window_micros().div_ceil(1000),
+                    cost,
+                    up_to,
+                ],
             ),
             Algorithm::SlidingWindow => (
                 &self.sliding_window,
-                vec![limit.requests, limit.window_micros(), cost],
+                vec![limit.requests, limit.window_micros(), cost, up_to],
             ),
         };
         let invoke = |verb: &str, body: &str| {
