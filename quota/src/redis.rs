@@ -50,6 +50,8 @@ pub struct RedisConfig {
     pub reconnect_max: Duration,
     /// The key scheme; the same for every proxy and RLS sharing the counters.
     pub keys: KeyScheme,
+    /// PEM certificates to trust for `rediss://` instead of the system's store (a private CA).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -63,6 +65,7 @@ impl RedisConfig {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
             keys: KeyScheme::default(),
+            tls_ca_pem: None,
         }
     }
 

@@ -82,7 +82,7 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with_args(name: &str, extra: &[&str]) -> io::Result<Self> {
-        Self::start_on(name, free_port(false)?, extra)
+        Self::start_on(name, reserve_port(false)?, extra)
     }
 
     /// A server on `port` (for a harness that hands out its own ports), with extra arguments.
@@ -256,7 +256,7 @@ impl RedisCluster {
                 .prefix(&format!("tollgate-redis-cluster-{i}-"))
                 .tempdir()?;
             // The cluster bus listens on port + 10000: that must be free too.
-            let port = free_port(true)?;
+            let port = reserve_port(true)?;
             let args = [
                 "--port",
                 &port.to_string(),
@@ -363,7 +363,7 @@ impl RedisSentinel {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-redis-sentinel-")
             .tempdir()?;
-        let port = free_port(false)?;
+        let port = reserve_port(false)?;
         let conf = dir.path().join("sentinel.conf");
         fs::write(
             &conf,
@@ -456,9 +456,15 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 static PORT_LOCK: Mutex<()> = Mutex::new(());
 
+/// A loopback port that was free a moment ago and that this process has not handed out before
+/// (e.g. for `--tls-port`).
+pub fn free_port() -> io::Result<u16> {
+    reserve_port(false)
+}
+
 /// A port in 20000..30000 that was free a moment ago (and, for cluster nodes, its bus port
 /// +10000 too). Starts at an offset from the pid so concurrent test binaries spread out.
-fn free_port(with_bus: bool) -> io::Result<u16> {
+fn reserve_port(with_bus: bool) -> io::Result<u16> {
     const LOW: u16 = 20_000;
     const SPAN: u16 = 10_000;
     let _guard = PORT_LOCK.lock().unwrap_or_else(|p| p.into_inner());

@@ -522,3 +522,115 @@ async fn batched_mode_saves_round_trips() {
     let d = proxies[0].check(&policy, "hot").await;
     assert!(d.is_allowed() && d.remaining < 100, "{d:?}");
 }
+
+/// Runs `openssl` with `args` in `dir`; false (with the reason printed) if it is missing.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    match Command::new("openssl").args(args).current_dir(dir).output() {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => panic!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            eprintln!("skipping: openssl not runnable ({e})");
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    require_redis!();
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tollgate-test-ca",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    ];
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for step in steps {
+        if !openssl(dir, step) {
+            return;
+        }
+    }
+    let tls_port = tollgate_quota::testing::free_port().unwrap().to_string();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let server = RedisServer::start_with_args(
+        "redis-tls",
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let mut config = RedisConfig::new(&url).with_timeout(RELAXED_TIMEOUT);
+    config.tls_ca_pem = Some(std::fs::read(dir.join("ca.pem")).unwrap());
+    let quota = Quota::redis(config).unwrap();
+    assert!(
+        quota.wait_until_up(Duration::from_secs(10)).await,
+        "{}",
+        server.log()
+    );
+    let policy = policy("tls", Limit::fixed_window(1, Duration::from_secs(60)));
+    assert_eq!(quota.check(&policy, "c").await.outcome, Outcome::Allowed);
+    assert_eq!(quota.check(&policy, "c").await.outcome, Outcome::Limited);
+    // Without the private CA the server's certificate is not trusted: never connected.
+    let untrusted = Quota::redis(RedisConfig::new(&url)).unwrap();
+    assert!(!untrusted.wait_until_up(Duration::from_millis(500)).await);
+    assert_eq!(
+        untrusted.check(&policy, "c").await.outcome,
+        Outcome::FailedOpen
+    );
+}

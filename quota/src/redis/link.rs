@@ -18,8 +18,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, RedisResult, ServerErrorKind,
-    TlsMode, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, RedisError, RedisResult,
+    ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
 
 use super::RedisConfig;
@@ -54,25 +54,42 @@ enum Connector {
 
 impl Connector {
     fn new(target: &RedisTarget, config: &RedisConfig) -> RedisResult<Self> {
+        let certificates = || {
+            config.tls_ca_pem.as_ref().map(|pem| TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            })
+        };
         Ok(match target {
-            RedisTarget::Standalone(info) => Connector::Single(Client::open(info.clone())?),
-            RedisTarget::Cluster(nodes) => Connector::Cluster(
-                ClusterClient::builder(nodes.clone())
-                    .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.timeout)
-                    // Fail fast: the circuit breaker, not the driver, decides when to retry.
-                    .retries(1)
-                    .min_retry_wait(1)
-                    .max_retry_wait(
-                        config
-                            .timeout
-                            .as_millis()
-                            .try_into()
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .build()?,
-            ),
+            RedisTarget::Standalone(info) => Connector::Single(match certificates() {
+                Some(certs) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+                    Client::build_with_tls(info.clone(), certs)?
+                }
+                _ => Client::open(info.clone())?,
+            }),
+            RedisTarget::Cluster(nodes) => {
+                let mut builder = ClusterClient::builder(nodes.clone());
+                if let Some(certs) = certificates() {
+                    builder = builder.certs(certs);
+                }
+                Connector::Cluster(
+                    builder
+                        .connection_timeout(config.connect_timeout)
+                        .response_timeout(config.timeout)
+                        // Fail fast: the circuit breaker, not the driver, decides when to retry.
+                        .retries(1)
+                        .min_retry_wait(1)
+                        .max_retry_wait(
+                            config
+                                .timeout
+                                .as_millis()
+                                .try_into()
+                                .unwrap_or(u64::MAX)
+                                .max(1),
+                        )
+                        .build()?,
+                )
+            }
             RedisTarget::Sentinel(s) => {
                 let mut builder = SentinelClientBuilder::new(
                     s.sentinels.clone(),
@@ -88,6 +105,9 @@ impl Connector {
                 }
                 if s.tls {
                     builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+                    if let Some(certs) = certificates() {
+                        builder = builder.set_client_to_redis_certificates(certs);
+                    }
                 }
                 Connector::Sentinel(tokio::sync::Mutex::new(builder.build()?))
             }
@@ -273,7 +293,12 @@ impl Link {
             self.reconnecting.store(false, Ordering::Release);
             return;
         };
-        self.runtime.spawn(async move { link.reconnect().await });
+        self.runtime.spawn(async move {
+            // Clears the flag however the task ends, a panic included, so a later check can
+            // start another one.
+            let _running = Reconnecting(link.clone());
+            link.reconnect().await;
+        });
     }
 
     async fn reconnect(self: Arc<Self>) {
@@ -315,12 +340,11 @@ impl Link {
             } else {
                 (delay * 2).min(self.config.reconnect_max)
             };
-            // Nobody is left to use the link: stop.
-            if Arc::strong_count(&self) == 1 {
+            // Nobody but this task (and its guard) holds the link: stop.
+            if Arc::strong_count(&self) <= 2 {
                 break;
             }
         }
-        self.reconnecting.store(false, Ordering::Release);
     }
 
     fn log_attempt(&self, attempts: u32, error: &dyn std::fmt::Display) {
@@ -338,6 +362,15 @@ impl Link {
 
     fn self_arc(&self) -> Option<Arc<Self>> {
         self.weak.upgrade()
+    }
+}
+
+/// Marks the reconnect task as running while alive.
+struct Reconnecting(Arc<Link>);
+
+impl Drop for Reconnecting {
+    fn drop(&mut self) {
+        self.0.reconnecting.store(false, Ordering::Release);
     }
 }
 
