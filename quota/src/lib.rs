@@ -13,6 +13,8 @@
 //!   [`RateLimitHeaders`] renders it as `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` and
 //!   `Retry-After`.
 //! - [`Metrics`]: counters of decisions and backend failures, for Prometheus.
+//! - Batched mode for hot keys ([`Policy::with_lease`]): a proxy takes several tokens per
+//!   Redis call and spends them locally, with a documented overshoot bound.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,7 +7,8 @@
 //! | `redis+sentinel://[user:password@]host:port[,host:port…]/master-name[/db]` | the master that Sentinel names (`rediss+sentinel://` for TLS to the master) |
 //!
 //! Credentials in a Cluster URL apply to every node; in a Sentinel URL they apply to the master,
-//! not to the sentinels. Percent-encode special characters in credentials.
+//! not to the sentinels. Percent-encode special characters in credentials. TLS verifies the
+//! server against the system's roots, or against [`super::RedisConfig::tls_ca_pem`].
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo as _};
 
