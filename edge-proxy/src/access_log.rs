@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::config::listener::{AccessLogConfig, AccessLogField, AccessLogSink};
 use crate::proxy::body::DownstreamBody;
+use crate::trace::ServerSpan;
 
 /// How often a writer flushes buffered lines, at most.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -338,11 +339,13 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// The response body sent to the client; with a [`RequestLog`], it counts the bytes sent and
-/// writes the line when the body ends or is dropped. Without one it only passes frames on.
+/// writes the line when the body ends or is dropped, and with a [`ServerSpan`] it ends the span
+/// then. Without either it only passes frames on.
 #[derive(Debug)]
 pub struct LoggedBody {
     inner: DownstreamBody,
     log: Option<Box<Pending>>,
+    span: Option<Box<ServerSpan>>,
 }
 
 #[derive(Debug)]
@@ -354,7 +357,11 @@ struct Pending {
 impl LoggedBody {
     /// A body that is not logged.
     pub fn plain(inner: DownstreamBody) -> Self {
-        Self { inner, log: None }
+        Self {
+            inner,
+            log: None,
+            span: None,
+        }
     }
 
     /// A body whose end writes `record`'s line, with the response's `status`.
@@ -366,7 +373,14 @@ impl LoggedBody {
                 record,
                 bytes_out: 0,
             })),
+            span: None,
         }
+    }
+
+    /// The same body, ending `span` when it ends.
+    pub fn traced(mut self, span: Option<ServerSpan>) -> Self {
+        self.span = span.map(Box::new);
+        self
     }
 
     fn finish(&mut self) {
@@ -375,6 +389,8 @@ impl LoggedBody {
             let line = record.render(bytes_out, record.started.elapsed());
             record.logger.writer.send(line);
         }
+        // Dropping the span ends it.
+        self.span = None;
     }
 }
 
@@ -388,10 +404,10 @@ impl Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Some(pending) = &mut this.log {
+        if this.log.is_some() || this.span.is_some() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
+                    if let (Some(pending), Some(data)) = (&mut this.log, frame.data_ref()) {
                         pending.bytes_out += data.len() as u64;
                     }
                     // hyper stops polling once the body says it has ended.
