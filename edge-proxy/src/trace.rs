@@ -244,8 +244,9 @@ impl Tracer {
             protocol_version(request.version()),
         ));
         let name = method.unwrap_or("HTTP");
-        let parent_cx = match &parent {
-            Some(parent) => Context::new().with_remote_span_context(parent.clone()),
+        let continued = parent.is_some();
+        let parent_cx = match parent {
+            Some(parent) => Context::new().with_remote_span_context(parent),
             None => Context::new(),
         };
         let span = self
@@ -258,7 +259,7 @@ impl Tracer {
             cx: Context::new().with_span(span),
             tracer: self.0.clone(),
             name,
-            continued: parent.is_some(),
+            continued,
             attempts: 0,
             responded: false,
         }
