@@ -7,11 +7,13 @@
 //! the body (client gone, stream reset), so `bytes_out` and `duration_ms` cover the whole
 //! response as Envoy's `%BYTES_SENT%` and `%DURATION%` do.
 //!
-//! Lines go over a channel to one writer task per distinct sink (stdout, or a file opened for
-//! appending), which buffers them and flushes at least every [`FLUSH_INTERVAL`] and on
-//! [`flush_all`]. A request never waits on the disk: when a writer falls
-//! [`CHANNEL_CAPACITY`] lines behind, lines are dropped. A sink that cannot be opened or
-//! written is reported once in the process log, not once per line.
+//! Lines are rendered straight into a buffer shared with one writer task per distinct sink
+//! (stdout, or a file opened for appending). The task is woken only when a batch of
+//! [`BATCH_BYTES`] has built up, at least every [`FLUSH_INTERVAL`], and on [`flush_all`]: a
+//! request costs an uncontended lock and a copy, not a channel send and a task wake-up. A
+//! request never waits on the disk: when [`MAX_PENDING_BYTES`] are waiting, lines are dropped.
+//! A sink that cannot be opened or written is reported once in the process log, not once per
+//! line.
 //!
 //! Only the fields configured are written, and none of them holds a header other than the
 //! request id and the host: `Authorization`, API keys and cookies never reach a log line, and
@@ -28,8 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncWrite, AsyncWriteExt as _, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::config::listener::{AccessLogConfig, AccessLogField, AccessLogSink};
@@ -39,13 +41,14 @@ use crate::trace::ServerSpan;
 /// How often a writer flushes buffered lines, at most.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How many lines may wait for a writer before new ones are dropped.
-pub const CHANNEL_CAPACITY: usize = 16 * 1024;
+/// How many bytes of lines may wait for a writer before new lines are dropped (about 16,000
+/// lines).
+pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
-/// Bytes buffered per sink between writes. A file is written through Tokio's blocking pool, a
-/// thread hand-off per write: with 8 KiB (the default), a busy proxy made over a thousand of
-/// them a second; with this, a few dozen, and the flush interval still bounds the delay.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// How many bytes of lines wake the writer before its next tick. A file is written through
+/// Tokio's blocking pool, a thread hand-off per write: batches keep those to a few hundred a
+/// second on a busy proxy, and the flush interval still bounds the delay.
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// The writer of each sink, shared by every listener that logs there.
 static WRITERS: LazyLock<Mutex<HashMap<AccessLogSink, Writer>>> = LazyLock::new(Default::default);
@@ -73,38 +76,56 @@ impl AccessLogger {
     }
 }
 
-/// Sends lines to a sink's writer task.
+/// Hands lines to a sink's writer task.
 #[derive(Debug, Clone)]
 struct Writer {
-    lines: mpsc::Sender<Message>,
-    /// Whether a full channel has been reported already.
-    overflow_reported: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
-enum Message {
-    Line(Vec<u8>),
-    Flush(oneshot::Sender<()>),
+/// What request paths and a writer task share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Lines not yet written.
+    pending: Mutex<Vec<u8>>,
+    /// Wakes the writer: a batch is ready, or a flush is asked for.
+    wake: Notify,
+    /// Callers of [`flush_all`] waiting for the lines before them to be written.
+    flushes: Mutex<Vec<oneshot::Sender<()>>>,
+    /// Whether dropped lines have been reported already.
+    overflow_reported: AtomicBool,
 }
 
 impl Writer {
     fn start(sink: AccessLogSink) -> Self {
-        let (lines, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        tokio::spawn(write_lines(sink, receiver));
-        Self {
-            lines,
-            overflow_reported: Arc::default(),
-        }
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(write_lines(sink, Arc::clone(&shared)));
+        Self { shared }
     }
 
-    fn send(&self, line: Vec<u8>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.lines.try_send(Message::Line(line))
-            && !self.overflow_reported.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                capacity = CHANNEL_CAPACITY,
-                "access log writer is behind; dropping lines"
-            );
+    /// Appends one line, rendered by `render` straight into the pending buffer.
+    fn send(&self, render: impl FnOnce(&mut Vec<u8>)) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING_BYTES {
+            drop(pending);
+            if !self.shared.overflow_reported.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    pending_bytes = MAX_PENDING_BYTES,
+                    "access log writer is behind; dropping lines"
+                );
+            }
+            return;
+        }
+        let before = pending.len();
+        render(&mut pending);
+        // Wake the writer once per batch, when this line crosses the threshold.
+        let wake = before < BATCH_BYTES && pending.len() >= BATCH_BYTES;
+        drop(pending);
+        if wake {
+            self.shared.wake.notify_one();
         }
     }
 }
@@ -119,14 +140,19 @@ pub async fn flush_all() {
         .collect();
     for writer in writers {
         let (done, flushed) = oneshot::channel();
-        if writer.lines.send(Message::Flush(done)).await.is_ok() {
-            let _ = flushed.await;
-        }
+        writer
+            .shared
+            .flushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(done);
+        writer.shared.wake.notify_one();
+        let _ = flushed.await;
     }
 }
 
 /// The writer task of one sink: buffers lines and flushes them every [`FLUSH_INTERVAL`].
-async fn write_lines(sink: AccessLogSink, mut lines: mpsc::Receiver<Message>) {
+async fn write_lines(sink: AccessLogSink, shared: Arc<Shared>) {
     let out: Option<Box<dyn AsyncWrite + Send + Unpin>> = match &sink {
         AccessLogSink::Stdout => Some(Box::new(tokio::io::stdout())),
         AccessLogSink::File(path) => match tokio::fs::OpenOptions::new()
@@ -142,39 +168,35 @@ async fn write_lines(sink: AccessLogSink, mut lines: mpsc::Receiver<Message>) {
             }
         },
     };
-    let mut out = out.map(|out| BufWriter::with_capacity(WRITE_BUFFER, out));
+    let mut out = out;
     let mut failed = false;
-    let mut dirty = false;
+    let mut batch = Vec::with_capacity(BATCH_BYTES * 2);
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let flush_done = tokio::select! {
-            message = lines.recv() => match message {
-                Some(Message::Line(line)) => {
-                    if let Some(out) = &mut out {
-                        let result = out.write_all(&line).await;
-                        report(&sink, result, &mut failed);
-                        dirty = true;
-                    }
-                    continue;
-                }
-                Some(Message::Flush(done)) => Some(done),
-                // Every logger is gone: only at process exit, since the registry keeps one.
-                None => None,
-            },
-            _ = tick.tick() => {
-                if !dirty {
-                    continue;
-                }
-                None
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+        // Flushes asked for before this point are covered by the lines taken now.
+        let flushes =
+            std::mem::take(&mut *shared.flushes.lock().unwrap_or_else(|e| e.into_inner()));
+        {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // Swap buffers: the request paths go on filling the (empty, allocated) other one.
+            std::mem::swap(&mut *pending, &mut batch);
+        }
+        if !batch.is_empty()
+            && let Some(out) = &mut out
+        {
+            let mut result = out.write_all(&batch).await;
+            if result.is_ok() {
+                result = out.flush().await;
             }
-        };
-        if let Some(out) = &mut out {
-            let result = out.flush().await;
             report(&sink, result, &mut failed);
         }
-        dirty = false;
-        if let Some(done) = flush_done {
+        batch.clear();
+        for done in flushes {
             let _ = done.send(());
         }
     }
@@ -244,15 +266,14 @@ impl RequestLog {
         }
     }
 
-    /// The line, without its bytes sent, duration and newline.
-    fn render(&self, bytes_out: u64, duration: Duration) -> Vec<u8> {
-        let mut line = Vec::with_capacity(512);
+    /// Appends the line, newline included, to `line`.
+    fn render(&self, line: &mut Vec<u8>, bytes_out: u64, duration: Duration) {
         line.push(b'{');
         for (i, (key, field)) in self.logger.config.fields.iter().enumerate() {
             if i > 0 {
                 line.push(b',');
             }
-            json_string(&mut line, key);
+            json_string(line, key);
             line.push(b':');
             let path = |with_query: bool| {
                 self.path_and_query
@@ -263,36 +284,34 @@ impl RequestLog {
                     })
             };
             match field {
-                AccessLogField::StartTime => json_string(&mut line, &rfc3339(self.start_time)),
-                AccessLogField::RequestId => json_opt(
-                    &mut line,
-                    self.request_id.as_ref().and_then(|v| v.to_str().ok()),
-                ),
-                AccessLogField::Method => json_string(&mut line, self.method.as_str()),
-                AccessLogField::Authority => json_opt(&mut line, self.authority.as_deref()),
-                AccessLogField::Path => json_opt(&mut line, path(false)),
-                AccessLogField::PathWithQuery => json_opt(&mut line, path(true)),
-                AccessLogField::Protocol => json_string(&mut line, protocol(self.version)),
-                AccessLogField::ResponseCode => json_number(&mut line, u64::from(self.status)),
-                AccessLogField::BytesReceived => {
-                    json_number(&mut line, self.bytes_in.load(Ordering::Relaxed));
+                AccessLogField::StartTime => json_string(line, &rfc3339(self.start_time)),
+                AccessLogField::RequestId => {
+                    json_opt(line, self.request_id.as_ref().and_then(|v| v.to_str().ok()))
                 }
-                AccessLogField::BytesSent => json_number(&mut line, bytes_out),
+                AccessLogField::Method => json_string(line, self.method.as_str()),
+                AccessLogField::Authority => json_opt(line, self.authority.as_deref()),
+                AccessLogField::Path => json_opt(line, path(false)),
+                AccessLogField::PathWithQuery => json_opt(line, path(true)),
+                AccessLogField::Protocol => json_string(line, protocol(self.version)),
+                AccessLogField::ResponseCode => json_number(line, u64::from(self.status)),
+                AccessLogField::BytesReceived => {
+                    json_number(line, self.bytes_in.load(Ordering::Relaxed));
+                }
+                AccessLogField::BytesSent => json_number(line, bytes_out),
                 AccessLogField::Duration => {
                     json_number(
-                        &mut line,
+                        line,
                         u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                     );
                 }
                 AccessLogField::UpstreamHost => {
-                    json_opt(&mut line, self.upstream.map(|a| a.to_string()).as_deref());
+                    json_opt(line, self.upstream.map(|a| a.to_string()).as_deref());
                 }
-                AccessLogField::RouteName => json_opt(&mut line, self.route.as_deref()),
-                AccessLogField::UpstreamCluster => json_opt(&mut line, self.cluster.as_deref()),
+                AccessLogField::RouteName => json_opt(line, self.route.as_deref()),
+                AccessLogField::UpstreamCluster => json_opt(line, self.cluster.as_deref()),
             }
         }
         line.extend_from_slice(b"}\n");
-        line
     }
 }
 
@@ -392,8 +411,11 @@ impl LoggedBody {
     fn finish(&mut self) {
         if let Some(pending) = self.log.take() {
             let Pending { record, bytes_out } = *pending;
-            let line = record.render(bytes_out, record.started.elapsed());
-            record.logger.writer.send(line);
+            let duration = record.started.elapsed();
+            record
+                .logger
+                .writer
+                .send(|out| record.render(out, bytes_out, duration));
         }
         // Dropping the span ends it.
         self.span = None;

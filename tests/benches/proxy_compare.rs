@@ -43,8 +43,14 @@
 //!
 //! They are reported as ratios to `edge-bare`, with the issue's target for `edge-log`.
 //!
-//! `BENCH_PEERS` (default `edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace`; leave the last
-//! three out to skip the observability rows) chooses and orders the peers; `BENCH_PATH`
+//! The policy cost (issue 5: a JWT and an API-key policy cost at most 15 % of requests/s) is
+//! measured by `edge-auth`: an edge proxy whose listener puts a JWT policy (RS256, JWKS fetched
+//! once from a server in this harness and cached) and an API-key policy on every route; the
+//! load sends a valid token and key with every request (`wrk -H`). It is reported as a ratio
+//! to `edge`.
+//!
+//! `BENCH_PEERS` (default `edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth`;
+//! leave the last four out to skip the observability and policy rows) chooses and orders the peers; `BENCH_PATH`
 //! changes the requested path (e.g. `/svc/0000/x` hits the first route instead). Before each
 //! run the harness waits (up to `BENCH_QUIET_WAIT` s, default 120) until both CPUs are idle, and
 //! it measures how much CPU other processes took during each run: a run where they took over
@@ -59,6 +65,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::jwt::{JwksServer, SigningKey};
 use support::nginx::{command_on_cpu, nginx_bin};
 use support::process::{ChildProcess, log_block, tollgate_bin, workspace_root};
 use support::wait::{give_up, http_ok, try_eventually};
@@ -85,6 +92,8 @@ const DISTURBED: f64 = 0.1;
 /// Required: with request metrics and a file access log, requests/s ≥ this × the edge proxy's
 /// with neither.
 const TARGET_LOGGED_VS_BARE: f64 = 0.95;
+/// Issue 5: the edge proxy with a JWT and an API-key policy against itself without policies.
+const TARGET_AUTH_VS_EDGE: f64 = 0.85;
 
 /// A proxy (or the upstream itself) that the load is sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +108,9 @@ enum PeerKind {
     EdgeLog,
     /// The edge proxy with request metrics and tracing.
     EdgeTrace,
+    /// The edge proxy with a JWT policy (RS256, JWKS fetched once and cached) and an API-key
+    /// policy on every route.
+    EdgeAuth,
 }
 
 impl PeerKind {
@@ -111,9 +123,10 @@ impl PeerKind {
             "edge-bare" => Self::EdgeBare,
             "edge-log" => Self::EdgeLog,
             "edge-trace" => Self::EdgeTrace,
+            "edge-auth" => Self::EdgeAuth,
             other => anyhow::bail!(
                 "BENCH_PEERS: unknown peer {other:?} (known: edge, envoy, nginx, direct, \
-                 edge-bare, edge-log, edge-trace)"
+                 edge-bare, edge-log, edge-trace, edge-auth)"
             ),
         })
     }
@@ -127,6 +140,7 @@ impl PeerKind {
             Self::EdgeBare => "edge-bare",
             Self::EdgeLog => "edge-log",
             Self::EdgeTrace => "edge-trace",
+            Self::EdgeAuth => "edge-auth",
         }
     }
 
@@ -134,7 +148,7 @@ impl PeerKind {
     fn is_edge(self) -> bool {
         matches!(
             self,
-            Self::Edge | Self::EdgeBare | Self::EdgeLog | Self::EdgeTrace
+            Self::Edge | Self::EdgeBare | Self::EdgeLog | Self::EdgeTrace | Self::EdgeAuth
         )
     }
 
@@ -147,6 +161,7 @@ impl PeerKind {
             Self::EdgeBare => "edge proxy, no request metrics, no access log",
             Self::EdgeLog => "edge proxy, metrics + access log to a file",
             Self::EdgeTrace => "edge proxy, metrics + tracing (OTLP, sampling 1.0)",
+            Self::EdgeAuth => "edge proxy, JWT (RS256) + API key on every route",
         }
     }
 }
@@ -171,7 +186,9 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let peers = std::env::var("BENCH_PEERS")
-            .unwrap_or_else(|_| "edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace".to_owned())
+            .unwrap_or_else(|_| {
+                "edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth".to_owned()
+            })
             .split(',')
             .filter(|name| !name.trim().is_empty())
             .map(PeerKind::parse)
@@ -247,6 +264,8 @@ struct Peer {
     pid: u32,
     /// The file the peer's access log goes to, emptied before each run.
     access_log: Option<PathBuf>,
+    /// Headers every request carries (the credentials of `edge-auth`).
+    headers: Vec<(String, String)>,
     _guard: Guard,
 }
 
@@ -326,18 +345,35 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let credentials = if needs(PeerKind::EdgeAuth) {
+        Some(Credentials::new().await)
+    } else {
+        None
+    };
     let cp = if listeners.is_empty() {
         None
     } else {
         let cp = ControlPlane::start().await?;
-        load_config(&cp, &settings, upstream_port, &listeners, &access_log).await?;
+        load_config(
+            &cp,
+            &settings,
+            upstream_port,
+            &listeners,
+            &access_log,
+            credentials.as_ref(),
+        )
+        .await?;
         Some(cp)
     };
 
     let mut peers = Vec::new();
     for &kind in &settings.peers {
         let peer = match kind {
-            PeerKind::Edge | PeerKind::EdgeBare | PeerKind::EdgeLog | PeerKind::EdgeTrace => {
+            PeerKind::Edge
+            | PeerKind::EdgeBare
+            | PeerKind::EdgeLog
+            | PeerKind::EdgeTrace
+            | PeerKind::EdgeAuth => {
                 let cp = cp
                     .as_ref()
                     .context("the edge proxy needs the control plane")?;
@@ -348,7 +384,11 @@ async fn main() -> anyhow::Result<()> {
                     (PeerKind::EdgeTrace, Some(endpoint)) => vec!["--otlp-endpoint", endpoint],
                     _ => Vec::new(),
                 };
-                let mut peer = start_edge(cp, &settings, kind, port, &args).await?;
+                let headers = match (kind, &credentials) {
+                    (PeerKind::EdgeAuth, Some(credentials)) => credentials.headers(),
+                    _ => Vec::new(),
+                };
+                let mut peer = start_edge(cp, &settings, kind, port, &args, headers).await?;
                 if kind == PeerKind::EdgeLog {
                     peer.access_log = Some(access_log.clone());
                 }
@@ -366,6 +406,7 @@ async fn main() -> anyhow::Result<()> {
                 url: format!("http://127.0.0.1:{upstream_port}{}", settings.path),
                 pid: upstream.pid(),
                 access_log: None,
+                headers: Vec::new(),
                 _guard: Guard::Borrowed,
             },
         };
@@ -490,6 +531,7 @@ async fn main() -> anyhow::Result<()> {
     drop(peers);
     drop(cp);
     drop(receiver);
+    drop(credentials);
     drop(upstream);
     drop(logs);
     Ok(())
@@ -572,6 +614,7 @@ async fn load_config(
     upstream_port: u16,
     listeners: &[(PeerKind, u16)],
     access_log: &Path,
+    credentials: Option<&Credentials>,
 ) -> anyhow::Result<()> {
     let mut routes: Vec<Value> = (0..settings.routes - 1)
         .map(|i| {
@@ -595,6 +638,9 @@ async fn load_config(
             if kind == PeerKind::EdgeLog {
                 listener["access_log"] = json!({"path": access_log});
             }
+            if kind == PeerKind::EdgeAuth {
+                listener["policies"] = json!(["bench-jwt", "bench-keys"]);
+            }
             listener
         })
         .collect();
@@ -605,6 +651,8 @@ async fn load_config(
         }],
         "routes": routes,
         "listeners": listeners,
+        "policies": credentials.map_or_else(Vec::new, Credentials::policies),
+        "consumers": credentials.map_or_else(Vec::new, Credentials::consumers),
     });
     let (status, body) = cp
         .raw(Method::PUT, "/v1/config", Some(document), Some(cp.token()))
@@ -625,6 +673,7 @@ async fn start_edge(
     kind: PeerKind,
     port: u16,
     extra_args: &[&str],
+    headers: Vec<(String, String)>,
 ) -> anyhow::Result<Peer> {
     let dir = temp_dir(kind.name())?;
     let admin_port = free_port();
@@ -645,7 +694,16 @@ async fn start_edge(
         .env("RUST_LOG", "warn");
     let process = ChildProcess::spawn_logged(kind.name(), cmd, &dir.path().join("edge.log"))?;
     let admin_ready = format!("http://127.0.0.1:{admin_port}/ready");
-    ready_peer(kind, process, dir, &admin_ready, port, &settings.path).await
+    ready_peer(
+        kind,
+        process,
+        dir,
+        &admin_ready,
+        port,
+        &settings.path,
+        headers,
+    )
+    .await
 }
 
 /// Starts Envoy with `--concurrency 1` from the example bootstrap (node cluster `envoy`) and
@@ -689,6 +747,7 @@ async fn start_envoy(
         &admin_ready,
         port,
         &settings.path,
+        Vec::new(),
     )
     .await
 }
@@ -701,17 +760,18 @@ async fn ready_peer(
     admin_ready: &str,
     port: u16,
     path: &str,
+    headers: Vec<(String, String)>,
 ) -> anyhow::Result<Peer> {
     let url = format!("http://127.0.0.1:{port}{path}");
     let ready = try_eventually(&format!("{} to serve", kind.name()), READY_TIMEOUT, || {
         let exited = process.try_status();
-        let (admin_ready, url) = (admin_ready.to_owned(), url.clone());
+        let (admin_ready, url, headers) = (admin_ready.to_owned(), url.clone(), headers.clone());
         async move {
             if let Some(status) = exited {
                 return Err(give_up(format!("{} exited: {status}", kind.name())));
             }
             http_ok(&admin_ready).await?;
-            expect_body(&url).await
+            expect_body(&url, &headers).await
         }
     })
     .await;
@@ -727,6 +787,7 @@ async fn ready_peer(
         url,
         pid: process.pid(),
         access_log: None,
+        headers,
         _guard: Guard::Process {
             _process: process,
             _dir: dir,
@@ -734,9 +795,13 @@ async fn ready_peer(
     })
 }
 
-/// `GET url` must answer 200 with the upstream's body.
-async fn expect_body(url: &str) -> anyhow::Result<()> {
-    let response = support::get(url, None).await?;
+/// `GET url` with `headers` must answer 200 with the upstream's body.
+async fn expect_body(url: &str, headers: &[(String, String)]) -> anyhow::Result<()> {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let response = support::client::request(Method::GET, url, None, &headers, None).await?;
     anyhow::ensure!(
         response.status == 200 && response.body == BODY,
         "GET {url}: {} {:?}, expected 200 {BODY:?}",
@@ -786,14 +851,60 @@ async fn start_nginx(settings: &Settings, upstream_port: u16) -> anyhow::Result<
     })
     .await
     .context("starting nginx as a reverse proxy")?;
-    expect_body(&url).await?;
+    expect_body(&url, &[]).await?;
     Ok(Peer {
         kind: PeerKind::Nginx,
         url,
         pid: nginx.pid(),
         access_log: None,
+        headers: Vec::new(),
         _guard: Guard::Nginx { _nginx: nginx },
     })
+}
+
+/// What `edge-auth` checks and its load presents: a JWT policy whose JWKS (one RSA key) is
+/// served by a small server here and fetched by the proxy once, then cached; an API-key policy
+/// with one consumer.
+struct Credentials {
+    key: SigningKey,
+    jwks: JwksServer,
+}
+
+const BENCH_ISSUER: &str = "https://idp.bench.test";
+const BENCH_API_KEY: &str = "bench-api-key-0123456789";
+
+impl Credentials {
+    async fn new() -> Self {
+        let key = SigningKey::rsa_a("bench");
+        let jwks = JwksServer::start(support::jwt::jwks(&[&key])).await;
+        Self { key, jwks }
+    }
+
+    fn policies(&self) -> Vec<Value> {
+        vec![
+            json!({"type": "jwt", "name": "bench-jwt", "issuer": BENCH_ISSUER,
+                   "audiences": ["bench"], "jwks_uri": self.jwks.url(),
+                   "jwks_cache_duration_s": 86400, "claims_to_headers": {"sub": "x-user-id"}}),
+            json!({"type": "api_key", "name": "bench-keys"}),
+        ]
+    }
+
+    fn consumers(&self) -> Vec<Value> {
+        vec![json!({"name": "bench", "tier": "pro", "api_keys": [BENCH_API_KEY]})]
+    }
+
+    /// A token valid for a day, and the key.
+    fn headers(&self) -> Vec<(String, String)> {
+        let now = support::jwt::now();
+        let token = self
+            .key
+            .sign(&json!({"iss": BENCH_ISSUER, "aud": "bench", "sub": "load",
+                                          "iat": now, "exp": now + 86_400}));
+        vec![
+            ("authorization".to_owned(), format!("Bearer {token}")),
+            ("x-api-key".to_owned(), BENCH_API_KEY.to_owned()),
+        ]
+    }
 }
 
 fn temp_dir(name: &str) -> anyhow::Result<TempDir> {
@@ -880,9 +991,11 @@ async fn run_wrk(
         .arg(format!("-d{secs}s"))
         .arg("--latency")
         .arg("--timeout")
-        .arg("5s")
-        .arg(&peer.url)
-        .stdin(Stdio::null());
+        .arg("5s");
+    for (name, value) in &peer.headers {
+        cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    cmd.arg(&peer.url).stdin(Stdio::null());
     if let Some(path) = &peer.access_log {
         // One run's lines at a time on the disk; the proxy appends, so it writes on at the start.
         std::fs::OpenOptions::new()
@@ -1278,6 +1391,7 @@ fn render_report(
         .map(|row| row.kind.name())
         .collect();
     render_observability(rows, spans, &mut line);
+    render_policy_cost(rows, &mut line);
     line(format!(
         "\n`others' CPU`: the share of the peer CPU / the load CPU that processes other than the \
          peer, wrk, the upstream and this harness (which hosts the OTLP receiver) took (some kernel network work is counted there too). A run \
@@ -1395,6 +1509,37 @@ fn render_observability(rows: &[Row], spans: Option<SpanCount>, line: &mut impl 
             spans.received as f64 / spans.requests.max(1) as f64
         ));
     }
+}
+
+/// The policy section: the edge proxy with a JWT and an API-key policy on every route, as a
+/// ratio to the same proxy without policies, with the issue's target.
+fn render_policy_cost(rows: &[Row], line: &mut impl FnMut(String)) {
+    let find = |kind| rows.iter().find(|row| row.kind == kind);
+    let (Some(auth), Some(edge)) = (find(PeerKind::EdgeAuth), find(PeerKind::Edge)) else {
+        return;
+    };
+    let ratio = auth.median.requests_per_sec / edge.median.requests_per_sec;
+    let normalised = per_peer_cpu(&auth.median) / per_peer_cpu(&edge.median);
+    line("\n## Policy cost\n".to_owned());
+    line(
+        "The edge proxy with a JWT policy (RS256, JWKS fetched once and cached; `sub` copied to \
+         a header) and an API-key policy on every route, every request carrying a valid token \
+         and key, as a ratio to the same proxy without policies (`edge`), in the same rounds.\n"
+            .to_owned(),
+    );
+    line("| edge proxy with | requests/s | × edge | per peer CPU × edge | p99 | added p99 | target |".to_owned());
+    line("|---|---:|---:|---:|---:|---:|---|".to_owned());
+    line(format!(
+        "| JWT + API key | {:.0} | {ratio:.3}× | {normalised:.3}× | {} | {} | ≥ {TARGET_AUTH_VS_EDGE}×: {} |",
+        auth.median.requests_per_sec,
+        fmt_latency(auth.median.p99),
+        fmt_latency(auth.median.p99.saturating_sub(edge.median.p99)),
+        if ratio >= TARGET_AUTH_VS_EDGE {
+            "yes"
+        } else {
+            "**no**"
+        },
+    ));
 }
 
 /// CPU model, core count, kernel and the versions of the programs compared.
