@@ -7,12 +7,15 @@
 //! - [`jwt`]: Envoy's jwt_authn filter: finds tokens, verifies them against the providers'
 //!   keys (inline or fetched through an upstream cluster), and answers 401/403 when the
 //!   requirement is not met.
+//! - [`transform`]: Tollgate's body transform filter: JSON and XML request and response
+//!   bodies, buffered up to 1 MiB.
 //!
 //! Filters see the request head (they may change its headers and path) and may answer it
-//! themselves; the body is never buffered for them.
+//! themselves; only the transform filter reads bodies, after the others.
 
 pub mod cors;
 pub mod jwt;
+pub mod transform;
 
 use std::borrow::Cow;
 

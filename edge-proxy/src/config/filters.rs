@@ -2,7 +2,8 @@
 //! and virtual hosts give them (`typed_per_filter_config`).
 //!
 //! In the request flow the filters run right after route matching and before the router
-//! (see [`crate::proxy`]): CORS, then JWT authentication, in the order the listener lists them.
+//! (see [`crate::proxy`]): CORS, then JWT authentication, then the body transforms, in the
+//! order the listener lists them.
 //! The listener says which filters run ([`HttpFilter`]); the matched route and its virtual host
 //! say how, per filter name ([`FilterOverrides`]). As in Envoy, per-filter config is found by
 //! the filter's configured `name`, the most specific level first.
@@ -14,6 +15,7 @@
 
 pub mod cors;
 pub mod jwt_authn;
+pub mod transform;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
 use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
 use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
 use tollgate_proto::google::protobuf as pb;
+use tollgate_proto::transform as transform_pb;
 
 use super::listener::{decode, is_type, unsupported_extension};
 use super::{Reason, Rejection, Within as _};
@@ -46,6 +49,9 @@ pub enum HttpFilterKind {
     Cors,
     /// `envoy.filters.http.jwt_authn`.
     JwtAuthn(Arc<jwt_authn::JwtAuthn>),
+    /// `tollgate.filters.http.transform`: its body changes come from the route's per-filter
+    /// config.
+    Transform,
 }
 
 impl HttpFilter {
@@ -74,6 +80,9 @@ pub(super) fn http_filter_kind(
         let config: jwt_pb::JwtAuthentication = decode(any).within("typed_config")?;
         let config = jwt_authn::JwtAuthn::try_from_proto(config).within("typed_config")?;
         Ok(HttpFilterKind::JwtAuthn(Arc::new(config)))
+    } else if is_type::<transform_pb::Transform>(any) {
+        transform::filter_config(any).within("typed_config")?;
+        Ok(HttpFilterKind::Transform)
     } else {
         Err(unsupported_extension("http filter", name, any))
     }
@@ -101,6 +110,8 @@ pub enum PerFilterConfig {
     Cors(cors::CorsPolicy),
     /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`.
     JwtAuthn(jwt_authn::PerRoute),
+    /// `tollgate.filters.http.transform.v1.TransformPerRoute`.
+    Transform(transform::TransformPerRoute),
 }
 
 impl PerFilterConfig {
@@ -109,7 +120,7 @@ impl PerFilterConfig {
     pub fn as_cors(&self) -> Option<&cors::CorsPolicy> {
         match self {
             Self::Cors(policy) => Some(policy),
-            Self::JwtAuthn(_) => None,
+            Self::JwtAuthn(_) | Self::Transform(_) => None,
         }
     }
 
@@ -117,7 +128,15 @@ impl PerFilterConfig {
     pub fn as_jwt_authn(&self) -> Option<&jwt_authn::PerRoute> {
         match self {
             Self::JwtAuthn(per_route) => Some(per_route),
-            Self::Cors(_) => None,
+            Self::Cors(_) | Self::Transform(_) => None,
+        }
+    }
+
+    /// The body transforms, when this is a transform config.
+    pub fn as_transform(&self) -> Option<&transform::TransformPerRoute> {
+        match self {
+            Self::Transform(per_route) => Some(per_route),
+            Self::Cors(_) | Self::JwtAuthn(_) => None,
         }
     }
 }
@@ -201,7 +220,9 @@ fn filter_override(name: &str, any: &pb::Any) -> Result<Option<FilterOverride>, 
 }
 
 fn known_per_filter_type(any: &pb::Any) -> bool {
-    is_type::<cors_pb::CorsPolicy>(any) || is_type::<jwt_pb::PerRouteConfig>(any)
+    is_type::<cors_pb::CorsPolicy>(any)
+        || is_type::<jwt_pb::PerRouteConfig>(any)
+        || is_type::<transform_pb::TransformPerRoute>(any)
 }
 
 fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejection> {
@@ -211,6 +232,8 @@ fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejec
     } else if is_type::<jwt_pb::PerRouteConfig>(any) {
         let proto = decode(any)?;
         Ok(PerFilterConfig::JwtAuthn(jwt_authn::per_route(&proto)?))
+    } else if is_type::<transform_pb::TransformPerRoute>(any) {
+        Ok(PerFilterConfig::Transform(transform::per_route(any)?))
     } else {
         // The path ends at the map key: the value is the `Any` itself.
         Err(Rejection::here(Reason::UnsupportedValue(format!(

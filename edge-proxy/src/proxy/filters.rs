@@ -17,6 +17,7 @@ use http::{HeaderMap, Response};
 
 use super::DataPlane;
 use super::body::DownstreamBody;
+use crate::config::filters::transform::TransformPerRoute;
 use crate::config::filters::{HttpFilter, HttpFilterKind};
 use crate::config::route::{Matched, RouteAction};
 use crate::filter::{self, cors};
@@ -26,11 +27,14 @@ pub(crate) fn has_request_filters(filters: &[HttpFilter]) -> bool {
     filters.iter().any(|f| !f.is_router())
 }
 
-/// What the filters that ran want done to the response.
+/// What the filters that ran want done to the body and the response.
 #[derive(Debug, Default)]
-pub(crate) struct ResponseWork {
+pub(crate) struct ResponseWork<'t> {
     /// CORS latches, in filter order.
     cors: Vec<cors::CorsLatch>,
+    /// The route's body transforms, when the transform filter ran: the caller transforms the
+    /// request body before forwarding and the response body as it comes back.
+    pub(crate) transform: Option<&'t TransformPerRoute>,
 }
 
 /// How the request goes on after the filters.
@@ -53,12 +57,12 @@ pub(crate) enum Outcome {
 }
 
 /// Runs the request side of every filter up to the router.
-pub(crate) async fn on_request(
+pub(crate) async fn on_request<'t>(
     plane: &DataPlane,
     filters: &[HttpFilter],
-    matched: &Matched<'_>,
+    matched: &Matched<'t>,
     req: &mut filter::Request<'_, '_>,
-    work: &mut ResponseWork,
+    work: &mut ResponseWork<'t>,
 ) -> Outcome {
     for filter in filters {
         if filter.is_router() {
@@ -101,13 +105,19 @@ pub(crate) async fn on_request(
                     };
                 }
             }
+            HttpFilterKind::Transform => {
+                // Bodies are read later, once the request is through every filter.
+                work.transform = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_transform());
+            }
         }
     }
     Outcome::Continue
 }
 
 /// Applies the filters' response work, last filter first.
-pub(crate) fn on_response(work: &ResponseWork, headers: &mut HeaderMap) {
+pub(crate) fn on_response(work: &ResponseWork<'_>, headers: &mut HeaderMap) {
     for latch in work.cors.iter().rev() {
         latch.apply(headers);
     }
