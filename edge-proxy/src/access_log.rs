@@ -197,7 +197,8 @@ pub struct RequestLog {
     version: Version,
     /// The `Host` or `:authority`, as the client sent it.
     pub authority: Option<String>,
-    /// The normalised path and query, as matched against the routes (before rewrites).
+    /// The normalised path and query as the HTTP filters left it (an API key or token they
+    /// removed is not in it), before rewrites.
     pub path_and_query: Option<String>,
     /// The `x-request-id` the request went on with.
     pub request_id: Option<HeaderValue>,

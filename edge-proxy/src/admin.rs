@@ -147,7 +147,8 @@ fn xds_status(status: &XdsStatus) -> Value {
     })
 }
 
-/// The snapshot as JSON. Private keys never appear: certificates show their chain only.
+/// The snapshot as JSON. Private keys never appear: certificates show their chain only, and
+/// API-key tables only how many consumers and keys they hold (never the HMAC key or hashes).
 pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
     let versions = |kind: Kind, name: &str| {
         snapshot
@@ -171,6 +172,7 @@ pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
                         "tls_certificate": c.tls.as_ref().map(|t| &t.certificate),
                         "alpn": c.tls.as_ref().map(|t| &t.alpn),
                         "route_config": c.http.route_config_name,
+                        "http_filters": c.http.http_filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
                         "websocket": c.http.websocket,
                         "access_log": c.http.access_log.as_ref().map(|log| json!({
                             "sink": match &log.sink {
@@ -282,6 +284,19 @@ pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
             })
         })
         .collect();
+    let api_key_tables: Vec<Value> = snapshot
+        .api_key_tables
+        .iter()
+        .map(|(name, table)| {
+            let (consumers, keys) = table.summary();
+            json!({
+                "name": name,
+                "version": versions(Kind::Secret, name),
+                "consumers": consumers,
+                "keys": keys,
+            })
+        })
+        .collect();
     json!({
         "version": snapshot.version,
         "xds": xds_status(status),
@@ -290,6 +305,7 @@ pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
         "clusters": clusters,
         "endpoints": endpoints,
         "certificates": certificates,
+        "api_key_tables": api_key_tables,
     })
 }
 
@@ -331,5 +347,39 @@ fn lb_policy_name(policy: LbPolicy) -> &'static str {
         LbPolicy::Random => "random",
         LbPolicy::RingHash { .. } => "ring_hash",
         LbPolicy::Maglev { .. } => "maglev",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::filters::api_key::tests::{hash, table};
+
+    #[test]
+    fn key_tables_are_dumped_as_counts_only() {
+        let snapshot = Snapshot {
+            version: "1".into(),
+            versions: BTreeMap::from([(
+                Kind::Secret,
+                BTreeMap::from([("tollgate:api-keys".to_owned(), "v7".to_owned())]),
+            )]),
+            listeners: BTreeMap::new(),
+            route_tables: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            certificates: BTreeMap::new(),
+            api_key_tables: BTreeMap::from([("tollgate:api-keys".to_owned(), Arc::new(table()))]),
+        };
+        let dump = config_dump(&snapshot, &XdsStatus::default());
+        assert_eq!(
+            dump["api_key_tables"],
+            json!([{"name": "tollgate:api-keys", "version": "v7", "consumers": 2, "keys": 3}])
+        );
+        let text = dump.to_string();
+        assert!(!text.contains(&hash("acme-key-1")));
+        assert!(!text.contains("0123456789abcdef"));
     }
 }

@@ -5,7 +5,8 @@
 //! the last good snapshot keeps serving. Nothing past this module touches prost types.
 //!
 //! RDS becomes a [`route::RouteTable`], CDS and EDS [`cluster::Cluster`] and
-//! [`cluster::Endpoints`], LDS a [`listener::Listener`] and SDS a [`listener::TlsCertificate`].
+//! [`cluster::Endpoints`], LDS a [`listener::Listener`] and SDS a [`listener::Secret`] (a
+//! TLS certificate, or an API-key table).
 //!
 //! The rule throughout is Envoy's behaviour, or a NACK. A field that would change how a request
 //! is handled and is not implemented here rejects the resource, naming the field. Ignoring it

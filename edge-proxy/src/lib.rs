@@ -8,7 +8,7 @@
 //!   [`upstream::Upstreams`]) swapped behind one atomic pointer, and reconciles [`listeners`].
 //! - [`listeners`] accept TCP and TLS (certificate by SNI), speak HTTP/1.1 and HTTP/2, and call
 //!   [`proxy::handle`] for every request: route match, the HTTP filters ([`filter`]: CORS, JWT
-//!   authentication), redirect / direct response / forward with
+//!   authentication, API keys, RBAC), redirect / direct response / forward with
 //!   retries and timeouts, to an endpoint picked by [`upstream::balancer`] over a pooled
 //!   connection.
 //! - [`admin`] serves `/ready`, `/config_dump` and `/metrics` ([`metrics`]).

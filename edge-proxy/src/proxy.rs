@@ -1,5 +1,5 @@
 //! The request path, from a parsed request to its response: route match on the current
-//! snapshot → the listener's HTTP filters (`filters`: CORS, JWT) → the route's action
+//! snapshot → the listener's HTTP filters (`filters`: CORS, JWT, API keys, RBAC) → the route's action
 //! (forward, redirect, direct response) → upstream attempts with
 //! retries and timeouts → response header mutations → the access log line, written when the
 //! response body ends ([`crate::access_log`]).
@@ -25,12 +25,12 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLogger, LoggedBody, RequestLog};
 use crate::config::filters::transform::BodyTransform;
-use crate::config::format::{FormatContext, NoMetadata};
+use crate::config::format::FormatContext;
 use crate::config::listener::HttpSettings;
 use crate::config::route::{
     Forward, Matched, RequestHead, RetryOn, RetryPolicy, RouteAction, RouteTable,
 };
-use crate::filter::transform;
+use crate::filter::{Metadata, transform};
 use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::upstream::{Endpoint, Outcome, UpstreamCluster, Upstreams};
@@ -215,16 +215,13 @@ async fn route<'p>(
         return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
     };
     served.route = Some(&matched.route.name);
-    // What header templates read besides the headers. No filter of this proxy writes dynamic
-    // metadata yet, so `%DYNAMIC_METADATA()%` finds nothing.
-    let metadata = NoMetadata;
-    let format = FormatContext {
-        authority: &authority,
-        method: method.as_str(),
-        scheme,
-        client: downstream.peer.ip().to_canonical(),
-        metadata: &metadata,
-    };
+    // The client's address as Envoy determines it (`x-forwarded-for` with trusted hops), for
+    // RBAC and for header templates.
+    let addresses = headers::Addresses::new(downstream.peer.ip().to_canonical(), http);
+    let client = addresses.client(request.headers());
+    // What authentication finds out (JWT payloads, the API key's consumer): Envoy's dynamic
+    // metadata, which RBAC and the route's header templates read.
+    let mut metadata = Metadata::default();
     // The listener's HTTP filters (CORS, JWT…) run before the route's action, as Envoy's
     // decoder filters run before the router; they may change the head, or answer.
     let mut path_and_query = path_and_query;
@@ -236,22 +233,53 @@ async fn route<'p>(
             authority: &authority,
             path_and_query: &mut path_and_query,
             headers: request.headers_mut(),
+            addresses,
         };
-        let outcome = filters::on_request(plane, &http.http_filters, &matched, &mut req, &mut work);
+        let outcome = filters::on_request(
+            plane,
+            &http.http_filters,
+            &matched,
+            &mut req,
+            &mut work,
+            &mut metadata,
+        );
+        let outcome = outcome.await;
+        // The path as filters left it (without the API key or token they removed) is the one
+        // logged, as Envoy logs `:path` after its filters.
+        if let Some(log) = &mut served.log
+            && log.path_and_query.as_deref() != Some(&*path_and_query)
+        {
+            log.path_and_query = Some(path_and_query.clone().into_owned());
+        }
         if let filters::Outcome::Respond {
             mut response,
             local_reply,
-        } = outcome.await
+        } = outcome
         {
             // Envoy 1.40 gives a filter's local reply the route's response headers on
             // forwarding routes (checked against it), not on redirect or direct-response ones.
             if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
+                let format = FormatContext {
+                    authority: &authority,
+                    method: method.as_str(),
+                    scheme,
+                    client,
+                    metadata: &metadata,
+                };
                 matched.apply_response_headers(response.headers_mut(), request.headers(), &format);
             }
             filters::on_response(&work, response.headers_mut());
             return with_request_id(response, &request_id, http);
         }
     }
+    // What the route's header templates read besides the headers.
+    let format = FormatContext {
+        authority: &authority,
+        method: method.as_str(),
+        scheme,
+        client,
+        metadata: &metadata,
+    };
     let head = RequestHead {
         method: method.as_str(),
         scheme,

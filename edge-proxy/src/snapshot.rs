@@ -2,8 +2,8 @@
 //!
 //! This sits between the xDS client and the data path. The client validates each resource with
 //! [`crate::config`] and hands the accepted ones to a [`SnapshotBuilder`], which keeps the latest
-//! of each type by name. Once every route table and certificate the listeners name, and every
-//! endpoint set the EDS clusters name, has arrived, [`SnapshotBuilder::complete`] yields one
+//! of each type by name. Once every route table and secret (certificate, API-key table) the
+//! listeners name, and every endpoint set the EDS clusters name, has arrived, [`SnapshotBuilder::complete`] yields one
 //! immutable [`Snapshot`]: what a request reads, once, from start to finish.
 //!
 //! Everything here is pure: no I/O, no clocks, no locks.
@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::cluster::{Cluster, Endpoints};
-use crate::config::listener::{Listener, TlsCertificate};
+use crate::config::listener::{ApiKeyTable, Listener, Secret, TlsCertificate};
 use crate::config::route::RouteTable;
 
 /// The xDS resource types the proxy consumes.
@@ -23,7 +23,7 @@ pub enum Kind {
     Cluster,
     /// EDS: the endpoints of EDS clusters.
     Endpoints,
-    /// SDS: TLS certificates.
+    /// SDS: TLS certificates and API-key tables.
     Secret,
     /// LDS: listeners.
     Listener,
@@ -95,8 +95,8 @@ pub enum Accepted {
     Cluster(Cluster),
     /// An EDS assignment.
     Endpoints(Endpoints),
-    /// An SDS certificate.
-    Certificate(TlsCertificate),
+    /// An SDS secret.
+    Secret(Secret),
 }
 
 impl Accepted {
@@ -107,7 +107,7 @@ impl Accepted {
             Self::RouteTable(_) => Kind::RouteConfig,
             Self::Cluster(_) => Kind::Cluster,
             Self::Endpoints(_) => Kind::Endpoints,
-            Self::Certificate(_) => Kind::Secret,
+            Self::Secret(_) => Kind::Secret,
         }
     }
 
@@ -118,7 +118,7 @@ impl Accepted {
             Self::RouteTable(r) => r.name(),
             Self::Cluster(c) => &c.name,
             Self::Endpoints(e) => &e.cluster_name,
-            Self::Certificate(c) => c.name(),
+            Self::Secret(s) => s.name(),
         }
     }
 }
@@ -143,6 +143,8 @@ pub struct Snapshot {
     pub endpoints: BTreeMap<String, Endpoints>,
     /// TLS certificates by name.
     pub certificates: BTreeMap<String, TlsCertificate>,
+    /// API-key tables by name (shared: a table is decoded and indexed once per version).
+    pub api_key_tables: BTreeMap<String, Arc<ApiKeyTable>>,
 }
 
 /// Why the held resources do not make a complete [`Snapshot`] yet.
@@ -156,7 +158,7 @@ pub struct Missing {
     pub awaiting: BTreeSet<Kind>,
     /// Route tables named by listeners and not held.
     pub route_configs: BTreeSet<String>,
-    /// Certificates named by listeners and not held.
+    /// Secrets named by listeners and not held (or held as the other kind of secret).
     pub secrets: BTreeSet<String>,
     /// EDS assignments named by clusters and not held.
     pub endpoints: BTreeSet<String>,
@@ -187,7 +189,7 @@ pub struct SnapshotBuilder {
     route_tables: BTreeMap<String, Held<Arc<RouteTable>>>,
     clusters: BTreeMap<String, Held<Cluster>>,
     endpoints: BTreeMap<String, Held<Endpoints>>,
-    certificates: BTreeMap<String, Held<TlsCertificate>>,
+    secrets: BTreeMap<String, Held<Secret>>,
     generation: u64,
 }
 
@@ -240,7 +242,7 @@ impl SnapshotBuilder {
                 }
                 Accepted::Cluster(c) => put(&mut self.clusters, name, resource_version, c),
                 Accepted::Endpoints(e) => put(&mut self.endpoints, name, resource_version, e),
-                Accepted::Certificate(c) => put(&mut self.certificates, name, resource_version, c),
+                Accepted::Secret(s) => put(&mut self.secrets, name, resource_version, s),
             };
         }
         for name in removed {
@@ -262,7 +264,7 @@ impl SnapshotBuilder {
             Kind::RouteConfig => self.route_tables.remove(name).is_some(),
             Kind::Cluster => self.clusters.remove(name).is_some(),
             Kind::Endpoints => self.endpoints.remove(name).is_some(),
-            Kind::Secret => self.certificates.remove(name).is_some(),
+            Kind::Secret => self.secrets.remove(name).is_some(),
         };
         if removed {
             self.generation += 1;
@@ -301,7 +303,7 @@ impl SnapshotBuilder {
             };
         match kind {
             Kind::RouteConfig => from_listeners(|r| r.route_configs),
-            Kind::Secret => from_listeners(|r| r.secrets),
+            Kind::Secret => from_listeners(|r| r.secrets.union(&r.key_tables).copied().collect()),
             Kind::Endpoints => self
                 .clusters
                 .values()
@@ -320,7 +322,7 @@ impl SnapshotBuilder {
             Kind::RouteConfig => versions_of(&self.route_tables),
             Kind::Cluster => versions_of(&self.clusters),
             Kind::Endpoints => versions_of(&self.endpoints),
-            Kind::Secret => versions_of(&self.certificates),
+            Kind::Secret => versions_of(&self.secrets),
         }
     }
 
@@ -330,7 +332,8 @@ impl SnapshotBuilder {
     }
 
     /// The snapshot of what is held, if LDS and CDS have been received and every referenced
-    /// route table, certificate and EDS assignment is held; otherwise what is missing.
+    /// route table, secret and EDS assignment is held; otherwise what is missing. A secret
+    /// named as a certificate must be one, and one named as a key table must be one.
     pub fn complete(&self) -> Result<Snapshot, Missing> {
         let missing = Missing {
             awaiting: [Kind::Cluster, Kind::Listener]
@@ -338,7 +341,7 @@ impl SnapshotBuilder {
                 .filter(|k| !self.initialized.contains(k))
                 .collect(),
             route_configs: missing_from(&self.route_tables, self.wanted(Kind::RouteConfig)),
-            secrets: missing_from(&self.certificates, self.wanted(Kind::Secret)),
+            secrets: self.missing_secrets(),
             endpoints: missing_from(&self.endpoints, self.wanted(Kind::Endpoints)),
         };
         if !missing.is_empty() {
@@ -371,11 +374,42 @@ impl SnapshotBuilder {
                 .map(|(n, h)| (n.clone(), h.value.clone()))
                 .collect(),
             certificates: self
-                .certificates
+                .secrets
                 .iter()
-                .map(|(n, h)| (n.clone(), h.value.clone()))
+                .filter_map(|(n, h)| match &h.value {
+                    Secret::Tls(c) => Some((n.clone(), c.clone())),
+                    Secret::ApiKeyTable { .. } => None,
+                })
+                .collect(),
+            api_key_tables: self
+                .secrets
+                .iter()
+                .filter_map(|(n, h)| match &h.value {
+                    Secret::ApiKeyTable { table, .. } => Some((n.clone(), Arc::clone(table))),
+                    Secret::Tls(_) => None,
+                })
                 .collect(),
         })
+    }
+
+    fn missing_secrets(&self) -> BTreeSet<String> {
+        let mut missing = BTreeSet::new();
+        for held in self.listeners.values() {
+            let references = held.value.references();
+            let tls = references.secrets.iter().map(|n| (*n, true));
+            let tables = references.key_tables.iter().map(|n| (*n, false));
+            for (name, is_tls) in tls.chain(tables) {
+                let present = match self.secrets.get(name).map(|h| &h.value) {
+                    Some(Secret::Tls(_)) => is_tls,
+                    Some(Secret::ApiKeyTable { .. }) => !is_tls,
+                    None => false,
+                };
+                if !present {
+                    missing.insert(name.to_owned());
+                }
+            }
+        }
+        missing
     }
 }
 

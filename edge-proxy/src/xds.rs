@@ -30,7 +30,7 @@ use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::google::protobuf::Any;
 
 use crate::config::cluster::{Cluster, Endpoints};
-use crate::config::listener::{Listener, TlsCertificate};
+use crate::config::listener::{Listener, Secret};
 use crate::config::route::RouteTable;
 use crate::snapshot::{Accepted, Kind, Snapshot};
 
@@ -198,7 +198,7 @@ pub fn validate(kind: Kind, name: &str, body: Option<&Any>) -> Result<Accepted, 
         }
         Kind::Secret => {
             let pb: tls_pb::Secret = decode(kind, name, body)?;
-            Accepted::Certificate(TlsCertificate::try_from(&pb).map_err(|e| e.to_string())?)
+            Accepted::Secret(Secret::try_from(&pb).map_err(|e| e.to_string())?)
         }
     };
     // The resources are keyed by the name xDS gives them; one that calls itself otherwise

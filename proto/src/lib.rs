@@ -21,6 +21,7 @@ macro_rules! named {
 }
 
 pub mod api_key;
+pub mod rate_limit;
 pub mod transform;
 
 pub use envoy_types;

@@ -2,6 +2,8 @@
 //! free loopback ports. Build the binaries first (`cargo build --bins`; `scripts/test` does).
 
 mod access_log;
+mod api_keys;
+mod authorization;
 mod cors;
 mod declarative;
 mod dev;

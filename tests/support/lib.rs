@@ -1,6 +1,7 @@
 //! Support library for Tollgate's end-to-end tests and benches: handles that spawn the real
 //! `tollgate` control plane, Envoy, nginx and in-process fake upstreams on loopback, wait for
-//! them to be ready, kill them on `Drop`, and print their logs when a test fails.
+//! them to be ready, kill them on `Drop`, and print their logs when a test fails. Redis comes
+//! from the quota engine's test helpers (`redis`).
 
 pub mod client;
 pub mod control_plane;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod ports;
 pub mod process;
+pub mod redis;
 pub mod tools;
 pub mod upstream;
 pub mod wait;

@@ -2,8 +2,9 @@
 //! and virtual hosts give them (`typed_per_filter_config`).
 //!
 //! In the request flow the filters run right after route matching and before the router
-//! (see [`crate::proxy`]): CORS, then JWT authentication, then the body transforms, in the
-//! order the listener lists them.
+//! (see [`crate::proxy`]), in the order the listener lists them; Tollgate's control plane
+//! sends CORS, then JWT authentication, then API keys, then RBAC (authorization reads what
+//! authentication found), then the body transforms (last before the router).
 //! The listener says which filters run ([`HttpFilter`]); the matched route and its virtual host
 //! say how, per filter name ([`FilterOverrides`]). As in Envoy, per-filter config is found by
 //! the filter's configured `name`, the most specific level first.
@@ -13,16 +14,20 @@
 //! config's type. A type the proxy does not implement is NACKed, unless wrapped in a
 //! `FilterConfig` marked `is_optional`.
 
+pub mod api_key;
 pub mod cors;
 pub mod jwt_authn;
+pub mod rbac;
 pub mod transform;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tollgate_proto::api_key as api_key_pb;
 use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
 use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
+use tollgate_proto::envoy::extensions::filters::http::rbac::v3 as rbac_pb;
 use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
 use tollgate_proto::google::protobuf as pb;
 use tollgate_proto::transform as transform_pb;
@@ -49,6 +54,10 @@ pub enum HttpFilterKind {
     Cors,
     /// `envoy.filters.http.jwt_authn`.
     JwtAuthn(Arc<jwt_authn::JwtAuthn>),
+    /// `tollgate.filters.http.api_key`: its routes say which policies they require.
+    ApiKey(Arc<api_key::ApiKeyAuth>),
+    /// `envoy.filters.http.rbac`.
+    Rbac(Arc<rbac::Rbac>),
     /// `tollgate.filters.http.transform`: its body changes come from the route's per-filter
     /// config.
     Transform,
@@ -63,7 +72,7 @@ impl HttpFilter {
 
 /// Reads an HTTP filter's `typed_config` into its kind. `name` is only for messages. The
 /// router's own config is validated by the caller, which knows the listener's rules for it.
-pub(super) fn http_filter_kind(
+pub(crate) fn http_filter_kind(
     name: &str,
     any: &pb::Any,
     router: impl FnOnce(&router_pb::Router) -> Result<(), Rejection>,
@@ -80,6 +89,13 @@ pub(super) fn http_filter_kind(
         let config: jwt_pb::JwtAuthentication = decode(any).within("typed_config")?;
         let config = jwt_authn::JwtAuthn::try_from_proto(config).within("typed_config")?;
         Ok(HttpFilterKind::JwtAuthn(Arc::new(config)))
+    } else if is_type::<api_key_pb::ApiKeyAuth>(any) {
+        let config = api_key::filter_config(any).within("typed_config")?;
+        Ok(HttpFilterKind::ApiKey(Arc::new(config)))
+    } else if is_type::<rbac_pb::Rbac>(any) {
+        let config: rbac_pb::Rbac = decode(any).within("typed_config")?;
+        let config = rbac::filter_config(config).within("typed_config")?;
+        Ok(HttpFilterKind::Rbac(Arc::new(config)))
     } else if is_type::<transform_pb::Transform>(any) {
         transform::filter_config(any).within("typed_config")?;
         Ok(HttpFilterKind::Transform)
@@ -110,6 +126,10 @@ pub enum PerFilterConfig {
     Cors(cors::CorsPolicy),
     /// `envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig`.
     JwtAuthn(jwt_authn::PerRoute),
+    /// `tollgate.filters.http.api_key.v1.ApiKeyPerRoute`.
+    ApiKey(api_key::ApiKeyPerRoute),
+    /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`.
+    Rbac(rbac::RbacPerRoute),
     /// `tollgate.filters.http.transform.v1.TransformPerRoute`.
     Transform(transform::TransformPerRoute),
 }
@@ -120,7 +140,7 @@ impl PerFilterConfig {
     pub fn as_cors(&self) -> Option<&cors::CorsPolicy> {
         match self {
             Self::Cors(policy) => Some(policy),
-            Self::JwtAuthn(_) | Self::Transform(_) => None,
+            _ => None,
         }
     }
 
@@ -128,7 +148,23 @@ impl PerFilterConfig {
     pub fn as_jwt_authn(&self) -> Option<&jwt_authn::PerRoute> {
         match self {
             Self::JwtAuthn(per_route) => Some(per_route),
-            Self::Cors(_) | Self::Transform(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The API-key per-route config, when this is one.
+    pub fn as_api_key(&self) -> Option<&api_key::ApiKeyPerRoute> {
+        match self {
+            Self::ApiKey(per_route) => Some(per_route),
+            _ => None,
+        }
+    }
+
+    /// The RBAC per-route config, when this is one.
+    pub fn as_rbac(&self) -> Option<&rbac::RbacPerRoute> {
+        match self {
+            Self::Rbac(per_route) => Some(per_route),
+            _ => None,
         }
     }
 
@@ -136,7 +172,7 @@ impl PerFilterConfig {
     pub fn as_transform(&self) -> Option<&transform::TransformPerRoute> {
         match self {
             Self::Transform(per_route) => Some(per_route),
-            Self::Cors(_) | Self::JwtAuthn(_) => None,
+            _ => None,
         }
     }
 }
@@ -222,6 +258,8 @@ fn filter_override(name: &str, any: &pb::Any) -> Result<Option<FilterOverride>, 
 fn known_per_filter_type(any: &pb::Any) -> bool {
     is_type::<cors_pb::CorsPolicy>(any)
         || is_type::<jwt_pb::PerRouteConfig>(any)
+        || is_type::<api_key_pb::ApiKeyPerRoute>(any)
+        || is_type::<rbac_pb::RbacPerRoute>(any)
         || is_type::<transform_pb::TransformPerRoute>(any)
 }
 
@@ -232,6 +270,11 @@ fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejec
     } else if is_type::<jwt_pb::PerRouteConfig>(any) {
         let proto = decode(any)?;
         Ok(PerFilterConfig::JwtAuthn(jwt_authn::per_route(&proto)?))
+    } else if is_type::<api_key_pb::ApiKeyPerRoute>(any) {
+        Ok(PerFilterConfig::ApiKey(api_key::per_route(any)?))
+    } else if is_type::<rbac_pb::RbacPerRoute>(any) {
+        let proto = decode(any)?;
+        Ok(PerFilterConfig::Rbac(rbac::per_route(&proto)?))
     } else if is_type::<transform_pb::TransformPerRoute>(any) {
         Ok(PerFilterConfig::Transform(transform::per_route(any)?))
     } else {

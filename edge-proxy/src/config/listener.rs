@@ -8,8 +8,9 @@
 //! serves HTTP with the chain's [`HttpSettings`], which name the RDS route table to match
 //! requests against.
 //!
-//! A listener names other resources without containing them: its route tables (RDS) and
-//! certificates (SDS). [`Listener::references`] lists them, for the xDS client to subscribe to
+//! A listener names other resources without containing them: its route tables (RDS), its
+//! certificates and its API-key filter's key table (SDS [`Secret`]s).
+//! [`Listener::references`] lists them, for the xDS client to subscribe to
 //! and for the snapshot builder to check that they have arrived.
 //!
 //! The subset accepted is what Tollgate's control plane emits, plus the settings Envoy applies
@@ -36,6 +37,7 @@ use tollgate_proto::envoy::extensions::transport_sockets::raw_buffer::v3 as raw_
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::google::protobuf as pb;
 
+pub use super::filters::api_key::ApiKeyTable;
 pub use super::filters::{HttpFilter, HttpFilterKind};
 pub use access_log::{AccessLogConfig, AccessLogField, AccessLogSink};
 
@@ -185,8 +187,10 @@ pub enum Codec {
 pub struct References<'a> {
     /// RDS route tables, by name.
     pub route_configs: BTreeSet<&'a str>,
-    /// SDS secrets (certificates), by name.
+    /// SDS secrets holding TLS certificates, by name.
     pub secrets: BTreeSet<&'a str>,
+    /// SDS secrets holding API-key tables (the API-key filter's `key_table`), by name.
+    pub key_tables: BTreeSet<&'a str>,
 }
 
 impl Listener {
@@ -226,8 +230,8 @@ impl Listener {
             .or(self.default_chain.as_ref())
     }
 
-    /// The route tables and certificates this listener uses, for the xDS client to subscribe
-    /// to; the listener cannot serve until they have all arrived.
+    /// The route tables, certificates and API-key tables this listener uses, for the xDS
+    /// client to subscribe to; the listener cannot serve until they have all arrived.
     pub fn references(&self) -> References<'_> {
         let mut references = References::default();
         for chain in self.all_chains() {
@@ -236,6 +240,11 @@ impl Listener {
                 .insert(chain.http.route_config_name.as_str());
             if let Some(tls) = &chain.tls {
                 references.secrets.insert(tls.certificate.as_str());
+            }
+            for filter in &chain.http.http_filters {
+                if let HttpFilterKind::ApiKey(config) = &filter.kind {
+                    references.key_tables.insert(config.key_table.as_str());
+                }
             }
         }
         references
@@ -307,7 +316,54 @@ impl ServerNameIndex {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Certificates (SDS)
+// Secrets (SDS)
+
+/// A validated SDS `Secret`: a TLS certificate, or (a generic secret) an API-key table.
+#[derive(Debug, Clone)]
+pub enum Secret {
+    /// `tls_certificate`.
+    Tls(TlsCertificate),
+    /// `generic_secret` holding a `tollgate.filters.http.api_key.v1.ApiKeyTable`, decoded and
+    /// indexed once.
+    ApiKeyTable {
+        /// The secret's name, which the API-key filter's `key_table` refers to.
+        name: String,
+        /// The table.
+        table: Arc<ApiKeyTable>,
+    },
+}
+
+impl Secret {
+    /// The secret's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Tls(certificate) => certificate.name(),
+            Self::ApiKeyTable { name, .. } => name,
+        }
+    }
+}
+
+impl TryFrom<&tls_pb::Secret> for Secret {
+    type Error = ConfigError;
+
+    fn try_from(proto: &tls_pb::Secret) -> Result<Self, ConfigError> {
+        use tls_pb::secret::Type;
+        let read = || match &proto.r#type {
+            Some(Type::GenericSecret(generic)) => {
+                if proto.name.is_empty() {
+                    return Err(Rejection::new("name", Reason::Missing));
+                }
+                let table = super::filters::api_key::key_table(generic).within("generic_secret")?;
+                Ok(Secret::ApiKeyTable {
+                    name: proto.name.clone(),
+                    table: Arc::new(table),
+                })
+            }
+            _ => secret(proto).map(Secret::Tls),
+        };
+        read().map_err(|e| e.into_error(Resource::Secret(proto.name.clone())))
+    }
+}
 
 /// A certificate and its private key from an SDS `Secret`, checked to belong together.
 ///
@@ -1768,4 +1824,4 @@ fn duration(d: &pb::Duration) -> Result<Duration, Reason> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,6 +12,9 @@
 //!
 //! A valid token adds `forward_payload_header` and `claim_to_headers`, and is removed from the
 //! request unless the provider has `forward` (a cookie token is never removed, as in Envoy).
+//! When the requirement is met, the payloads (with `normalize_payload_in_metadata`'s claims
+//! split into lists) and headers of the valid tokens are kept under their providers'
+//! `payload_in_metadata` and `header_in_metadata` keys in [`Metadata`], for RBAC.
 //! A failure answers 401 (403 for audiences) with `www-authenticate: Bearer realm="<url>"`
 //! and, unless the token was missing, `, error="invalid_token"`; the body is Tollgate's JSON
 //! error with Envoy's message (`json_error` in [`super`]).
@@ -33,6 +36,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
+use super::Metadata;
 use crate::config::filters::jwt_authn::{
     Audiences, Extractor, IssuerSet, Jwks, JwtAuthn, JwtProvider, PerRoute, Requirement,
 };
@@ -129,11 +133,12 @@ impl Status {
 const REALM_MAX_PATH: usize = 256;
 
 /// The request side of the filter. `None`: continue; `Some`: the answer, 401 or 403.
-pub(crate) async fn on_request(
-    config: &JwtAuthn,
+pub(crate) async fn on_request<'c>(
+    config: &'c JwtAuthn,
     per_route: Option<&PerRoute>,
-    upstreams: &Upstreams,
+    upstreams: &'c Upstreams,
     req: &mut super::Request<'_, '_>,
+    metadata: &mut Metadata<'c>,
 ) -> Option<Response<DownstreamBody>> {
     for name in &config.claim_headers {
         req.headers.remove(name);
@@ -173,9 +178,11 @@ pub(crate) async fn on_request(
         now: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        extracted: Vec::new(),
     };
     let status = cx.requirement(requirement, req).await;
     if status == Status::Ok {
+        metadata.jwt.append(&mut cx.extracted);
         return None;
     }
     Some(failure(status, &realm, config.strip_failure_response))
@@ -410,6 +417,8 @@ struct Verification<'c> {
     config: &'c JwtAuthn,
     upstreams: &'c Upstreams,
     now: u64,
+    /// What valid tokens leave in the metadata, kept if the requirement is met.
+    extracted: Vec<(&'c str, Value)>,
 }
 
 type StatusFuture<'a> = Pin<Box<dyn Future<Output = Status> + Send + 'a>>;
@@ -565,6 +574,14 @@ impl<'c> Verification<'c> {
             return verified;
         }
         good_token(provider, &jwt, found, req);
+        if let Some(key) = &provider.header_in_metadata {
+            self.extracted.push((key, Value::Object(jwt.header)));
+        }
+        if let Some(key) = &provider.payload_in_metadata {
+            let mut payload = jwt.payload;
+            split_claims(&mut payload, &provider.space_delimited_claims);
+            self.extracted.push((key, Value::Object(payload)));
+        }
         Status::Ok
     }
 
@@ -651,6 +668,26 @@ fn good_token(
             }
             // Envoy leaves cookies alone.
             Location::Cookie => {}
+        }
+    }
+}
+
+/// `normalize_payload_in_metadata.space_delimited_claims`: each named top-level string claim
+/// becomes the list of its space-separated words; one with no word stays as it is (Envoy's
+/// `setPayloadMetadata`).
+fn split_claims(payload: &mut serde_json::Map<String, Value>, claims: &[String]) {
+    for claim in claims {
+        if let Some(value) = payload.get_mut(claim)
+            && let Value::String(text) = value
+        {
+            let words: Vec<Value> = text
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(|w| Value::String(w.to_owned()))
+                .collect();
+            if !words.is_empty() {
+                *value = Value::Array(words);
+            }
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! [`on_request`] runs the listener's filters in order, skipping those the route disables. A
 //! filter may change the request head, or answer it ([`Outcome::Respond`]); later filters and
-//! the route's action then do not run. Response work ([`ResponseWork`]) is collected from the
+//! the route's action then do not run. What authentication finds (JWT payloads, the API key's
+//! consumer) is kept for the request in a [`Metadata`] that RBAC, and later the route's
+//! header templates, read. Response work ([`ResponseWork`]) is collected from the
 //! filters that ran and applied by [`on_response`] to whatever answers the request: the
 //! upstream's response, a redirect or direct response, the router's own errors, or a filter's
 //! answer.
@@ -20,7 +22,7 @@ use super::body::DownstreamBody;
 use crate::config::filters::transform::TransformPerRoute;
 use crate::config::filters::{HttpFilter, HttpFilterKind};
 use crate::config::route::{Matched, RouteAction};
-use crate::filter::{self, cors};
+use crate::filter::{self, Metadata, cors};
 
 /// Whether the chain has any filter besides the router.
 pub(crate) fn has_request_filters(filters: &[HttpFilter]) -> bool {
@@ -49,7 +51,8 @@ pub(crate) enum Outcome {
     Respond {
         /// The answer.
         response: Response<DownstreamBody>,
-        /// Whether it is an Envoy "local reply" (jwt_authn's 401/403), which gets the route's
+        /// Whether it is an Envoy "local reply" (jwt_authn's 401/403, ext_authz's 401 for API
+        /// keys, RBAC's 403), which gets the route's
         /// response headers on forwarding routes; the CORS preflight answer is written
         /// directly by Envoy's filter and does not (both checked against Envoy 1.40).
         local_reply: bool,
@@ -57,12 +60,13 @@ pub(crate) enum Outcome {
 }
 
 /// Runs the request side of every filter up to the router.
-pub(crate) async fn on_request<'t>(
-    plane: &DataPlane,
-    filters: &[HttpFilter],
-    matched: &Matched<'t>,
+pub(crate) async fn on_request<'c>(
+    plane: &'c DataPlane,
+    filters: &'c [HttpFilter],
+    matched: &Matched<'c>,
     req: &mut filter::Request<'_, '_>,
-    work: &mut ResponseWork<'t>,
+    work: &mut ResponseWork<'c>,
+    metadata: &mut Metadata<'c>,
 ) -> Outcome {
     for filter in filters {
         if filter.is_router() {
@@ -96,9 +100,40 @@ pub(crate) async fn on_request<'t>(
                 let per_route = matched
                     .filter_config(&filter.name)
                     .and_then(|c| c.as_jwt_authn());
+                let answer =
+                    filter::jwt::on_request(config, per_route, &plane.upstreams, req, metadata);
+                if let Some(response) = answer.await {
+                    return Outcome::Respond {
+                        response,
+                        local_reply: true,
+                    };
+                }
+            }
+            HttpFilterKind::ApiKey(config) => {
+                let per_route = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_api_key());
+                let table = plane
+                    .snapshot
+                    .api_key_tables
+                    .get(&config.key_table)
+                    .map(|t| &**t);
                 if let Some(response) =
-                    filter::jwt::on_request(config, per_route, &plane.upstreams, req).await
+                    filter::api_key::on_request(config, per_route, table, req, metadata)
                 {
+                    return Outcome::Respond {
+                        response,
+                        local_reply: true,
+                    };
+                }
+            }
+            HttpFilterKind::Rbac(config) => {
+                // The most specific per-route config replaces the listener's rules, whichever
+                // it holds.
+                let per_route = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_rbac());
+                if let Some(response) = filter::rbac::on_request(config, per_route, req, metadata) {
                     return Outcome::Respond {
                         response,
                         local_reply: true,
@@ -266,6 +301,7 @@ mod tests {
                 clusters: BTreeMap::new(),
                 endpoints: BTreeMap::new(),
                 certificates: BTreeMap::new(),
+                api_key_tables: BTreeMap::new(),
             }),
             upstreams: Arc::new(Upstreams::default()),
         }
@@ -297,9 +333,19 @@ mod tests {
             authority: "api",
             path_and_query: &mut path_and_query,
             headers: &mut headers,
+            addresses: crate::proxy::headers::Addresses::direct([192, 0, 2, 1].into()),
         };
         let mut work = ResponseWork::default();
-        let mut response = match on_request(&plane, filters, &matched, &mut req, &mut work).await {
+        let mut metadata = Metadata::default();
+        let outcome = on_request(
+            &plane,
+            filters,
+            &matched,
+            &mut req,
+            &mut work,
+            &mut metadata,
+        );
+        let mut response = match outcome.await {
             Outcome::Respond { response, .. } => response,
             Outcome::Continue => Response::new(super::super::body::full("upstream")),
         };

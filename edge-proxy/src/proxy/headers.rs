@@ -1,6 +1,7 @@
 //! What the connection manager does to request headers before routing, as Envoy's
 //! `ConnectionManagerUtility` does: `x-forwarded-for`, `x-forwarded-proto`, `x-request-id`,
-//! path normalization, and hop-by-hop headers removed on the way up and down.
+//! path normalization, and hop-by-hop headers removed on the way up and down; and the client's
+//! address as `x-forwarded-for` and `xff_num_trusted_hops` determine it ([`Addresses`]).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -199,14 +200,106 @@ fn remove_envoy_headers(headers: &mut HeaderMap) {
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
     let ip = ip.to_string();
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
-        _ => ip,
-    };
-    if let Ok(value) = HeaderValue::try_from(value) {
-        // Several x-forwarded-for lines become one, as Envoy joins them.
+    // Several x-forwarded-for lines become one, joined with `,` as Envoy joins them.
+    let mut value: Vec<u8> = Vec::new();
+    for (i, line) in headers.get_all(X_FORWARDED_FOR).iter().enumerate() {
+        if i > 0 {
+            value.push(b',');
+        }
+        value.extend_from_slice(line.as_bytes());
+    }
+    if !value.is_empty() {
+        value.push(b',');
+    }
+    value.extend_from_slice(ip.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+}
+
+/// What decides a request's client address (Envoy's downstream remote address, which RBAC's
+/// `remote_ip` reads): the connection's peer, unless `x-forwarded-for` is trusted.
+///
+/// Worked out only when asked ([`Addresses::client`]), from the headers as
+/// [`prepare_request`] left them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// The connection's peer (Envoy's direct remote address).
+    pub peer: IpAddr,
+    use_remote_address: bool,
+    xff_num_trusted_hops: u32,
+    /// Whether [`prepare_request`] appended the peer to `x-forwarded-for`.
+    appended: bool,
+}
+
+impl Addresses {
+    /// The addresses of a request from `peer` on a connection manager with `http`'s settings.
+    pub fn new(peer: IpAddr, http: &HttpSettings) -> Self {
+        Self {
+            peer,
+            use_remote_address: http.use_remote_address,
+            xff_num_trusted_hops: http.xff_num_trusted_hops,
+            appended: http.use_remote_address && !http.skip_xff_append,
+        }
+    }
+
+    /// A request whose client is its peer, whatever `x-forwarded-for` says.
+    pub fn direct(peer: IpAddr) -> Self {
+        Self {
+            peer,
+            use_remote_address: true,
+            xff_num_trusted_hops: 0,
+            appended: true,
+        }
+    }
+
+    /// The client's address, as Envoy determines it. With `use_remote_address`, the peer,
+    /// unless `xff_num_trusted_hops` is N > 0: then the Nth address from the right of the
+    /// `x-forwarded-for` the client sent. Without it, the address after the last N in
+    /// `x-forwarded-for` (Envoy's default XFF detection). When that address is absent or not
+    /// an IP address, the peer.
+    pub fn client(&self, headers: &HeaderMap) -> IpAddr {
+        let skip = if self.use_remote_address {
+            if self.xff_num_trusted_hops == 0 {
+                return self.peer;
+            }
+            // Envoy reads the header before appending the peer; here the peer is its last
+            // entry already.
+            self.xff_num_trusted_hops - 1 + u32::from(self.appended)
+        } else {
+            self.xff_num_trusted_hops
+        };
+        forwarded_for(headers, skip).unwrap_or(self.peer)
+    }
+}
+
+/// Envoy's `getLastAddressFromXFF`: the address after skipping `skip` entries from the right
+/// of `x-forwarded-for` (its lines joined with `,`), spaces trimmed.
+fn forwarded_for(headers: &HeaderMap, skip: u32) -> Option<IpAddr> {
+    let mut lines = headers.get_all(X_FORWARDED_FOR).iter();
+    let first = lines.next()?;
+    let joined: std::borrow::Cow<'_, [u8]> = if lines.next().is_none() {
+        first.as_bytes().into()
+    } else {
+        let all: Vec<&[u8]> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        all.join(&b","[..]).into()
+    };
+    let mut xff: &[u8] = &joined;
+    for _ in 0..skip {
+        let comma = xff.iter().rposition(|&b| b == b',')?;
+        xff = &xff[..comma];
+    }
+    // A trailing comma leaves the whole rest, which does not parse: as Envoy.
+    if let Some(comma) = xff.iter().rposition(|&b| b == b',')
+        && comma + 1 < xff.len()
+    {
+        xff = &xff[comma + 1..];
+    }
+    std::str::from_utf8(xff).ok()?.trim().parse().ok()
 }
 
 /// A random UUID (version 4), as Envoy generates request ids.
@@ -349,6 +442,94 @@ mod tests {
             headers.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
             ["a=1; b=2"]
         );
+    }
+
+    #[test]
+    fn the_client_address_trusts_as_many_forwarded_hops_as_configured() {
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        let addresses = |use_remote_address: bool, hops: u32, skip_append: bool| Addresses {
+            peer,
+            use_remote_address,
+            xff_num_trusted_hops: hops,
+            appended: use_remote_address && !skip_append,
+        };
+        let client = |addresses: Addresses, lines: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(X_FORWARDED_FOR, HeaderValue::from_str(line).unwrap());
+            }
+            // As the connection manager leaves the header before the filters run.
+            if addresses.appended {
+                append_forwarded_for(&mut headers, peer);
+            }
+            addresses.client(&headers).to_string()
+        };
+        // use_remote_address, as the control plane configures: the peer, unless hops are
+        // trusted; then the Nth address from the right of what the client sent.
+        assert_eq!(
+            client(addresses(true, 0, false), &["10.0.0.1"]),
+            "192.0.2.9"
+        );
+        assert_eq!(client(addresses(true, 1, false), &["10.0.0.1"]), "10.0.0.1");
+        assert_eq!(
+            client(addresses(true, 1, false), &["10.0.0.1, 10.0.0.2"]),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            client(addresses(true, 2, false), &["10.0.0.1, 10.0.0.2"]),
+            "10.0.0.1"
+        );
+        // Several lines are one list.
+        assert_eq!(
+            client(addresses(true, 2, false), &["10.0.0.1", "10.0.0.2"]),
+            "10.0.0.1"
+        );
+        // Too few hops, none, an empty or trailing entry, or garbage: the peer.
+        assert_eq!(
+            client(addresses(true, 3, false), &["10.0.0.1, 10.0.0.2"]),
+            "192.0.2.9"
+        );
+        assert_eq!(client(addresses(true, 1, false), &[]), "192.0.2.9");
+        assert_eq!(client(addresses(true, 1, false), &[""]), "192.0.2.9");
+        assert_eq!(
+            client(addresses(true, 1, false), &["10.0.0.1,"]),
+            "192.0.2.9"
+        );
+        assert_eq!(client(addresses(true, 1, false), &["unknown"]), "192.0.2.9");
+        assert_eq!(
+            client(addresses(true, 1, false), &[" 2001:db8::1 "]),
+            "2001:db8::1"
+        );
+        // skip_xff_append: the header as the client sent it.
+        assert_eq!(
+            client(addresses(true, 1, true), &["10.0.0.1, 10.0.0.2"]),
+            "10.0.0.2"
+        );
+        // Without use_remote_address (Envoy's XFF detection): N hops skipped, then the last.
+        assert_eq!(
+            client(addresses(false, 0, false), &["10.0.0.1, 10.0.0.2"]),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            client(addresses(false, 1, false), &["10.0.0.1, 10.0.0.2"]),
+            "10.0.0.1"
+        );
+        assert_eq!(client(addresses(false, 0, false), &[]), "192.0.2.9");
+        // A direct request is its peer's, whatever it says.
+        assert_eq!(client(Addresses::direct(peer), &["10.0.0.1"]), "192.0.2.9");
+    }
+
+    #[test]
+    fn forwarded_for_lines_are_joined_before_the_peer_is_appended() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        append_forwarded_for(&mut headers, "192.0.2.9".parse().unwrap());
+        let lines: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(lines, ["10.0.0.1,10.0.0.2,192.0.2.9"]);
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "192.0.2.9".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.9");
     }
 
     #[test]

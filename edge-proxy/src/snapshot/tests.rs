@@ -189,3 +189,70 @@ fn kinds_round_trip_through_type_urls() {
     }
     assert_eq!(Kind::from_type_url("type.googleapis.com/x"), None);
 }
+
+#[test]
+fn an_api_key_listener_waits_for_its_key_table() {
+    use tollgate_control_plane::model::{Consumer, ConsumerSpec, Policy};
+    use tollgate_control_plane::translate::TranslateContext;
+    let mut store = store();
+    let policy: Policy =
+        serde_json::from_value(serde_json::json!({"type": "api_key", "name": "keys"})).unwrap();
+    store.policies.insert("keys".into(), policy);
+    store.routes.get_mut("r").unwrap().policies = vec!["keys".into()];
+    let hasher = tollgate_control_plane::model::ApiKeyHasher::new(b"k".to_vec());
+    let consumer: Consumer = ConsumerSpec {
+        name: "acme".into(),
+        tier: None,
+        groups: Vec::new(),
+        metadata: Default::default(),
+        api_keys: Some(vec!["acme-key-0123456789".into()]),
+    }
+    .into_consumer(&hasher)
+    .unwrap();
+    store.consumers.insert("acme".into(), consumer);
+    let context = TranslateContext {
+        api_key_secret: std::sync::Arc::from(b"k".to_vec()),
+        ..Default::default()
+    };
+    let group = NodeGroup {
+        kind: NodeKind::Tollgate,
+        cluster: "edge".into(),
+    };
+    let x = translate(&store, &group, &context).unwrap();
+
+    let mut b = SnapshotBuilder::new();
+    b.apply(Kind::Cluster, "1", accepted(&x, Kind::Cluster), &[]);
+    b.apply(Kind::Listener, "1", accepted(&x, Kind::Listener), &[]);
+    b.apply(Kind::Endpoints, "1", accepted(&x, Kind::Endpoints), &[]);
+    b.apply(Kind::RouteConfig, "1", accepted(&x, Kind::RouteConfig), &[]);
+    assert_eq!(
+        b.wanted(Kind::Secret),
+        BTreeSet::from(["cert".to_owned(), "tollgate:api-keys".to_owned()])
+    );
+    assert_eq!(
+        b.complete().unwrap_err().secrets,
+        BTreeSet::from(["cert".to_owned(), "tollgate:api-keys".to_owned()])
+    );
+    b.apply(Kind::Secret, "1", accepted(&x, Kind::Secret), &[]);
+    let snap = b.complete().unwrap();
+    assert_eq!(snap.certificates.keys().collect::<Vec<_>>(), ["cert"]);
+    let table = &snap.api_key_tables["tollgate:api-keys"];
+    assert_eq!(table.summary(), (1, 1));
+    assert_eq!(table.lookup(b"acme-key-0123456789").unwrap().name, "acme");
+
+    // A secret of the wrong kind under a key table's name does not complete the snapshot.
+    use prost::Message as _;
+    let cert = &x.resources(ResourceType::Secret)["cert"];
+    let mut proto = tollgate_proto::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+        cert.body.value.as_slice(),
+    )
+    .unwrap();
+    proto.name = "tollgate:api-keys".into();
+    let impostor = tollgate_proto::pack_any(&proto);
+    let impostor = validate(Kind::Secret, "tollgate:api-keys", Some(&impostor)).unwrap();
+    b.apply(Kind::Secret, "2", vec![("v2".into(), impostor)], &[]);
+    assert_eq!(
+        b.complete().unwrap_err().secrets,
+        BTreeSet::from(["tollgate:api-keys".to_owned()])
+    );
+}

@@ -4,9 +4,11 @@
 //!
 //! Everything Envoy 1.40 would refuse is refused with the same reason (a requirement naming an
 //! unknown provider, a rule naming an unknown requirement, a remote JWKS URI that is not a
-//! URL). Fields that would change behaviour and are not implemented are NACKed, naming them.
-//! Only fields that write Envoy's dynamic metadata (which nothing in this proxy reads) or tune
-//! its internal caches are accepted and unused.
+//! URL). Fields that would change behaviour and are not implemented are NACKed, naming them
+//! (`failed_status_in_metadata` among them: RBAC could read it). Only fields that tune Envoy's
+//! internal caches are accepted and unused. `payload_in_metadata` (with
+//! `normalize_payload_in_metadata`) and `header_in_metadata` keep the verified token's parts
+//! for the RBAC filter ([`crate::filter::Metadata`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -158,6 +160,13 @@ pub struct JwtProvider {
     pub claim_to_headers: Vec<ClaimToHeader>,
     /// `clock_skew_seconds`, defaulted.
     pub clock_skew_seconds: u64,
+    /// `payload_in_metadata`: the key the verified payload is kept under, for RBAC.
+    pub payload_in_metadata: Option<String>,
+    /// `normalize_payload_in_metadata.space_delimited_claims`: top-level string claims kept
+    /// as the list of their space-separated words.
+    pub space_delimited_claims: Vec<String>,
+    /// `header_in_metadata`: the key the verified token's header is kept under, for RBAC.
+    pub header_in_metadata: Option<String>,
     /// Where the keys come from.
     pub jwks: Jwks,
 }
@@ -557,11 +566,10 @@ fn provider(name: &str, proto: &jwt_pb::JwtProvider) -> Result<JwtProvider, Reje
         from_cookies: _,
         forward_payload_header,
         pad_forward_payload_header,
-        // These four only write Envoy's dynamic metadata, which nothing in this proxy reads.
-        payload_in_metadata: _,
-        normalize_payload_in_metadata: _,
-        header_in_metadata: _,
-        failed_status_in_metadata: _,
+        payload_in_metadata,
+        normalize_payload_in_metadata,
+        header_in_metadata,
+        failed_status_in_metadata,
         clock_skew_seconds,
         // A cache of verified tokens: saves verification work, decides nothing.
         jwt_cache_config: _,
@@ -575,7 +583,18 @@ fn provider(name: &str, proto: &jwt_pb::JwtProvider) -> Result<JwtProvider, Reje
         (max_lifetime.is_some(), "max_lifetime"),
         // Would route the request again after the claim headers are added.
         (*clear_route_cache, "clear_route_cache"),
+        // jwt_verify_lib's status codes in the metadata, which RBAC could match.
+        (
+            !failed_status_in_metadata.is_empty(),
+            "failed_status_in_metadata",
+        ),
     ])?;
+    let space_delimited_claims = match normalize_payload_in_metadata {
+        Some(jwt_pb::jwt_provider::NormalizePayload {
+            space_delimited_claims,
+        }) => space_delimited_claims.clone(),
+        None => Vec::new(),
+    };
     let mut extractor = Extractor::default();
     extractor.add(proto)?;
     let forward_payload_header = if forward_payload_header.is_empty() {
@@ -624,6 +643,9 @@ fn provider(name: &str, proto: &jwt_pb::JwtProvider) -> Result<JwtProvider, Reje
             0 => DEFAULT_CLOCK_SKEW_SECONDS,
             n => u64::from(n),
         },
+        payload_in_metadata: (!payload_in_metadata.is_empty()).then(|| payload_in_metadata.clone()),
+        space_delimited_claims,
+        header_in_metadata: (!header_in_metadata.is_empty()).then(|| header_in_metadata.clone()),
         jwks,
     })
 }

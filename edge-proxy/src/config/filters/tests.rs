@@ -94,6 +94,10 @@ fn jwt_authn_configs_are_accepted_or_nacked_naming_the_field() {
             Box::new(p(|p| p.clear_route_cache = true)),
         ),
         (
+            "typed_config.providers.p.failed_status_in_metadata",
+            Box::new(p(|p| p.failed_status_in_metadata = "status".into())),
+        ),
+        (
             "typed_config.providers.p.jwks_source_specifier",
             Box::new(p(|p| p.jwks_source_specifier = None)),
         ),

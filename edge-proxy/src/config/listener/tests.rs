@@ -171,7 +171,7 @@ fn build(proto: &listener_pb::Listener) -> Listener {
 }
 
 /// The Envoy defaults for a connection manager configured as the control plane does.
-fn default_settings(route: &str) -> HttpSettings {
+pub(crate) fn default_settings(route: &str) -> HttpSettings {
     HttpSettings {
         stat_prefix: route.into(),
         route_config_name: route.into(),
@@ -295,6 +295,7 @@ fn a_plain_listener_serves_http_with_envoys_defaults() {
         References {
             route_configs: ["public"].into(),
             secrets: BTreeSet::new(),
+            key_tables: BTreeSet::new(),
         }
     );
 }
@@ -404,6 +405,7 @@ fn tls_chains_are_picked_by_sni_as_envoy_does() {
         References {
             route_configs: ["secure"].into(),
             secrets: ["a", "b"].into(),
+            key_tables: BTreeSet::new(),
         }
     );
 

@@ -248,8 +248,10 @@ async fn run_with(
         authority: "api.example",
         path_and_query: &mut req.path,
         headers: &mut req.headers,
+        addresses: crate::proxy::headers::Addresses::direct([192, 0, 2, 1].into()),
     };
-    let response = on_request(config, per_route, upstreams, &mut request).await?;
+    let mut metadata = Metadata::default();
+    let response = on_request(config, per_route, upstreams, &mut request, &mut metadata).await?;
     let status = response.status();
     let challenge = response
         .headers()
@@ -800,6 +802,78 @@ async fn requires_any_and_all_combine_providers() {
     );
 }
 
+/// Runs the filter; its answer's status (`None`: passed) and the metadata it left.
+async fn run_for_metadata(
+    config: &JwtAuthn,
+    req: &mut TestRequest,
+) -> (Option<StatusCode>, Vec<(String, Value)>) {
+    let mut request = crate::filter::Request {
+        method: &req.method,
+        scheme: "https",
+        authority: "api.example",
+        path_and_query: &mut req.path,
+        headers: &mut req.headers,
+        addresses: crate::proxy::headers::Addresses::direct([192, 0, 2, 1].into()),
+    };
+    let mut metadata = Metadata::default();
+    let upstreams = Upstreams::default();
+    let answer = on_request(config, None, &upstreams, &mut request, &mut metadata).await;
+    let kept = metadata
+        .jwt
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    (answer.map(|r| r.status()), kept)
+}
+
+#[tokio::test]
+async fn verified_payloads_are_kept_for_rbac_with_scopes_split() {
+    let keys = Keys::new();
+    let mut p = provider(&keys.jwks());
+    p.payload_in_metadata = "jwt_payload".into();
+    p.header_in_metadata = "jwt_header".into();
+    p.normalize_payload_in_metadata = Some(jwt_pb::jwt_provider::NormalizePayload {
+        space_delimited_claims: vec!["scope".into(), "empty".into(), "n".into()],
+    });
+    let config = build(filter(p));
+    let mut claims = claims();
+    claims["scope"] = json!(" orders:read  orders:write ");
+    claims["empty"] = json!("  ");
+    claims["n"] = json!(7);
+    claims["org"] = json!({"scope": "a b"});
+    let token = keys.sign("RS256", "rsa-1", &claims);
+    let (answer, kept) = run_for_metadata(&config, &mut TestRequest::bearer(&token)).await;
+    assert_eq!(answer, None);
+    let [(header_key, header), (payload_key, payload)] = kept.as_slice() else {
+        panic!("{kept:?}")
+    };
+    assert_eq!(
+        (header_key.as_str(), payload_key.as_str()),
+        ("jwt_header", "jwt_payload")
+    );
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], "rsa-1");
+    // Only top-level string claims with a word become lists.
+    assert_eq!(payload["scope"], json!(["orders:read", "orders:write"]));
+    assert_eq!(payload["empty"], "  ");
+    assert_eq!(payload["n"], 7);
+    assert_eq!(payload["org"]["scope"], "a b");
+    assert_eq!(payload["sub"], "alice");
+
+    // A failed requirement leaves nothing; nor does a provider without the keys.
+    let mut expired = claims.clone();
+    expired["exp"] = json!(now() - 3600);
+    let token = keys.sign("RS256", "rsa-1", &expired);
+    let (answer, kept) = run_for_metadata(&config, &mut TestRequest::bearer(&token)).await;
+    assert_eq!(answer, Some(StatusCode::UNAUTHORIZED));
+    assert!(kept.is_empty());
+    let plain = build(filter(provider(&keys.jwks())));
+    let token = keys.sign("RS256", "rsa-1", &claims);
+    let (answer, kept) = run_for_metadata(&plain, &mut TestRequest::bearer(&token)).await;
+    assert_eq!(answer, None);
+    assert!(kept.is_empty());
+}
+
 #[tokio::test]
 async fn per_route_config_picks_or_disables_the_requirement() {
     let keys = Keys::new();
@@ -990,6 +1064,7 @@ fn upstreams_for(addr: SocketAddr) -> Upstreams {
         clusters: BTreeMap::from([("jwks".to_owned(), cluster)]),
         endpoints: BTreeMap::new(),
         certificates: BTreeMap::new(),
+        api_key_tables: BTreeMap::new(),
     };
     Upstreams::build(&snapshot, None)
 }
@@ -1219,6 +1294,7 @@ async fn async_fetch_loads_keys_before_the_first_request() {
                 clusters: BTreeMap::new(),
                 endpoints: BTreeMap::new(),
                 certificates: BTreeMap::new(),
+                api_key_tables: BTreeMap::new(),
             }),
             upstreams: Arc::clone(&upstreams),
         },

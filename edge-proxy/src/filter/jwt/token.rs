@@ -100,6 +100,8 @@ pub struct Jwt<'t> {
     pub audiences: Vec<String>,
     /// The payload's claims.
     pub payload: Map<String, Value>,
+    /// The header's fields.
+    pub header: Map<String, Value>,
 }
 
 impl<'t> Jwt<'t> {
@@ -172,6 +174,7 @@ impl<'t> Jwt<'t> {
             exp,
             audiences,
             payload,
+            header,
         })
     }
 

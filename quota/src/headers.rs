@@ -1,0 +1,309 @@
+//! Response headers for quota decisions: the IETF `RateLimit-Policy` and `RateLimit` fields
+//! (draft-ietf-httpapi-ratelimit-headers-11), the legacy `X-RateLimit-*` trio, and `Retry-After`.
+//!
+//! The draft's fields are Structured Field Lists (RFC 9651) of Items whose value is a String
+//! (the policy name, quoted, with `"` and `\` escaped) followed by Integer parameters:
+//!
+//! ```text
+//! RateLimit-Policy: "per-minute";q=100;w=60, "burst";q=10;w=1;tollgate-burst=20
+//! RateLimit: "per-minute";r=42;t=30, "burst";r=19;t=1
+//! ```
+//!
+//! - `RateLimit-Policy` (section 3): `q` is the quota in requests (the draft's default unit,
+//!   so `qu` is omitted), `w` the window in whole seconds (non-zero). Windows are rounded up
+//!   to a second; a sub-second window is stated per second (`q` scaled down, `w=1`). A token
+//!   bucket's capacity goes in the vendor parameter `tollgate-burst` (the draft asks for a
+//!   vendor prefix on extra parameters).
+//! - `RateLimit` (section 4): `r` is the available quota (remaining requests), `t` the
+//!   effective window in whole seconds, rounded up: within `t` seconds the client gets no more
+//!   than `r`. It is the time until the current window ends (fixed and sliding windows) or the
+//!   bucket is full again (token bucket); on a refusal it is the retry delay, so that
+//!   `Retry-After` never points before the effective window ends (section 6). Decisions that
+//!   were not counted (the backend was unavailable) get no `RateLimit` item.
+//! - `pk` (partition key) is not sent: identities can be personal data, and the draft leaves it
+//!   optional.
+//! - `X-RateLimit-Limit`, `-Remaining`, `-Reset` (the pre-draft convention, `Reset` in delta
+//!   seconds as the draft's earlier versions and Envoy use) describe one policy: the most
+//!   restrictive counted one (refused first, then the fewest remaining).
+//! - `Retry-After` (RFC 9110 delay-seconds, at least 1) is set when any policy refused.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::decision::{Decision, Outcome};
+use crate::policy::{Algorithm, Limit, Policy};
+
+/// `ratelimit-policy` (lowercase, as HTTP/2 and the `http` crate spell header names).
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+/// `ratelimit`.
+pub const RATELIMIT: &str = "ratelimit";
+/// `x-ratelimit-limit`.
+pub const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+/// `x-ratelimit-remaining`.
+pub const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+/// `x-ratelimit-reset`.
+pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
+/// `retry-after`.
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// The header fields for the decisions of one request, in a fixed order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    fields: Vec<(&'static str, String)>,
+}
+
+impl RateLimitHeaders {
+    /// Renders the headers for every policy checked on one request, with its decision.
+    pub fn new<'a>(checks: impl IntoIterator<Item = (&'a Policy, &'a Decision)>) -> Self {
+        let checks: Vec<(&Policy, &Decision)> = checks.into_iter().collect();
+        let mut fields = Vec::new();
+        if checks.is_empty() {
+            return Self { fields };
+        }
+        let policies: Vec<String> = checks.iter().map(|(p, _)| policy_item(p)).collect();
+        fields.push((RATELIMIT_POLICY, policies.join(", ")));
+        let limits: Vec<String> = checks
+            .iter()
+            .filter_map(|(p, d)| ratelimit_item(p, d))
+            .collect();
+        if !limits.is_empty() {
+            fields.push((RATELIMIT, limits.join(", ")));
+        }
+        let strictest = checks
+            .iter()
+            .map(|(_, d)| *d)
+            .filter(|d| d.is_counted())
+            .min_by_key(|d| {
+                (
+                    d.outcome != Outcome::Limited,
+                    d.remaining,
+                    std::cmp::Reverse(effective_window(d)),
+                )
+            });
+        if let Some(d) = strictest {
+            fields.push((X_RATELIMIT_LIMIT, d.limit.to_string()));
+            fields.push((X_RATELIMIT_REMAINING, d.remaining.to_string()));
+            fields.push((
+                X_RATELIMIT_RESET,
+                ceil_secs(effective_window(d)).to_string(),
+            ));
+        }
+        let retry_after = checks
+            .iter()
+            .filter(|(_, d)| !d.is_allowed())
+            .filter_map(|(_, d)| d.retry_after)
+            .max();
+        if let Some(retry_after) = retry_after {
+            fields.push((RETRY_AFTER, ceil_secs(retry_after).max(1).to_string()));
+        }
+        Self { fields }
+    }
+
+    /// The fields as (lowercase name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.fields.iter().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// One field's value, by lowercase name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Whether there are no fields (no policy was checked).
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+/// One `RateLimit-Policy` item: `"name";q=100;w=60` (plus `;tollgate-burst=N` for a token bucket).
+pub fn policy_item(policy: &Policy) -> String {
+    let mut item = sf_string(policy.name());
+    let (q, w) = quota_per_whole_seconds(policy.limit());
+    // Writing to a String cannot fail.
+    let _ = write!(item, ";q={q};w={w}");
+    if let Algorithm::TokenBucket { burst } = policy.limit().algorithm {
+        let _ = write!(item, ";tollgate-burst={burst}");
+    }
+    item
+}
+
+/// One `RateLimit` item, `"name";r=42;t=30`; `None` for a decision that was not counted.
+pub fn ratelimit_item(policy: &Policy, decision: &Decision) -> Option<String> {
+    if !decision.is_counted() {
+        return None;
+    }
+    let mut item = sf_string(policy.name());
+    let _ = write!(
+        item,
+        ";r={};t={}",
+        decision.remaining,
+        ceil_secs(effective_window(decision))
+    );
+    Some(item)
+}
+
+/// The window the `t` parameter and `X-RateLimit-Reset` state: the retry delay when refused.
+fn effective_window(decision: &Decision) -> Duration {
+    match (decision.outcome, decision.retry_after) {
+        (Outcome::Limited, Some(retry_after)) => retry_after,
+        _ => decision.reset_after,
+    }
+}
+
+/// `(q, w)` with `w` a whole, non-zero number of seconds.
+fn quota_per_whole_seconds(limit: &Limit) -> (u64, u64) {
+    if limit.window >= Duration::from_secs(1) {
+        (limit.requests, ceil_secs(limit.window))
+    } else {
+        let per_second = u128::from(limit.requests) * 1_000_000 / limit.window.as_micros().max(1);
+        (u64::try_from(per_second).unwrap_or(u64::MAX), 1)
+    }
+}
+
+/// Whole seconds, rounded up.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// An RFC 9651 sf-string: quoted, with `\` and `"` escaped (names are printable ASCII).
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::FailureMode;
+
+    fn policy(name: &str, limit: Limit) -> Policy {
+        Policy::new(name, limit, FailureMode::Open).unwrap()
+    }
+
+    fn decision(
+        outcome: Outcome,
+        remaining: u64,
+        reset_ms: u64,
+        retry_ms: Option<u64>,
+    ) -> Decision {
+        Decision {
+            outcome,
+            limit: 100,
+            window: Duration::from_secs(60),
+            remaining,
+            reset_after: Duration::from_millis(reset_ms),
+            retry_after: retry_ms.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn allowed_single_policy() {
+        let p = policy(
+            "per-minute",
+            Limit::fixed_window(100, Duration::from_secs(60)),
+        );
+        let d = decision(Outcome::Allowed, 42, 29_001, None);
+        let h = RateLimitHeaders::new([(&p, &d)]);
+        let fields: Vec<_> = h.iter().collect();
+        assert_eq!(
+            fields,
+            [
+                ("ratelimit-policy", r#""per-minute";q=100;w=60"#),
+                ("ratelimit", r#""per-minute";r=42;t=30"#),
+                ("x-ratelimit-limit", "100"),
+                ("x-ratelimit-remaining", "42"),
+                ("x-ratelimit-reset", "30"),
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_uses_retry_delay() {
+        let p = policy("burst", Limit::token_bucket(10, Duration::from_secs(1), 20));
+        let d = Decision {
+            limit: 10,
+            window: Duration::from_secs(1),
+            ..decision(Outcome::Limited, 0, 2_000, Some(2_500))
+        };
+        let h = RateLimitHeaders::new([(&p, &d)]);
+        assert_eq!(
+            h.get(RATELIMIT_POLICY),
+            Some(r#""burst";q=10;w=1;tollgate-burst=20"#)
+        );
+        assert_eq!(h.get(RATELIMIT), Some(r#""burst";r=0;t=3"#));
+        assert_eq!(h.get(RETRY_AFTER), Some("3"));
+        assert_eq!(h.get(X_RATELIMIT_RESET), Some("3"));
+    }
+
+    #[test]
+    fn several_policies_and_the_strictest_legacy_one() {
+        let minute = policy("minute", Limit::fixed_window(100, Duration::from_secs(60)));
+        let day = policy(
+            "day",
+            Limit::sliding_window(1000, Duration::from_secs(86_400)),
+        );
+        let d_minute = decision(Outcome::Allowed, 42, 30_000, None);
+        let d_day = Decision {
+            limit: 1000,
+            window: Duration::from_secs(86_400),
+            ..decision(Outcome::Allowed, 7, 3_600_000, None)
+        };
+        let h = RateLimitHeaders::new([(&minute, &d_minute), (&day, &d_day)]);
+        assert_eq!(
+            h.get(RATELIMIT_POLICY),
+            Some(r#""minute";q=100;w=60, "day";q=1000;w=86400"#)
+        );
+        assert_eq!(
+            h.get(RATELIMIT),
+            Some(r#""minute";r=42;t=30, "day";r=7;t=3600"#)
+        );
+        assert_eq!(h.get(X_RATELIMIT_LIMIT), Some("1000"));
+        assert_eq!(h.get(X_RATELIMIT_REMAINING), Some("7"));
+        assert_eq!(h.get(RETRY_AFTER), None);
+    }
+
+    #[test]
+    fn unavailable_backend() {
+        let open = Policy::new(
+            "o",
+            Limit::fixed_window(5, Duration::from_secs(1)),
+            FailureMode::Open,
+        )
+        .unwrap();
+        let closed = Policy::new(
+            "c",
+            Limit::fixed_window(5, Duration::from_secs(1)),
+            FailureMode::Closed,
+        )
+        .unwrap();
+        let h = RateLimitHeaders::new([(&open, &Decision::unavailable(&open))]);
+        // Nothing is claimed about counters nobody could read.
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [("ratelimit-policy", r#""o";q=5;w=1"#)]
+        );
+        let h = RateLimitHeaders::new([(&closed, &Decision::unavailable(&closed))]);
+        assert_eq!(h.get(RETRY_AFTER), Some("1"));
+        assert_eq!(h.get(RATELIMIT), None);
+    }
+
+    #[test]
+    fn names_are_escaped_and_short_windows_scaled() {
+        let p = policy(
+            r#"a "quoted" \ name"#,
+            Limit::fixed_window(5, Duration::from_millis(100)),
+        );
+        assert_eq!(policy_item(&p), r#""a \"quoted\" \\ name";q=50;w=1"#);
+        let odd = policy("odd", Limit::fixed_window(5, Duration::from_millis(1_500)));
+        assert_eq!(policy_item(&odd), r#""odd";q=5;w=2"#);
+        assert!(RateLimitHeaders::new([]).is_empty());
+    }
+}
