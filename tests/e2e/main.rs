@@ -15,5 +15,6 @@ mod openapi;
 mod parity;
 mod proxy_metrics;
 mod tls;
+mod transform;
 mod upstreams;
 mod websocket;
