@@ -218,7 +218,11 @@ async fn route<'p>(
     // The client's address as Envoy determines it (`x-forwarded-for` with trusted hops), for
     // RBAC and for header templates.
     let addresses = headers::Addresses::new(downstream.peer.ip().to_canonical(), http);
-    let client = addresses.client(request.headers());
+    let client = if matched.reads_client_address() {
+        addresses.client(request.headers())
+    } else {
+        addresses.peer
+    };
     // What authentication finds out (JWT payloads, the API key's consumer): Envoy's dynamic
     // metadata, which RBAC and the route's header templates read.
     let mut metadata = Metadata::default();

@@ -58,6 +58,8 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     let cp = ControlPlane::start().await.expect("control plane starts");
     let upstream = Upstream::start("shop").await;
     let (envoy_port, edge_port) = (free_port(), free_port());
+    // Listeners behind one trusted proxy: the client address comes from x-forwarded-for.
+    let (envoy_hop_port, edge_hop_port) = (free_port(), free_port());
 
     let put = |kind: &'static str, name: &'static str, body: Value| {
         let cp = &cp;
@@ -171,6 +173,20 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
         )
         .await;
     }
+    put(
+        "listeners",
+        "envoy-hop",
+        json!({"address": "127.0.0.1", "port": envoy_hop_port, "node_cluster": "envoy",
+               "trusted_proxy_hops": 1}),
+    )
+    .await;
+    put(
+        "listeners",
+        "edge-hop",
+        json!({"address": "127.0.0.1", "port": edge_hop_port, "node_cluster": "edge",
+               "trusted_proxy_hops": 1}),
+    )
+    .await;
     put(
         "listeners",
         "envoy-l",
@@ -292,6 +308,25 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
     .collect();
     assert_eq!(view(&seen[1]), expected);
+
+    // Behind a trusted proxy, the client address is the one x-forwarded-for names.
+    for (name, port) in [("envoy", envoy_hop_port), ("edge", edge_hop_port)] {
+        let peer = Peer { name, port };
+        let response = peer
+            .send(
+                Method::GET,
+                "/v1/orders/7",
+                &[
+                    ("authorization", bearer.as_str()),
+                    ("x-forwarded-for", "203.0.113.9"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(response.status, 200, "{name}: {}", response.body);
+        let request = only(&upstream, name);
+        assert_eq!(request.header("x-client"), Some("203.0.113.9"), "{name}");
+    }
 
     // The API key's consumer: Envoy reads it from the control plane's ext_authz answer, the
     // edge proxy from its key table.

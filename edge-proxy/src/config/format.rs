@@ -148,6 +148,14 @@ impl HeaderFormat {
                 .any(|p| matches!(p, Part::Request { .. })),
         }
     }
+
+    /// Whether evaluating this reads the client's address.
+    pub fn reads_client_address(&self) -> bool {
+        match self {
+            Self::Literal(_) => false,
+            Self::Template(template) => template.parts.contains(&Part::ClientAddress),
+        }
+    }
 }
 
 impl Template {

@@ -245,6 +245,10 @@ pub struct HeaderMutations {
     pub add: Vec<HeaderToAdd>,
     /// Headers removed.
     pub remove: Vec<HeaderName>,
+    /// Whether a value reads the request (`%REQ()%`), worked out once.
+    reads_request: bool,
+    /// Whether a value reads the client's address, worked out once.
+    reads_client_address: bool,
 }
 
 /// One header to add (Envoy's `HeaderValueOption`).
@@ -379,6 +383,15 @@ impl<'t> Matched<'t> {
         self.response_header_mutations()
             .iter()
             .any(|m| m.reads_request())
+    }
+
+    /// Whether any header mutation reads the client's address, which is then worked out
+    /// (from `x-forwarded-for` with trusted hops) for the request.
+    pub fn reads_client_address(&self) -> bool {
+        self.request_header_mutations()
+            .iter()
+            .chain(self.response_header_mutations().iter())
+            .any(|m| m.reads_client_address())
     }
 
     /// The most specific per-filter config for the HTTP filter configured as `filter` (its
@@ -729,7 +742,12 @@ impl HeaderMutations {
 
     /// Whether a value reads the request (`%REQ()%`), so that response headers need it kept.
     pub fn reads_request(&self) -> bool {
-        self.add.iter().any(|add| add.value.reads_request())
+        self.reads_request
+    }
+
+    /// Whether a value reads the client's address.
+    pub fn reads_client_address(&self) -> bool {
+        self.reads_client_address
     }
 
     /// Applies these mutations to request headers, as Envoy's `HeaderParser::evaluateHeaders`
@@ -2407,7 +2425,7 @@ fn header_mutations(
     remove: &[String],
     fields: (&'static str, &'static str),
 ) -> Result<HeaderMutations, Rejection> {
-    let add = add
+    let add: Vec<HeaderToAdd> = add
         .iter()
         .enumerate()
         .map(|(i, option)| header_to_add(option).at(fields.0, i))
@@ -2419,7 +2437,14 @@ fn header_mutations(
             mutable_header_name(name, "removed").map_err(|r| Rejection::new_at(fields.1, i, r))
         })
         .collect::<Result<_, _>>()?;
-    Ok(HeaderMutations { add, remove })
+    let reads_request = add.iter().any(|a| a.value.reads_request());
+    let reads_client_address = add.iter().any(|a| a.value.reads_client_address());
+    Ok(HeaderMutations {
+        add,
+        remove,
+        reads_request,
+        reads_client_address,
+    })
 }
 
 #[allow(deprecated)] // `append` is deprecated, and still honoured by Envoy

@@ -1464,6 +1464,7 @@ fn templated_header_values_follow_envoy() {
     let req = get("h", "/");
     let matched = table.find(&req.head()).unwrap();
     assert!(matched.response_reads_request());
+    assert!(matched.reads_client_address());
     let mut headers = HeaderMap::new();
     headers.insert("x-in", HeaderValue::from_static("hello"));
     headers.insert("x-removed", HeaderValue::from_static("gone"));
@@ -1510,6 +1511,7 @@ fn invalid_formatted_values_fail_requests_and_are_left_out_of_responses() {
     let req = get("h", "/");
     let matched = table.find(&req.head()).unwrap();
     assert!(!matched.response_reads_request());
+    assert!(!matched.reads_client_address());
     let cx = FormatContext {
         metadata: &Claim,
         ..cx()
