@@ -41,6 +41,37 @@ impl Peer {
     }
 }
 
+/// POSTs `body` as JSON in 64 KiB chunks (no length known in advance) over a raw HTTP/1.1
+/// connection, and returns the response's status.
+async fn post_chunked(port: u16, path: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {HOST}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    for chunk in body.chunks(64 * 1024) {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .expect("write");
+        stream.write_all(chunk).await.expect("write");
+        stream.write_all(b"\r\n").await.expect("write");
+    }
+    stream.write_all(b"0\r\n\r\n").await.expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let status = String::from_utf8_lossy(&response[..response.len().min(12)]).into_owned();
+    status
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {status:?}"))
+}
+
 /// The one request the upstream received since it was last cleared.
 fn only(upstream: &Upstream, what: &str) -> RecordedRequest {
     let requests = upstream.requests();
@@ -416,6 +447,46 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
             );
         }
     }
+
+    // Bodies over 1 MiB: streamed on unchanged (what was read first included), or refused.
+    let large = format!(
+        r#"{{"userName":"{}","password":"x"}}"#,
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let status = post_chunked(edge_port, "/bodies", large.as_bytes()).await;
+    assert_eq!(status, 200);
+    let received = only(&upstream, "edge large body");
+    assert!(
+        received.body == large.as_bytes(),
+        "the large body arrived changed"
+    );
+    assert_eq!(
+        post_chunked(edge_port, "/strict", large.as_bytes()).await,
+        413
+    );
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "a refused body never goes upstream"
+    );
+    let response = edge
+        .send(Method::POST, "/strict", &json_type, Some(large.as_bytes()))
+        .await;
+    assert_eq!(response.status, 413);
+    assert_eq!(
+        response.json().expect("JSON")["error"]["code"],
+        "body_too_large"
+    );
+    let response = edge
+        .send(
+            Method::POST,
+            "/xml-out/echo-body",
+            &json_type,
+            Some(large.as_bytes()),
+        )
+        .await;
+    assert_eq!((response.status, response.body.len()), (200, large.len()));
+    upstream.clear();
 
     // Response bodies, from an upstream that returns what it is sent.
     let order = br#"{"order":{"id":7,"note":"a < b"}}"#;

@@ -26,6 +26,8 @@
 //!   `etag` becomes weak (`W/`), as Envoy's compressor does.
 //!
 //! [`json`], [`xml`] and [`case`] hold the document model and the conversions.
+//!
+//! [`TransformPerRoute`]: crate::config::filters::transform::TransformPerRoute
 
 pub mod case;
 pub mod json;

@@ -1491,6 +1491,46 @@ fn templated_header_values_follow_envoy() {
 }
 
 #[test]
+fn header_formatters_outside_the_subset_are_nacked_with_their_path() {
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    let nack = |edit: &dyn Fn(&mut route_pb::RouteConfiguration)| {
+        let mut cfg = config(vec![vhost("v", &["*"], vec![fwd("r", prefix("/"))])]);
+        edit(&mut cfg);
+        let error = RouteTable::try_from(&cfg).unwrap_err();
+        format!("{}: {}", error.field, error.reason)
+    };
+    assert_eq!(
+        nack(&|c| {
+            c.virtual_hosts[0].routes[0].response_headers_to_add = vec![
+                header_option("x-ok", "%REQ(x-a)%", A::AppendIfExistsOrAdd),
+                header_option("x-at", "at %START_TIME%", A::AppendIfExistsOrAdd),
+            ]
+        }),
+        "virtual_hosts[0].routes[0].response_headers_to_add[1].header.value: not supported: \
+         substitution command %START_TIME% (supported: REQ, DYNAMIC_METADATA, \
+         DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT; %% is a literal %) in \"at %START_TIME%\""
+    );
+    assert_eq!(
+        nack(&|c| {
+            c.virtual_hosts[0].request_headers_to_add = vec![header_option(
+                "x-md",
+                "%DYNAMIC_METADATA(envoy.lb:zone)%",
+                A::AppendIfExistsOrAdd,
+            )]
+        }),
+        "virtual_hosts[0].request_headers_to_add[0].header.value: not supported: dynamic \
+         metadata namespace \"envoy.lb\" in \"%DYNAMIC_METADATA(envoy.lb:zone)%\""
+    );
+    assert_eq!(
+        nack(&|c| {
+            c.request_headers_to_add = vec![header_option("x-pct", "50%", A::AppendIfExistsOrAdd)]
+        }),
+        "request_headers_to_add[0].header.value: malformed substitution command in \"50%\" \
+         (write %% for a literal %)"
+    );
+}
+
+#[test]
 fn invalid_formatted_values_fail_requests_and_are_left_out_of_responses() {
     use crate::config::format::{DynamicMetadata, FormatContext, JWT_AUTHN_NAMESPACE};
     use core_pb::header_value_option::HeaderAppendAction as A;
