@@ -18,6 +18,7 @@ use tollgate_control_plane::store::{Change, Store};
 use tollgate_control_plane::xds::AdsServer;
 use tollgate_control_plane::xds::nodes::NodeRegistry;
 use tollgate_edge_proxy::ProxyOptions;
+use tollgate_edge_proxy::trace::{self, TracingConfig};
 use tollgate_edge_proxy::xds::XdsConfig;
 
 /// Tollgate: an API gateway with an xDS control plane.
@@ -168,6 +169,39 @@ struct EdgeProxyArgs {
     /// On SIGTERM, how long open connections get to finish their requests (e.g. `5s`).
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Count every request in `/metrics` (by route, cluster and status class, with latencies);
+    /// `false` keeps only the xDS, endpoint and process series.
+    #[arg(long, env = "TOLLGATE_REQUEST_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    request_metrics: bool,
+    #[command(flatten)]
+    tracing: TracingArgs,
+}
+
+#[derive(Debug, Args)]
+struct TracingArgs {
+    /// Send OpenTelemetry spans to this OTLP/gRPC collector, `http://HOST:PORT`; without it,
+    /// nothing is traced and `traceparent` passes through untouched.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT", value_parser = trace::parse_endpoint)]
+    otlp_endpoint: Option<String>,
+    /// The share of new traces to sample, 0.0 to 1.0; a request's sampled `traceparent` flag
+    /// is always followed.
+    #[arg(long, env = "TOLLGATE_TRACE_SAMPLING", default_value = "1.0", value_parser = trace::parse_sampling)]
+    trace_sampling: f64,
+    /// The `service.name` of the spans.
+    #[arg(long, env = "TOLLGATE_SERVICE_NAME", default_value = trace::DEFAULT_SERVICE_NAME, value_parser = trace::parse_service_name)]
+    service_name: String,
+}
+
+impl TracingArgs {
+    /// The tracing config, when an endpoint is set; `node_id` is the `service.instance.id`.
+    fn config(self, node_id: &str) -> Option<TracingConfig> {
+        Some(TracingConfig {
+            endpoint: self.otlp_endpoint?,
+            sampling: self.trace_sampling,
+            service_name: self.service_name,
+            instance_id: node_id.to_owned(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +228,8 @@ struct DevArgs {
         default_value = "127.0.0.1:9901"
     )]
     proxy_admin_addr: SocketAddr,
+    #[command(flatten)]
+    tracing: TracingArgs,
 }
 
 /// The shortest token accepted: guessing must stay out of reach.
@@ -261,9 +297,11 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::EdgeProxy(args) => {
             let node_id = args.node_id.unwrap_or_else(default_node_id);
             let options = ProxyOptions {
+                tracing: args.tracing.config(&node_id),
                 xds: XdsConfig::new(args.xds, node_id, args.node_cluster),
                 admin_addr: args.admin_addr,
                 drain_timeout: args.drain_timeout,
+                request_metrics: args.request_metrics,
             };
             tollgate_edge_proxy::run(options, shutdown_signal(), |handle| {
                 tracing::info!(admin = %handle.admin_addr, "edge proxy started");
@@ -293,6 +331,8 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 xds: XdsConfig::new(format!("http://{}", running.xds_addr), "dev", "edge"),
                 admin_addr: args.proxy_admin_addr,
                 drain_timeout: Duration::from_secs(2),
+                request_metrics: true,
+                tracing: args.tracing.config("dev"),
             };
             let proxy = tokio::spawn(async move {
                 let mut stopped = proxy_stopped;

@@ -12,6 +12,8 @@
 //!   retries and timeouts, to an endpoint picked by [`upstream::balancer`] over a pooled
 //!   connection.
 //! - [`admin`] serves `/ready`, `/config_dump` and `/metrics` ([`metrics`]).
+//! - [`trace`] continues the client's W3C trace in a SERVER span per request and a CLIENT span
+//!   per upstream attempt, exported over OTLP, when an endpoint is configured.
 
 pub mod access_log;
 pub mod admin;
@@ -21,6 +23,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod snapshot;
+pub mod trace;
 pub mod upstream;
 pub mod xds;
 
@@ -36,6 +39,7 @@ use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::proxy::{DataPlane, SharedDataPlane};
 use crate::snapshot::Snapshot;
+use crate::trace::{Tracing, TracingConfig};
 use crate::upstream::Upstreams;
 use crate::xds::XdsConfig;
 
@@ -48,6 +52,11 @@ pub struct ProxyOptions {
     pub admin_addr: SocketAddr,
     /// On shutdown, how long open connections get to finish their requests.
     pub drain_timeout: Duration,
+    /// Whether each request is counted in `/metrics` (by route, cluster and status class, with
+    /// its latency). Off, `/metrics` still serves the xDS, endpoint and process series.
+    pub request_metrics: bool,
+    /// Where spans go; `None` turns tracing off.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// A running proxy's handles, for embedding (`tollgate dev`) and tests.
@@ -68,9 +77,17 @@ pub async fn run(
     started: impl FnOnce(ProxyHandle),
 ) -> io::Result<()> {
     let plane: SharedDataPlane = Arc::new(ArcSwapOption::empty());
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(options.request_metrics));
     let admin_socket = admin::bind(options.admin_addr).await?;
     let admin_addr = admin_socket.local_addr()?;
+    let tracing = match &options.tracing {
+        Some(config) => {
+            let tracing = Tracing::start(config).map_err(io::Error::other)?;
+            tracing::info!(endpoint = %config.endpoint, sampling = config.sampling, "tracing on");
+            Some(tracing)
+        }
+        None => None,
+    };
     let xds = xds::spawn(options.xds);
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
@@ -84,7 +101,11 @@ pub async fn run(
         admin_addr,
         plane: plane.clone(),
     });
-    let mut listeners = Listeners::new(plane.clone(), Arc::clone(&metrics));
+    let mut listeners = Listeners::new(
+        plane.clone(),
+        Arc::clone(&metrics),
+        tracing.as_ref().map(Tracing::tracer),
+    );
     let mut snapshots = xds.snapshots.clone();
     tokio::pin!(shutdown);
     loop {
@@ -108,6 +129,9 @@ pub async fn run(
     tracing::info!("draining");
     listeners.drain(options.drain_timeout).await;
     access_log::flush_all().await;
+    if let Some(tracing) = tracing {
+        tracing.shutdown().await;
+    }
     admin_task.abort();
     xds.task.abort();
     Ok(())

@@ -30,6 +30,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use crate::config::listener::{Codec, FilterChain, HttpSettings, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Downstream, SharedDataPlane};
+use crate::trace::Tracer;
 use crate::upstream::now_ms;
 
 /// Time allowed for a TLS handshake before the connection is closed.
@@ -40,6 +41,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Listeners {
     plane: SharedDataPlane,
     metrics: Arc<Metrics>,
+    tracer: Option<Tracer>,
     running: HashMap<String, Running>,
     drain: watch::Sender<bool>,
 }
@@ -65,12 +67,14 @@ pub struct BindError {
 }
 
 impl Listeners {
-    /// No listeners yet; requests will be served on `plane` and counted in `metrics`.
-    pub fn new(plane: SharedDataPlane, metrics: Arc<Metrics>) -> Self {
+    /// No listeners yet; requests will be served on `plane`, counted in `metrics` and traced
+    /// with `tracer` (when tracing is on).
+    pub fn new(plane: SharedDataPlane, metrics: Arc<Metrics>, tracer: Option<Tracer>) -> Self {
         let (drain, _) = watch::channel(false);
         Self {
             plane,
             metrics,
+            tracer,
             running: HashMap::new(),
             drain,
         }
@@ -127,6 +131,7 @@ impl Listeners {
                         Arc::clone(&config),
                         self.plane.clone(),
                         Arc::clone(&self.metrics),
+                        self.tracer.clone(),
                         stop_rx,
                         self.drain.subscribe(),
                     ));
@@ -185,6 +190,7 @@ async fn accept_loop(
     config: Arc<ArcSwap<Listener>>,
     plane: SharedDataPlane,
     metrics: Arc<Metrics>,
+    tracer: Option<Tracer>,
     mut stop: watch::Receiver<bool>,
     drain: watch::Receiver<bool>,
 ) {
@@ -205,6 +211,7 @@ async fn accept_loop(
                         listener,
                         plane.clone(),
                         Arc::clone(&metrics),
+                        tracer.clone(),
                         shutdown,
                     ));
                 }
@@ -228,6 +235,7 @@ async fn serve_connection(
     listener: Arc<Listener>,
     plane: SharedDataPlane,
     metrics: Arc<Metrics>,
+    tracer: Option<Tracer>,
     shutdown: Shutdown,
 ) {
     let _counted = metrics.connection_opened();
@@ -238,7 +246,7 @@ async fn serve_connection(
         };
         let io = ActivityIo::new(stream, Arc::clone(&activity));
         serve_http(
-            io, peer, chain, false, None, plane, metrics, shutdown, activity,
+            io, peer, chain, false, None, plane, metrics, tracer, shutdown, activity,
         )
         .await;
         return;
@@ -270,7 +278,7 @@ async fn serve_connection(
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let io = ActivityIo::new(tls, Arc::clone(&activity));
     serve_http(
-        io, peer, &chain, true, alpn, plane, metrics, shutdown, activity,
+        io, peer, &chain, true, alpn, plane, metrics, tracer, shutdown, activity,
     )
     .await;
 }
@@ -340,13 +348,14 @@ async fn serve_http<I>(
     alpn: Option<Vec<u8>>,
     plane: SharedDataPlane,
     metrics: Arc<Metrics>,
+    tracer: Option<Tracer>,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let http = Arc::new(chain.http.clone());
-    let downstream = Downstream::new(peer, tls, Arc::clone(&http), metrics);
+    let downstream = Downstream::new(peer, tls, Arc::clone(&http), metrics, tracer);
     let service = service_fn(move |request| {
         let plane = plane.clone();
         let downstream = downstream.clone();

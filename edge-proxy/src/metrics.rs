@@ -1,6 +1,7 @@
 //! The edge proxy's Prometheus metrics, beside the request flow: every request is counted by
-//! route, cluster and status class when its response headers leave; upstream attempts, open
-//! connections, endpoint health and the xDS state are read at scrape time. Label values are
+//! route, cluster and status class when its response headers leave, and every upstream attempt
+//! is timed (neither with `--request-metrics false`); open connections, endpoint health and the
+//! xDS state are read at scrape time. Label values are
 //! names from the config (route, cluster, resource type), never from requests, so the number of
 //! series stays bounded by the config.
 
@@ -67,6 +68,8 @@ pub const NONE: &str = "none";
 /// The proxy's metrics; one per process, shared by every connection.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Whether requests and upstream attempts are recorded (`--request-metrics`).
+    per_request: bool,
     requests: Family<RequestLabels, Counter>,
     request_seconds: HistogramFamily<RouteLabel>,
     upstream_seconds: HistogramFamily<ClusterLabel>,
@@ -94,7 +97,16 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Metrics {
+    /// Metrics that record every request and upstream attempt when `per_request` is on, and
+    /// only the series read at scrape time (xDS, endpoints, connections, process) when off.
+    pub fn new(per_request: bool) -> Self {
         Self {
+            per_request,
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
@@ -111,6 +123,9 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 impl Metrics {
     /// Counts a request whose response headers are leaving, and its time so far.
     pub fn record_request(&self, route: &str, cluster: &str, status: u16, elapsed: Duration) {
+        if !self.per_request {
+            return;
+        }
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         let handles = self.route_handles(route, cluster);
         handles.by_class[class].inc();
@@ -119,6 +134,9 @@ impl Metrics {
 
     /// Records one upstream attempt's time to response headers (or to its failure).
     pub fn record_upstream(&self, cluster: &str, elapsed: Duration) {
+        if !self.per_request {
+            return;
+        }
         let cached = self
             .upstream_handles
             .read()

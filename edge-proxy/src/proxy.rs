@@ -33,6 +33,7 @@ use crate::config::route::{
 use crate::filter::{Metadata, transform};
 use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
+use crate::trace::{ServerSpan, Tracer};
 use crate::upstream::{Endpoint, Outcome, UpstreamCluster, Upstreams};
 use body::{DownstreamBody, TimedBody, UpstreamBody, full};
 
@@ -63,6 +64,8 @@ pub struct Downstream {
     pub metrics: Arc<Metrics>,
     /// Where requests are logged, when the connection manager has an access log.
     pub access_log: Option<Arc<AccessLogger>>,
+    /// Starts each request's spans; `None` when tracing is off.
+    pub tracer: Option<Tracer>,
 }
 
 impl Downstream {
@@ -72,6 +75,7 @@ impl Downstream {
         tls: bool,
         http: Arc<HttpSettings>,
         metrics: Arc<Metrics>,
+        tracer: Option<Tracer>,
     ) -> Self {
         let server = http
             .server_name
@@ -86,6 +90,7 @@ impl Downstream {
             server,
             metrics,
             access_log,
+            tracer,
         }
     }
 }
@@ -108,9 +113,18 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<LoggedBody> {
     let started = Instant::now();
+    // The one check tracing costs when it is off.
+    let mut span = downstream
+        .tracer
+        .as_ref()
+        .map(|tracer| tracer.start_server(&request, downstream.peer, downstream.tls));
     let Some(plane) = plane.load_full() else {
-        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet")
-            .map(LoggedBody::plain);
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        if let Some(span) = &mut span {
+            span.respond(None, None, status);
+        }
+        return local_reply(status, "no configuration yet")
+            .map(|body| LoggedBody::plain(body).traced(span));
     };
     let http = &downstream.http;
     let mut served = Served {
@@ -121,6 +135,7 @@ pub async fn handle(
         log: downstream.access_log.as_ref().map(|logger| {
             RequestLog::new(logger, started, request.method().clone(), request.version())
         }),
+        span,
     };
     let mut response = match plane.snapshot.route_tables.get(&http.route_config_name) {
         Some(table) => route(&plane, table, downstream, request, started, &mut served).await,
@@ -137,8 +152,12 @@ pub async fn handle(
         status,
         started.elapsed(),
     );
-    // The access log line is written when the response body ends (see `access_log`).
-    match served.log {
+    if let Some(span) = &mut served.span {
+        span.respond(served.route, served.cluster, response.status());
+    }
+    // The access log line is written, and the span ends, when the response body ends (see
+    // `access_log`).
+    let response = match served.log {
         None => response.map(LoggedBody::plain),
         Some(mut log) => {
             log.route = served.route.map(str::to_owned);
@@ -146,10 +165,11 @@ pub async fn handle(
             log.upstream = served.upstream;
             response.map(|body| LoggedBody::logged(body, log, status))
         }
-    }
+    };
+    response.map(|body| body.traced(served.span))
 }
 
-/// What served a request, for its metrics and access log: names from the config, `None` where
+/// What served a request, for its metrics, access log and span: names from the config, `None` where
 /// no route or no cluster took part.
 #[derive(Debug)]
 struct Served<'p> {
@@ -159,6 +179,8 @@ struct Served<'p> {
     upstream: Option<SocketAddr>,
     /// The access log record, when the listener logs requests.
     log: Option<RequestLog>,
+    /// The request's SERVER span, when tracing is on.
+    span: Option<ServerSpan>,
 }
 
 /// Routes a request through `table` and runs the matched route's action.
@@ -430,6 +452,18 @@ enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A short name for the attempt's span (`error.type`).
+    fn name(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectFailure => "connect_failure",
+            UpstreamError::Reset => "reset",
+            UpstreamError::RefusedStream => "refused_stream",
+            UpstreamError::PerTryTimeout => "per_try_timeout",
+            UpstreamError::Overflow => "overflow",
+            UpstreamError::NoHealthyUpstream => "no_healthy_upstream",
+        }
+    }
+
     /// The answer after the last attempt; `retried` says whether there were several, which
     /// Envoy's text mentions.
     fn response(self, retried: bool) -> Response<DownstreamBody> {
@@ -643,6 +677,7 @@ async fn forward_request<'p>(
                 stream_deadline,
                 metrics,
                 &mut served.upstream,
+                served.span.as_mut(),
             )
             .await;
         }
@@ -676,6 +711,7 @@ async fn forward_request<'p>(
                 policy.per_try_timeout,
                 metrics,
                 &mut served.upstream,
+                served.span.as_mut(),
             ),
         )
         .await;
@@ -772,33 +808,40 @@ fn upstream_version(cluster: &UpstreamCluster) -> Version {
     }
 }
 
-/// One attempt on one endpoint picked by the cluster's balancer.
+/// One attempt on one endpoint picked by the cluster's balancer; with tracing, in a CLIENT span
+/// of its own that the request's `traceparent` names.
 async fn attempt_once(
     cluster: &Arc<UpstreamCluster>,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
     per_try_timeout: Option<Duration>,
     metrics: &Metrics,
     upstream: &mut Option<SocketAddr>,
+    trace: Option<&mut ServerSpan>,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let Some((endpoint, _active)) = cluster.pick(None) else {
         return Err(UpstreamError::NoHealthyUpstream);
     };
     *upstream = Some(endpoint.address);
+    let span = trace
+        .map(|trace| trace.start_attempt(request.headers_mut(), cluster.name(), endpoint.address));
     let sent_at = Instant::now();
     let sent = endpoint.client().request(request);
     let result = match per_try_timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, sent).await {
-            Ok(result) => result,
-            Err(_) => {
-                metrics.record_upstream(cluster.name(), sent_at.elapsed());
-                cluster.record(&endpoint, Outcome::Failure);
-                return Err(UpstreamError::PerTryTimeout);
-            }
-        },
-        None => sent.await,
+        Some(timeout) => tokio::time::timeout(timeout, sent).await.ok(),
+        None => Some(sent.await),
     };
     metrics.record_upstream(cluster.name(), sent_at.elapsed());
-    classify(cluster, &endpoint, result)
+    let result = match result {
+        Some(result) => classify(cluster, &endpoint, result),
+        None => {
+            cluster.record(&endpoint, Outcome::Failure);
+            Err(UpstreamError::PerTryTimeout)
+        }
+    };
+    if let Some(span) = span {
+        span.end(result.as_ref().map(Response::status).map_err(|e| e.name()));
+    }
+    result
 }
 
 /// Turns the pooled client's result into a response or a [`UpstreamError`], and feeds the outlier
@@ -892,13 +935,14 @@ async fn finish_single_attempt(
     stream_deadline: Option<Instant>,
     metrics: &Metrics,
     upstream: &mut Option<SocketAddr>,
+    trace: Option<&mut ServerSpan>,
 ) -> Response<DownstreamBody> {
     let mut request = Request::from_parts(parts, body);
     *request.uri_mut() = uri;
     *request.version_mut() = upstream_version(cluster);
     let result = with_deadline(
         deadline,
-        attempt_once(cluster, request, per_try_timeout, metrics, upstream),
+        attempt_once(cluster, request, per_try_timeout, metrics, upstream, trace),
     )
     .await;
     match result {

@@ -31,7 +31,20 @@
 //!
 //!     scripts/bench    # installs nginx, wrk and Envoy when missing, builds, runs this
 //!
-//! `BENCH_PEERS` (default `edge,envoy,nginx,direct`) chooses and orders the peers; `BENCH_PATH`
+//! The observability cost (issue 7: metrics plus a file access log cost at most 5 % of
+//! requests/s) is measured in the same rounds, by three more edge proxies on their own listeners
+//! (node clusters of their own), each against the same routes:
+//!
+//! - `edge-bare`: `--request-metrics false`, no access log: the baseline;
+//! - `edge` (above): request metrics on, the default;
+//! - `edge-log`: request metrics and an access log to a file (truncated before each run);
+//! - `edge-trace`: request metrics and tracing at sampling 1.0, exporting over OTLP/gRPC to a
+//!   receiver in this harness (on the load CPU), which only counts the spans.
+//!
+//! They are reported as ratios to `edge-bare`, with the issue's target for `edge-log`.
+//!
+//! `BENCH_PEERS` (default `edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace`; leave the last
+//! three out to skip the observability rows) chooses and orders the peers; `BENCH_PATH`
 //! changes the requested path (e.g. `/svc/0000/x` hits the first route instead). Before each
 //! run the harness waits (up to `BENCH_QUIET_WAIT` s, default 120) until both CPUs are idle, and
 //! it measures how much CPU other processes took during each run: a run where they took over
@@ -49,7 +62,7 @@ use serde_json::{Value, json};
 use support::nginx::{command_on_cpu, nginx_bin};
 use support::process::{ChildProcess, log_block, tollgate_bin, workspace_root};
 use support::wait::{give_up, http_ok, try_eventually};
-use support::{ControlPlane, EnvoyOptions, Nginx, NginxOptions, free_port};
+use support::{ControlPlane, EnvoyOptions, Nginx, NginxOptions, OtlpReceiver, free_port};
 use tempfile::TempDir;
 
 /// The upstream's response body.
@@ -69,6 +82,9 @@ const TARGET_RSS_MIB: f64 = 20.0;
 const SATURATED: f64 = 0.9;
 /// A run counts as disturbed when other processes took more than this share of a CPU.
 const DISTURBED: f64 = 0.1;
+/// Required: with request metrics and a file access log, requests/s ≥ this × the edge proxy's
+/// with neither.
+const TARGET_LOGGED_VS_BARE: f64 = 0.95;
 
 /// A proxy (or the upstream itself) that the load is sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +93,12 @@ enum PeerKind {
     Envoy,
     Nginx,
     Direct,
+    /// The edge proxy without request metrics or access log.
+    EdgeBare,
+    /// The edge proxy with request metrics and a file access log.
+    EdgeLog,
+    /// The edge proxy with request metrics and tracing.
+    EdgeTrace,
 }
 
 impl PeerKind {
@@ -86,8 +108,12 @@ impl PeerKind {
             "envoy" => Self::Envoy,
             "nginx" => Self::Nginx,
             "direct" => Self::Direct,
+            "edge-bare" => Self::EdgeBare,
+            "edge-log" => Self::EdgeLog,
+            "edge-trace" => Self::EdgeTrace,
             other => anyhow::bail!(
-                "BENCH_PEERS: unknown peer {other:?} (known: edge, envoy, nginx, direct)"
+                "BENCH_PEERS: unknown peer {other:?} (known: edge, envoy, nginx, direct, \
+                 edge-bare, edge-log, edge-trace)"
             ),
         })
     }
@@ -98,7 +124,18 @@ impl PeerKind {
             Self::Envoy => "envoy",
             Self::Nginx => "nginx",
             Self::Direct => "direct",
+            Self::EdgeBare => "edge-bare",
+            Self::EdgeLog => "edge-log",
+            Self::EdgeTrace => "edge-trace",
         }
+    }
+
+    /// Whether this is one of the edge proxy's variants.
+    fn is_edge(self) -> bool {
+        matches!(
+            self,
+            Self::Edge | Self::EdgeBare | Self::EdgeLog | Self::EdgeTrace
+        )
     }
 
     fn label(self) -> &'static str {
@@ -107,6 +144,9 @@ impl PeerKind {
             Self::Envoy => "Envoy",
             Self::Nginx => "nginx (reverse proxy)",
             Self::Direct => "direct to upstream (no proxy)",
+            Self::EdgeBare => "edge proxy, no request metrics, no access log",
+            Self::EdgeLog => "edge proxy, metrics + access log to a file",
+            Self::EdgeTrace => "edge proxy, metrics + tracing (OTLP, sampling 1.0)",
         }
     }
 }
@@ -131,7 +171,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let peers = std::env::var("BENCH_PEERS")
-            .unwrap_or_else(|_| "edge,envoy,nginx,direct".to_owned())
+            .unwrap_or_else(|_| "edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace".to_owned())
             .split(',')
             .filter(|name| !name.trim().is_empty())
             .map(PeerKind::parse)
@@ -205,6 +245,8 @@ struct Peer {
     kind: PeerKind,
     url: String,
     pid: u32,
+    /// The file the peer's access log goes to, emptied before each run.
+    access_log: Option<PathBuf>,
     _guard: Guard,
 }
 
@@ -212,6 +254,8 @@ struct Peer {
 #[derive(Debug, Clone)]
 struct RunResult {
     requests_per_sec: f64,
+    /// Requests answered in the run.
+    requests: u64,
     p50: Duration,
     p99: Duration,
     /// Non-2xx/3xx responses plus socket errors (connect, read, write, timeout).
@@ -222,7 +266,7 @@ struct RunResult {
     load_cpu_busy: f64,
     /// Share of the peer CPU used by other processes than the peer.
     other_peer_cpu: f64,
-    /// Share of the load CPU used by other processes than wrk and the upstream.
+    /// Share of the load CPU used by other processes than wrk, the upstream and this harness.
     other_load_cpu: f64,
 }
 
@@ -243,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
     let nginx = nginx_bin()
         .context("nginx not found ($NGINX_BIN, PATH, /usr/sbin); scripts/bench installs it")?;
     let needs = |kind| settings.peers.contains(&kind);
-    if needs(PeerKind::Edge) {
+    if settings.peers.iter().any(|kind| kind.is_edge()) {
         check_edge_proxy_subcommand()?;
     }
     let envoy = if needs(PeerKind::Envoy) {
@@ -266,36 +310,62 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("starting the upstream")?;
 
-    let needs_cp = needs(PeerKind::Edge) || needs(PeerKind::Envoy);
-    let edge_port = free_port();
-    let envoy_port = free_port();
-    let cp = if needs_cp {
-        let cp = ControlPlane::start().await?;
-        load_config(&cp, &settings, upstream_port, edge_port, envoy_port).await?;
-        Some(cp)
+    // One listener per proxy fed by the control plane, each for its own node cluster.
+    let listeners: Vec<(PeerKind, u16)> = settings
+        .peers
+        .iter()
+        .filter(|kind| kind.is_edge() || **kind == PeerKind::Envoy)
+        .map(|&kind| (kind, free_port()))
+        .collect();
+    let port_of = |kind| listeners.iter().find(|(k, _)| *k == kind).map(|(_, p)| *p);
+    let logs = temp_dir("access-log")?;
+    let access_log = logs.path().join("edge-access.log");
+    // Only counts: the load makes millions of spans.
+    let receiver = if needs(PeerKind::EdgeTrace) {
+        Some(OtlpReceiver::start_counting().await)
     } else {
         None
+    };
+    let cp = if listeners.is_empty() {
+        None
+    } else {
+        let cp = ControlPlane::start().await?;
+        load_config(&cp, &settings, upstream_port, &listeners, &access_log).await?;
+        Some(cp)
     };
 
     let mut peers = Vec::new();
     for &kind in &settings.peers {
         let peer = match kind {
-            PeerKind::Edge => {
+            PeerKind::Edge | PeerKind::EdgeBare | PeerKind::EdgeLog | PeerKind::EdgeTrace => {
                 let cp = cp
                     .as_ref()
                     .context("the edge proxy needs the control plane")?;
-                start_edge(cp, &settings, edge_port).await?
+                let port = port_of(kind).context("no listener port")?;
+                let endpoint = receiver.as_ref().map(OtlpReceiver::endpoint);
+                let args: Vec<&str> = match (kind, &endpoint) {
+                    (PeerKind::EdgeBare, _) => vec!["--request-metrics", "false"],
+                    (PeerKind::EdgeTrace, Some(endpoint)) => vec!["--otlp-endpoint", endpoint],
+                    _ => Vec::new(),
+                };
+                let mut peer = start_edge(cp, &settings, kind, port, &args).await?;
+                if kind == PeerKind::EdgeLog {
+                    peer.access_log = Some(access_log.clone());
+                }
+                peer
             }
             PeerKind::Envoy => {
                 let cp = cp.as_ref().context("Envoy needs the control plane")?;
                 let bin = envoy.as_deref().context("no Envoy binary")?;
-                start_envoy(cp, &settings, bin, envoy_port).await?
+                let port = port_of(kind).context("no listener port")?;
+                start_envoy(cp, &settings, bin, port).await?
             }
             PeerKind::Nginx => start_nginx(&settings, upstream_port).await?,
             PeerKind::Direct => Peer {
                 kind,
                 url: format!("http://127.0.0.1:{upstream_port}{}", settings.path),
                 pid: upstream.pid(),
+                access_log: None,
                 _guard: Guard::Borrowed,
             },
         };
@@ -307,17 +377,34 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|peer| rss_kib(peer.pid))
         .collect::<anyhow::Result<_>>()?;
-    for peer in peers.iter().filter(|_| settings.warmup_secs > 0) {
+    // Requests sent to each peer, warm-ups and retries included (for the span count).
+    let mut sent = vec![0u64; peers.len()];
+    for (peer, sent) in peers
+        .iter()
+        .zip(&mut sent)
+        .filter(|_| settings.warmup_secs > 0)
+    {
         println!(
             "warm-up: {} for {} s",
             peer.kind.name(),
             settings.warmup_secs
         );
-        run_wrk(&wrk, &settings, peer, upstream.pid(), settings.warmup_secs).await?;
+        let result = run_wrk(&wrk, &settings, peer, upstream.pid(), settings.warmup_secs).await?;
+        *sent += result.requests;
+        if let Some(path) = &peer.access_log {
+            // The listener's access log must be on, or this row measures nothing.
+            let written = std::fs::metadata(path).map_or(0, |m| m.len());
+            anyhow::ensure!(
+                written > 0,
+                "{}: the access log {} stayed empty",
+                peer.kind.name(),
+                path.display()
+            );
+        }
     }
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); peers.len()];
     for round in 1..=settings.rounds {
-        for (peer, runs) in peers.iter().zip(&mut results) {
+        for ((peer, runs), sent) in peers.iter().zip(&mut results).zip(&mut sent) {
             let mut result = run_wrk(
                 &wrk,
                 &settings,
@@ -335,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
                     peer.kind.name(),
                     settings.retries
                 );
+                *sent += result.requests;
                 result = run_wrk(
                     &wrk,
                     &settings,
@@ -358,9 +446,25 @@ async fn main() -> anyhow::Result<()> {
                 result.other_load_cpu * 100.0,
                 result.errors,
             );
+            *sent += result.requests;
             runs.push(result);
         }
     }
+    // What the tracing peer exported: its batch processor drops spans when its queue is full.
+    let spans = match (
+        &receiver,
+        peers.iter().position(|p| p.kind == PeerKind::EdgeTrace),
+    ) {
+        (Some(receiver), Some(i)) => {
+            // The batch processor exports every 5 s; let the last batches arrive.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            Some(SpanCount {
+                received: receiver.span_count(),
+                requests: sent[i],
+            })
+        }
+        _ => None,
+    };
     let mut rows = Vec::new();
     for ((peer, runs), idle) in peers.iter().zip(&results).zip(rss_idle) {
         rows.push(Row {
@@ -374,7 +478,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let report = render_report(&settings, &machine, &rows);
+    let report = render_report(&settings, &machine, &rows, spans);
     println!("\n{report}");
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -385,7 +489,9 @@ async fn main() -> anyhow::Result<()> {
     // control plane, then the upstream.
     drop(peers);
     drop(cp);
+    drop(receiver);
     drop(upstream);
+    drop(logs);
     Ok(())
 }
 
@@ -457,14 +563,15 @@ fn route_prefix(i: usize) -> String {
     format!("/svc/{i:04}/")
 }
 
-/// Puts the whole config (cluster `bench`, the routes, one listener per proxy kind) in one
-/// `PUT /v1/config`, before any proxy connects.
+/// Puts the whole config (cluster `bench`, the routes, one listener per proxy in `listeners`,
+/// each for the node cluster named after it) in one `PUT /v1/config`, before any proxy
+/// connects. The `edge-log` listener logs to `access_log`.
 async fn load_config(
     cp: &ControlPlane,
     settings: &Settings,
     upstream_port: u16,
-    edge_port: u16,
-    envoy_port: u16,
+    listeners: &[(PeerKind, u16)],
+    access_log: &Path,
 ) -> anyhow::Result<()> {
     let mut routes: Vec<Value> = (0..settings.routes - 1)
         .map(|i| {
@@ -476,16 +583,28 @@ async fn load_config(
         })
         .collect();
     routes.push(json!({"name": "catch-all", "match": {"path_prefix": "/"}, "cluster": "bench"}));
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|&(kind, port)| {
+            let mut listener = json!({
+                "name": kind.name(),
+                "address": "127.0.0.1",
+                "port": port,
+                "node_cluster": kind.name(),
+            });
+            if kind == PeerKind::EdgeLog {
+                listener["access_log"] = json!({"path": access_log});
+            }
+            listener
+        })
+        .collect();
     let document = json!({
         "clusters": [{
             "name": "bench",
             "endpoints": [{"address": "127.0.0.1", "port": upstream_port}],
         }],
         "routes": routes,
-        "listeners": [
-            {"name": "edge", "address": "127.0.0.1", "port": edge_port, "node_cluster": "edge"},
-            {"name": "envoy", "address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy"},
-        ],
+        "listeners": listeners,
     });
     let (status, body) = cp
         .raw(Method::PUT, "/v1/config", Some(document), Some(cp.token()))
@@ -498,35 +617,35 @@ async fn load_config(
     Ok(())
 }
 
-/// Starts the edge proxy on the control plane and waits for `/ready` and a routed 200.
-async fn start_edge(cp: &ControlPlane, settings: &Settings, port: u16) -> anyhow::Result<Peer> {
-    let dir = temp_dir("edge")?;
+/// Starts an edge proxy (the node cluster named after `kind`, with `extra_args`) on the control
+/// plane and waits for `/ready` and a routed 200.
+async fn start_edge(
+    cp: &ControlPlane,
+    settings: &Settings,
+    kind: PeerKind,
+    port: u16,
+    extra_args: &[&str],
+) -> anyhow::Result<Peer> {
+    let dir = temp_dir(kind.name())?;
     let admin_port = free_port();
     let mut cmd = command_on_cpu(tollgate_bin(), Some(settings.peer_cpu));
     cmd.arg("edge-proxy")
         .arg("--xds")
         .arg(format!("http://127.0.0.1:{}", cp.xds_port()))
         .arg("--node-id")
-        .arg("bench")
+        .arg(format!("bench-{}", kind.name()))
         .arg("--node-cluster")
-        .arg("edge")
+        .arg(kind.name())
         .arg("--admin-addr")
         .arg(format!("127.0.0.1:{admin_port}"))
         .arg("--worker-threads")
         .arg("1")
+        .args(extra_args)
         // Warnings only, like the other peers: the data path is measured, not log output.
         .env("RUST_LOG", "warn");
-    let process = ChildProcess::spawn_logged("edge-proxy", cmd, &dir.path().join("edge.log"))?;
+    let process = ChildProcess::spawn_logged(kind.name(), cmd, &dir.path().join("edge.log"))?;
     let admin_ready = format!("http://127.0.0.1:{admin_port}/ready");
-    ready_peer(
-        PeerKind::Edge,
-        process,
-        dir,
-        &admin_ready,
-        port,
-        &settings.path,
-    )
-    .await
+    ready_peer(kind, process, dir, &admin_ready, port, &settings.path).await
 }
 
 /// Starts Envoy with `--concurrency 1` from the example bootstrap (node cluster `envoy`) and
@@ -607,6 +726,7 @@ async fn ready_peer(
         kind,
         url,
         pid: process.pid(),
+        access_log: None,
         _guard: Guard::Process {
             _process: process,
             _dir: dir,
@@ -671,6 +791,7 @@ async fn start_nginx(settings: &Settings, upstream_port: u16) -> anyhow::Result<
         kind: PeerKind::Nginx,
         url,
         pid: nginx.pid(),
+        access_log: None,
         _guard: Guard::Nginx { _nginx: nginx },
     })
 }
@@ -687,6 +808,8 @@ fn temp_dir(name: &str) -> anyhow::Result<TempDir> {
 struct CpuSample {
     peer: u64,
     upstream: u64,
+    /// CPU time of this harness: the OTLP receiver runs in it.
+    harness: u64,
     /// CPU time of this harness's reaped children: wrk.
     children: u64,
     /// Busy and total ticks of the peer CPU and of the load CPU.
@@ -699,6 +822,7 @@ impl CpuSample {
         Ok(Self {
             peer: process_ticks(peer_pid, false)?,
             upstream: process_ticks(upstream_pid, false)?,
+            harness: process_ticks(std::process::id(), false)?,
             children: process_ticks(std::process::id(), true)?,
             peer_cpu: cpu_busy(settings.peer_cpu)?,
             load_cpu: cpu_busy(settings.load_cpu)?,
@@ -759,6 +883,14 @@ async fn run_wrk(
         .arg("5s")
         .arg(&peer.url)
         .stdin(Stdio::null());
+    if let Some(path) = &peer.access_log {
+        // One run's lines at a time on the disk; the proxy appends, so it writes on at the start.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_len(0))
+            .with_context(|| format!("emptying {}", path.display()))?;
+    }
     wait_quiet(settings).await?;
     let before = CpuSample::take(settings, peer.pid, upstream_pid)?;
     let output = tokio::process::Command::from(cmd)
@@ -785,6 +917,7 @@ async fn run_wrk(
     let load_busy = after.load_cpu.0.saturating_sub(before.load_cpu.0) as f64 / load_total;
     let wrk_share = after.children.saturating_sub(before.children) as f64 / load_total;
     let upstream_share = after.upstream.saturating_sub(before.upstream) as f64 / load_total;
+    let harness_share = after.harness.saturating_sub(before.harness) as f64 / load_total;
     let peer_ticks = after.peer.saturating_sub(before.peer) as f64;
     if peer.kind == PeerKind::Direct {
         // The peer is the upstream, on the load CPU. The peer CPU plays no part (and the
@@ -796,7 +929,7 @@ async fn run_wrk(
         result.other_peer_cpu = (peer_busy - result.peer_cpu).max(0.0);
     }
     result.load_cpu_busy = load_busy;
-    result.other_load_cpu = (load_busy - wrk_share - upstream_share).max(0.0);
+    result.other_load_cpu = (load_busy - wrk_share - upstream_share - harness_share).max(0.0);
     if result.errors > 0 {
         eprintln!(
             "warning: {} answered {} errors (non-2xx/3xx or socket errors) in one run:\n{stdout}",
@@ -819,12 +952,15 @@ async fn run_wrk(
 /// Parses wrk's `--latency` report: requests/s, the 50% and 99% latencies and the errors.
 fn parse_wrk(text: &str) -> anyhow::Result<RunResult> {
     let mut requests_per_sec = None;
+    let mut requests = None;
     let (mut p50, mut p99) = (None, None);
     let mut errors = 0;
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", value] => requests_per_sec = Some(value.parse()?),
+            // `490816 requests in 10.00s, 74.42MB read`
+            [count, "requests", "in", ..] => requests = Some(count.parse()?),
             ["50%", value] => p50 = Some(parse_wrk_duration(value)?),
             ["99%", value] => p99 = Some(parse_wrk_duration(value)?),
             ["Non-2xx", "or", "3xx", "responses:", count] => errors += count.parse::<u64>()?,
@@ -839,6 +975,7 @@ fn parse_wrk(text: &str) -> anyhow::Result<RunResult> {
     }
     Ok(RunResult {
         requests_per_sec: requests_per_sec.context("no `Requests/sec:` line")?,
+        requests: requests.context("no `N requests in` line")?,
         p50: p50.context("no `50%` latency line (was --latency given?)")?,
         p99: p99.context("no `99%` latency line (was --latency given?)")?,
         errors,
@@ -960,6 +1097,7 @@ fn median_of(runs: &[RunResult]) -> RunResult {
     }
     RunResult {
         requests_per_sec: median(runs.iter().map(|r| r.requests_per_sec).collect()),
+        requests: median(runs.iter().map(|r| r.requests).collect()),
         p50: median(runs.iter().map(|r| r.p50).collect()),
         p99: median(runs.iter().map(|r| r.p99).collect()),
         errors: runs.iter().map(|r| r.errors).sum(),
@@ -1000,9 +1138,21 @@ fn per_peer_cpu(m: &RunResult) -> f64 {
     m.requests_per_sec / m.peer_cpu.max(f64::EPSILON)
 }
 
-/// The Markdown report: settings, machine, the table, the ratios against the targets, and
-/// every run.
-fn render_report(settings: &Settings, machine: &str, rows: &[Row]) -> String {
+/// Spans the OTLP receiver got from the tracing peer, against the requests sent to it.
+#[derive(Debug, Clone, Copy)]
+struct SpanCount {
+    received: u64,
+    requests: u64,
+}
+
+/// The Markdown report: settings, machine, the table, the ratios against the targets, the
+/// observability cost, and every run.
+fn render_report(
+    settings: &Settings,
+    machine: &str,
+    rows: &[Row],
+    spans: Option<SpanCount>,
+) -> String {
     let mut out = String::new();
     let mut line = |text: String| {
         out.push_str(&text);
@@ -1127,9 +1277,10 @@ fn render_report(settings: &Settings, machine: &str, rows: &[Row]) -> String {
         .filter(|row| row.runs.iter().all(RunResult::disturbed))
         .map(|row| row.kind.name())
         .collect();
+    render_observability(rows, spans, &mut line);
     line(format!(
         "\n`others' CPU`: the share of the peer CPU / the load CPU that processes other than the \
-         peer, wrk and the upstream took (some kernel network work is counted there too). A run \
+         peer, wrk, the upstream and this harness (which hosts the OTLP receiver) took (some kernel network work is counted there too). A run \
          over {:.0}% is disturbed: it is retried up to {} times, and left out of the medians \
          when an undisturbed run exists (`runs`: counted / taken). {}",
         DISTURBED * 100.0,
@@ -1167,6 +1318,83 @@ fn render_report(settings: &Settings, machine: &str, rows: &[Row]) -> String {
         line(format!("- {}: {}", row.kind.name(), runs.join("; ")));
     }
     out
+}
+
+/// The observability section: each edge proxy variant as a ratio to the one with neither
+/// request metrics nor an access log, with the issue's target for metrics plus a file access
+/// log.
+fn render_observability(rows: &[Row], spans: Option<SpanCount>, line: &mut impl FnMut(String)) {
+    let find = |kind| rows.iter().find(|row| row.kind == kind);
+    let variants = [
+        (
+            PeerKind::EdgeBare,
+            "no request metrics, no access log (baseline)",
+        ),
+        (PeerKind::Edge, "request metrics (the default)"),
+        (PeerKind::EdgeLog, "request metrics + access log to a file"),
+        (
+            PeerKind::EdgeTrace,
+            "request metrics + tracing (OTLP/gRPC, sampling 1.0)",
+        ),
+    ];
+    let present: Vec<(&Row, &str)> = variants
+        .iter()
+        .filter_map(|&(kind, what)| find(kind).map(|row| (row, what)))
+        .collect();
+    if !present.iter().any(|(row, _)| row.kind != PeerKind::Edge) {
+        return;
+    }
+    line("\n## Observability cost\n".to_owned());
+    let Some(bare) = find(PeerKind::EdgeBare) else {
+        line("`edge-bare` (the baseline) was not run: add it to `BENCH_PEERS`.".to_owned());
+        return;
+    };
+    line(
+        "The edge proxy with and without its observability, in the same rounds as above, as \
+         ratios to the one with neither request metrics nor an access log.\n"
+            .to_owned(),
+    );
+    line(
+        "| edge proxy with | requests/s | × baseline | per peer CPU × baseline | p99 | peer CPU \
+         | bound by | target |"
+            .to_owned(),
+    );
+    line("|---|---:|---:|---:|---:|---:|---|---|".to_owned());
+    for (row, what) in present {
+        let m = &row.median;
+        let ratio = m.requests_per_sec / bare.median.requests_per_sec;
+        let normalised = per_peer_cpu(m) / per_peer_cpu(&bare.median);
+        let target = if row.kind == PeerKind::EdgeLog {
+            format!(
+                "≥ {TARGET_LOGGED_VS_BARE}×: {}",
+                if ratio >= TARGET_LOGGED_VS_BARE {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            )
+        } else {
+            "–".to_owned()
+        };
+        line(format!(
+            "| {what} | {:.0} | {ratio:.3}× | {normalised:.3}× | {} | {:.0}% | {} | {target} |",
+            m.requests_per_sec,
+            fmt_latency(m.p99),
+            m.peer_cpu * 100.0,
+            bound_by(m),
+        ));
+    }
+    if let Some(spans) = spans {
+        line(format!(
+            "\nTracing: the receiver got {} spans for {} requests ({:.2} per request; every span \
+             is 2: one SERVER, one CLIENT). The batch processor drops spans when its queue \
+             (2,048 spans) is full, so under this load the tracing row pays for the spans it \
+             exported, not for every span.",
+            spans.received,
+            spans.requests,
+            spans.received as f64 / spans.requests.max(1) as f64
+        ));
+    }
 }
 
 /// CPU model, core count, kernel and the versions of the programs compared.

@@ -15,6 +15,7 @@ mod openapi;
 mod parity;
 mod proxy_metrics;
 mod tls;
+mod tracing;
 mod transform;
 mod upstreams;
 mod websocket;

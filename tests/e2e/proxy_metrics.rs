@@ -142,3 +142,75 @@ async fn metrics_count_requests_by_route_cluster_and_status_class() {
     // Label values are config names: no request path made it into a series.
     assert!(!text.body.contains("nowhere") && !text.body.contains("/api/ok"));
 }
+
+#[tokio::test]
+async fn request_metrics_can_be_turned_off() {
+    let cp = ControlPlane::start().await.unwrap();
+    let upstream = Upstream::start("a").await;
+    let port = free_port();
+    cp.put_ok(
+        "clusters",
+        "a",
+        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
+    )
+    .await
+    .unwrap();
+    cp.put_ok(
+        "routes",
+        "api",
+        json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
+    )
+    .await
+    .unwrap();
+    let revision = cp
+        .put_ok(
+            "listeners",
+            "public",
+            json!({"address": "127.0.0.1", "port": port}),
+        )
+        .await
+        .unwrap();
+    let proxy = EdgeProxy::start_with_args(
+        &cp,
+        "edge-no-request-metrics",
+        &["--request-metrics", "false"],
+    )
+    .await
+    .unwrap();
+    cp.wait_converged(revision, CONVERGE).await.unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/ok");
+    support::eventually("the listener serves", CONVERGE, || {
+        let url = url.clone();
+        async move {
+            let response = support::get(&url, Some("app.test")).await?;
+            anyhow::ensure!(response.status == 200, "status {}", response.status);
+            Ok(())
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        let response = support::get(&url, Some("app.test")).await.unwrap();
+        assert_eq!(response.status, 200);
+    }
+
+    let text = support::get(&format!("{}/metrics", proxy.admin_url()), None)
+        .await
+        .unwrap();
+    let samples = Samples::parse(&text.body).unwrap();
+    for name in [
+        "tollgate_proxy_requests_total",
+        "tollgate_proxy_request_duration_seconds_count",
+        "tollgate_proxy_upstream_request_duration_seconds_count",
+    ] {
+        assert_eq!(samples.named(name).count(), 0, "{name}:\n{}", text.body);
+    }
+    // What is read at scrape time is still there.
+    assert_eq!(samples.get("tollgate_proxy_xds_connected", &[]), Some(1.0));
+    assert_eq!(
+        samples.get(
+            "tollgate_proxy_upstream_endpoints",
+            &[("cluster", "a"), ("state", "healthy")]
+        ),
+        Some(1.0)
+    );
+}
