@@ -116,6 +116,23 @@ impl Request<'_, '_> {
     }
 }
 
+/// Why an authentication or authorization filter refused a request, attached to its answer
+/// (as a response extension) so the request path can count it without parsing the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    /// The filter: `jwt_authn`, `api_key` or `rbac`.
+    pub(crate) filter: &'static str,
+    /// A short, fixed reason (`missing`, `expired`, `invalid`, `denied`, …): a bounded label.
+    pub(crate) reason: &'static str,
+}
+
+impl Rejection {
+    /// Attaches the rejection to a filter's answer.
+    pub(crate) fn attach<B>(self, response: &mut Response<B>) {
+        response.extensions_mut().insert(self);
+    }
+}
+
 /// A filter's own error answer, as Tollgate's product rules shape errors:
 /// `{"error":{"code":…,"message":…}}`. Envoy sends the message as `text/plain`; the status and
 /// headers are Envoy's, only the body's shape differs.

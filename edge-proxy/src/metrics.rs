@@ -29,6 +29,14 @@ struct RequestLabels {
     status_class: &'static str,
 }
 
+/// Labels of a refused request: the route, the filter and its reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    route: String,
+    filter: &'static str,
+    reason: &'static str,
+}
+
 /// Labels naming a route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
@@ -71,6 +79,7 @@ pub struct Metrics {
     /// Whether requests and upstream attempts are recorded (`--request-metrics`).
     per_request: bool,
     requests: Family<RequestLabels, Counter>,
+    auth_rejections: Family<RejectionLabels, Counter>,
     request_seconds: HistogramFamily<RouteLabel>,
     upstream_seconds: HistogramFamily<ClusterLabel>,
     /// Handles by (route, cluster), so the hot path neither allocates labels nor takes the
@@ -108,6 +117,7 @@ impl Metrics {
         Self {
             per_request,
             requests: Family::default(),
+            auth_rejections: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             handles: RwLock::new(HashMap::new()),
@@ -130,6 +140,19 @@ impl Metrics {
         let handles = self.route_handles(route, cluster);
         handles.by_class[class].inc();
         handles.seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request an authentication or authorization filter refused. Refusals are
+    /// counted even with `--request-metrics false`: they are what operators alert on, and they
+    /// happen on the slow path anyway.
+    pub fn record_rejection(&self, route: &str, filter: &'static str, reason: &'static str) {
+        self.auth_rejections
+            .get_or_create(&RejectionLabels {
+                route: route.to_owned(),
+                filter,
+                reason,
+            })
+            .inc();
     }
 
     /// Records one upstream attempt's time to response headers (or to its failure).
@@ -221,6 +244,11 @@ impl Metrics {
             "requests",
             "Requests answered, by route, cluster and status class",
             self.requests.clone(),
+        );
+        registry.register(
+            "auth_rejections",
+            "Requests refused by authentication or authorization, by route, filter and reason",
+            self.auth_rejections.clone(),
         );
         registry.register(
             "request_duration_seconds",

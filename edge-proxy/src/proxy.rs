@@ -282,6 +282,13 @@ async fn route<'p>(
             local_reply,
         } = outcome
         {
+            if let Some(rejection) = response.extensions().get::<crate::filter::Rejection>() {
+                downstream.metrics.record_rejection(
+                    &matched.route.name,
+                    rejection.filter,
+                    rejection.reason,
+                );
+            }
             // Envoy 1.40 gives a filter's local reply the route's response headers on
             // forwarding routes (checked against it), not on redirect or direct-response ones.
             if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {

@@ -270,6 +270,29 @@ async fn envoy_and_the_edge_proxy_check_api_keys_alike() {
         }
     }
 
+    // Every refusal is counted by reason on the edge proxy: two requests came without a key,
+    // one with an unknown key, one with the revoked key.
+    let text = support::get(&format!("{}/metrics", edge.admin_url()), None)
+        .await
+        .expect("edge /metrics")
+        .body;
+    let samples = support::metrics::Samples::parse(&text).expect("metrics parse");
+    for (reason, expected) in [("missing", 2.0), ("invalid", 2.0)] {
+        let counted = samples.get(
+            "tollgate_proxy_auth_rejections_total",
+            &[
+                ("route", "billing"),
+                ("filter", "api_key"),
+                ("reason", reason),
+            ],
+        );
+        if counted != Some(expected) {
+            failures.push(format!(
+                "edge /metrics counts {counted:?} {reason} API keys, expected {expected}"
+            ));
+        }
+    }
+
     // The keys appear nowhere: logs, config dumps, admin responses. Access logs are written
     // asynchronously (Envoy flushes files every second): wait until they hold the requests.
     for path in [&envoy_log, &edge_log] {

@@ -146,7 +146,7 @@ async fn envoy_and_the_edge_proxy_enforce_the_same_jwt_policy() {
         ),
         EdgeProxy::start(&cp, "jwt-edge"),
     );
-    let (_envoy, _edge) = (
+    let (_envoy, edge) = (
         envoy.expect("envoy starts"),
         edge.expect("edge proxy starts"),
     );
@@ -375,6 +375,36 @@ async fn envoy_and_the_edge_proxy_enforce_the_same_jwt_policy() {
                     peer.name, response.status
                 ));
             }
+        }
+    }
+
+    // The edge proxy counts each refusal by reason: one request of each kind above, and two
+    // naming no usable key (the unknown kid, and HS256 under the RSA key's kid: no key of that
+    // kid has that algorithm).
+    let text = support::get(&format!("{}/metrics", edge.admin_url()), None)
+        .await
+        .expect("edge /metrics")
+        .body;
+    let samples = support::metrics::Samples::parse(&text).expect("metrics parse");
+    for (reason, expected) in [
+        ("expired", 1.0),
+        ("not_yet_valid", 1.0),
+        ("issuer", 1.0),
+        ("audience", 1.0),
+        ("unknown_key", 2.0),
+    ] {
+        let counted = samples.get(
+            "tollgate_proxy_auth_rejections_total",
+            &[
+                ("route", "private"),
+                ("filter", "jwt_authn"),
+                ("reason", reason),
+            ],
+        );
+        if counted != Some(expected) {
+            failures.push(format!(
+                "edge /metrics counts {counted:?} JWTs refused as {reason}, expected {expected}"
+            ));
         }
     }
 

@@ -43,11 +43,17 @@ pub(crate) fn on_request<'c>(
     let Some(table) = table else {
         // A complete snapshot holds every table its listeners name; fail closed regardless,
         // as Envoy's ext_authz does when the service cannot answer.
-        return Some(super::json_error(
+        let mut response = super::json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "API key table unavailable",
-        ));
+        );
+        super::Rejection {
+            filter: "api_key",
+            reason: "unavailable",
+        }
+        .attach(&mut response);
+        return Some(response);
     };
     let mut presented = false;
     for name in &per_route.providers {
@@ -96,12 +102,17 @@ pub(crate) fn on_request<'c>(
             }
         }
     }
-    let message = if presented {
-        "invalid API key"
+    let (message, reason) = if presented {
+        ("invalid API key", "invalid")
     } else {
-        "missing API key"
+        ("missing API key", "missing")
     };
     let mut response = super::json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    super::Rejection {
+        filter: "api_key",
+        reason,
+    }
+    .attach(&mut response);
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, CHALLENGE);

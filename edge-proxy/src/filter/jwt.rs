@@ -81,6 +81,22 @@ pub enum Status {
 }
 
 impl Status {
+    /// A short reason for metrics: a handful of values, whatever the detail.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::JwtMissed => "missing",
+            Self::JwtExpired => "expired",
+            Self::JwtNotYetValid => "not_yet_valid",
+            Self::JwtUnknownIssuer => "issuer",
+            Self::JwtAudienceNotAllowed => "audience",
+            Self::JwtVerificationFail => "signature",
+            Self::JwksKidAlgMismatch => "unknown_key",
+            Self::JwksFetchFail => "jwks_unavailable",
+            _ => "malformed",
+        }
+    }
+
     /// Envoy's text for the status (jwt_verify_lib's `getStatusString`).
     pub fn message(self) -> &'static str {
         match self {
@@ -206,6 +222,16 @@ fn realm(req: &super::Request<'_, '_>) -> String {
 }
 
 fn failure(status: Status, realm: &str, strip: bool) -> Response<DownstreamBody> {
+    let mut response = failure_response(status, realm, strip);
+    super::Rejection {
+        filter: "jwt_authn",
+        reason: status.reason(),
+    }
+    .attach(&mut response);
+    response
+}
+
+fn failure_response(status: Status, realm: &str, strip: bool) -> Response<DownstreamBody> {
     let code = if status == Status::JwtAudienceNotAllowed {
         StatusCode::FORBIDDEN
     } else {

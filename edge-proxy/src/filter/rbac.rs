@@ -50,11 +50,13 @@ pub(crate) fn on_request(
     if allowed(rules, &input) {
         None
     } else {
-        Some(super::json_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            ACCESS_DENIED,
-        ))
+        let mut response = super::json_error(StatusCode::FORBIDDEN, "forbidden", ACCESS_DENIED);
+        super::Rejection {
+            filter: "rbac",
+            reason: "denied",
+        }
+        .attach(&mut response);
+        Some(response)
     }
 }
 
