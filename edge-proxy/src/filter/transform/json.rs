@@ -4,6 +4,7 @@
 //! 20-digit ids pass unchanged). Strict RFC 8259 parsing, nesting limited to [`MAX_DEPTH`].
 //! Output is compact; strings are re-escaped minimally (`"\u00e9"` comes out as `"é"`).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// Deeper documents are refused rather than risk the stack.
@@ -167,14 +168,18 @@ impl Json {
                     *name = rename(name);
                     value.rename_keys(rename);
                 }
-                // Later wins: keep the last of each name, in the place of the last.
-                let mut i = 0;
-                while i < members.len() {
-                    if members[i + 1..].iter().any(|(n, _)| *n == members[i].0) {
-                        members.remove(i);
-                    } else {
-                        i += 1;
-                    }
+                // Later wins: keep the last of each name, in the place of the last. Linear, as
+                // a 1 MiB body may hold a hundred thousand keys.
+                let mut last: HashMap<&str, usize> = HashMap::with_capacity(members.len());
+                for (i, (name, _)) in members.iter().enumerate() {
+                    last.insert(name, i);
+                }
+                if last.len() < members.len() {
+                    let keep: Vec<bool> = (0..members.len())
+                        .map(|i| last[members[i].0.as_str()] == i)
+                        .collect();
+                    let mut keep = keep.into_iter();
+                    members.retain(|_| keep.next().unwrap_or(true));
                 }
             }
             _ => {}
@@ -464,6 +469,28 @@ mod tests {
         assert!(Json::parse(deep.as_bytes()).is_err());
         let fine = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(Json::parse(fine.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn renamed_keys_that_collide_keep_the_later_one() {
+        let mut doc = Json::parse(br#"{"userId":1,"a":{"x":[{"k":2}]},"user_id":3}"#).unwrap();
+        doc.rename_keys(&|k: &str| k.to_uppercase().replace("USERID", "USER_ID"));
+        assert_eq!(
+            String::from_utf8(doc.to_vec()).unwrap(),
+            r#"{"A":{"X":[{"K":2}]},"USER_ID":3}"#
+        );
+        // Linear in the number of keys: a 1 MiB body can hold a hundred thousand.
+        let many: String = (0..100_000).map(|i| format!(r#""k{i}":0,"#)).collect();
+        let mut doc = Json::parse(format!("{{{many}\"k0\":1}}").as_bytes()).unwrap();
+        doc.rename_keys(&|k: &str| k.to_owned());
+        let Json::Object(members) = &doc else {
+            panic!("an object")
+        };
+        assert_eq!(members.len(), 100_000);
+        assert_eq!(
+            members.last().unwrap(),
+            &("k0".to_owned(), Json::Number("1".into()))
+        );
     }
 
     #[test]

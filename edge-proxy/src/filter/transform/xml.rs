@@ -74,9 +74,15 @@ impl Element {
             name: start.name().local_name().into_inner().to_owned(),
             ..Default::default()
         };
-        for attribute in start.attributes() {
+        // quick-xml's duplicate check compares each attribute with every earlier one; a
+        // set keeps an element with many attributes linear.
+        let mut seen = std::collections::HashSet::new();
+        for attribute in start.attributes().with_checks(false) {
             let attribute = attribute.map_err(|e| invalid(format!("invalid attribute: {e}")))?;
             let key = attribute.key;
+            if !seen.insert(key.0) {
+                return Err(invalid(format!("duplicate attribute {:?}", key.0)));
+            }
             if key.as_namespace_binding().is_some() {
                 continue;
             }

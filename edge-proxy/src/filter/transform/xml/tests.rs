@@ -80,6 +80,11 @@ fn refuses_what_is_not_well_formed_xml() {
     }
     let deep = "<a>".repeat(MAX_DEPTH + 1) + &"</a>".repeat(MAX_DEPTH + 1);
     assert!(xml_to_json(deep.as_bytes()).is_err());
+    assert!(xml_to_json(b"<a x=\"1\" y=\"2\" x=\"3\"/>").is_err());
+    // Many attributes stay linear.
+    let many: String = (0..50_000).map(|i| format!(" a{i}=\"1\"")).collect();
+    let doc = json(format!("<e{many}/>").as_bytes());
+    assert!(doc.starts_with(r#"{"e":{"@a0":"1","@a1":"1""#));
 }
 
 #[test]
