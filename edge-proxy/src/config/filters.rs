@@ -286,5 +286,73 @@ fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejec
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Unknown fields of Tollgate's own protos
+
+/// A message's field numbers, for [`known_fields`]; a message-typed field names its schema.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    /// The message's name within its package, for messages.
+    pub(crate) message: &'static str,
+    /// Field number, name (for the error path), and the schema of a message-typed field.
+    pub(crate) fields: &'static [(u32, &'static str, Option<&'static Schema>)],
+}
+
+/// Refuses a field number `schema` does not list, at any depth: Tollgate's own protos are
+/// NACKed rather than half-understood when a newer control plane adds a field (prost would
+/// drop it silently). Only numbers are read: the values are prost's to decode. `package`
+/// names the messages' package in the error.
+pub(crate) fn known_fields(
+    mut bytes: &[u8],
+    package: &str,
+    schema: &Schema,
+) -> Result<(), Rejection> {
+    let malformed = || Rejection::new("value", Reason::Invalid("malformed protobuf".into()));
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes).ok_or_else(malformed)?;
+        let tag = key >> 3;
+        let Some(&(_, name, nested)) = schema.fields.iter().find(|f| u64::from(f.0) == tag) else {
+            return Err(Rejection::here(Reason::UnsupportedValue(format!(
+                "unknown field {tag} of {package}.{}",
+                schema.message
+            ))));
+        };
+        let skip = match key & 7 {
+            0 => {
+                varint(&mut bytes).ok_or_else(malformed)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = varint(&mut bytes).ok_or_else(malformed)?;
+                let len = usize::try_from(len).map_err(|_| malformed())?;
+                if len > bytes.len() {
+                    return Err(malformed());
+                }
+                if let Some(nested) = nested {
+                    known_fields(&bytes[..len], package, nested).within(name)?;
+                }
+                len
+            }
+            _ => return Err(malformed()),
+        };
+        bytes = bytes.get(skip..).ok_or_else(malformed)?;
+    }
+    Ok(())
+}
+
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@
 use tollgate_proto::google::protobuf as pb;
 use tollgate_proto::transform as transform_pb;
 
+use super::Schema;
 use crate::config::{Reason, Rejection, Within as _};
 use crate::filter::transform::json::Json;
 
@@ -164,12 +165,6 @@ fn decode<T: prost::Message + Default>(any: &pb::Any) -> Result<T, Rejection> {
         .map_err(|e| Rejection::new("value", Reason::Invalid(format!("undecodable: {e}"))))
 }
 
-/// A message's field numbers, for [`known_fields`]; a message-typed field names its schema.
-struct Schema {
-    message: &'static str,
-    fields: &'static [(u32, &'static str, Option<&'static Schema>)],
-}
-
 const TRANSFORM: Schema = Schema {
     message: "Transform",
     fields: &[],
@@ -197,53 +192,11 @@ const TRANSFORM_PER_ROUTE: Schema = Schema {
     ],
 };
 
-/// Walks the wire format and refuses a field number the schema does not have.
-fn known_fields(mut bytes: &[u8], schema: &Schema) -> Result<(), Rejection> {
-    let malformed = || Rejection::new("value", Reason::Invalid("malformed protobuf".into()));
-    while !bytes.is_empty() {
-        let key = varint(&mut bytes).ok_or_else(malformed)?;
-        let tag = key >> 3;
-        let Some(&(_, name, nested)) = schema.fields.iter().find(|f| u64::from(f.0) == tag) else {
-            return Err(Rejection::here(Reason::UnsupportedValue(format!(
-                "unknown field {tag} of tollgate.filters.http.transform.v1.{}",
-                schema.message
-            ))));
-        };
-        let skip = match key & 7 {
-            0 => {
-                varint(&mut bytes).ok_or_else(malformed)?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = varint(&mut bytes).ok_or_else(malformed)?;
-                let len = usize::try_from(len).map_err(|_| malformed())?;
-                if len > bytes.len() {
-                    return Err(malformed());
-                }
-                if let Some(nested) = nested {
-                    known_fields(&bytes[..len], nested).within(name)?;
-                }
-                len
-            }
-            _ => return Err(malformed()),
-        };
-        bytes = bytes.get(skip..).ok_or_else(malformed)?;
-    }
-    Ok(())
-}
+/// Tollgate's transform protos' package, for [`known_fields`]'s errors.
+const PACKAGE: &str = "tollgate.filters.http.transform.v1";
 
-fn varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *bytes = &bytes[i + 1..];
-            return Some(value);
-        }
-    }
-    None
+fn known_fields(bytes: &[u8], schema: &Schema) -> Result<(), Rejection> {
+    super::known_fields(bytes, PACKAGE, schema)
 }
 
 #[cfg(test)]
