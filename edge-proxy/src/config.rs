@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod filters;
+pub mod format;
 mod http_options;
 pub mod listener;
 pub mod route;

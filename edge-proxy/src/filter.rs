@@ -11,15 +11,19 @@
 //!   SDS, names the consumer to the upstream, and answers 401 for a missing or unknown key.
 //! - [`rbac`]: Envoy's RBAC filter: allows or denies (403) by client address and by what
 //!   authentication found out.
+//! - [`transform`]: Tollgate's body transform filter: JSON and XML request and response
+//!   bodies, buffered up to 1 MiB.
 //!
 //! Filters see the request head (they may change its headers and path) and may answer it
-//! themselves; the body is never buffered for them. What authentication learns about the
-//! caller is passed to later filters in [`Metadata`], as Envoy passes dynamic metadata.
+//! themselves; only the transform filter reads bodies, after the others. What authentication
+//! learns about the caller is passed to later filters in [`Metadata`], as Envoy passes dynamic
+//! metadata, and read by header templates (`%DYNAMIC_METADATA()%`).
 
 pub mod api_key;
 pub mod cors;
 pub mod jwt;
 pub mod rbac;
+pub mod transform;
 
 use std::borrow::Cow;
 
@@ -60,6 +64,43 @@ pub struct Metadata<'c> {
     /// Namespace `envoy.filters.http.ext_authz`: the consumer the API key belongs to
     /// (`consumer`, `tier`, `groups`, as the control plane's ext_authz service answers Envoy).
     pub consumer: Option<&'c Consumer>,
+}
+
+impl crate::config::format::DynamicMetadata for Metadata<'_> {
+    /// What Envoy's filters would hold under the same names: jwt_authn's payloads by
+    /// `payload_in_metadata` key (a later one under the same key wins), and the identity
+    /// the control plane's ext_authz service sets (`consumer`, `tier` when there is one,
+    /// `groups`).
+    fn get(&self, namespace: &str, path: &[String]) -> Option<Cow<'_, serde_json::Value>> {
+        use crate::config::format::{EXT_AUTHZ_NAMESPACE, JWT_AUTHN_NAMESPACE, lookup};
+        match namespace {
+            JWT_AUTHN_NAMESPACE => match path.split_first() {
+                Some((key, rest)) => {
+                    let (_, payload) = self.jwt.iter().rev().find(|(k, _)| k == key)?;
+                    lookup(payload, rest).map(Cow::Borrowed)
+                }
+                None if self.jwt.is_empty() => None,
+                None => Some(Cow::Owned(serde_json::Value::Object(
+                    self.jwt
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
+                ))),
+            },
+            EXT_AUTHZ_NAMESPACE => {
+                let consumer = self.consumer?;
+                let mut identity = serde_json::json!({
+                    "consumer": consumer.name,
+                    "groups": consumer.groups,
+                });
+                if let Some(tier) = &consumer.tier {
+                    identity["tier"] = serde_json::Value::String(tier.clone());
+                }
+                lookup(&identity, path).cloned().map(Cow::Owned)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Request<'_, '_> {
@@ -108,4 +149,71 @@ pub(crate) fn json_error(
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::format::{
+        DynamicMetadata, EXT_AUTHZ_NAMESPACE, JWT_AUTHN_NAMESPACE, envoy_json,
+    };
+
+    #[test]
+    fn metadata_reads_as_envoys_dynamic_metadata() {
+        let consumer = Consumer {
+            name: "acme".into(),
+            tier: Some("gold".into()),
+            groups: vec!["partners".into()],
+            name_header: HeaderValue::from_static("acme"),
+            tier_header: Some(HeaderValue::from_static("gold")),
+        };
+        let metadata = Metadata {
+            jwt: vec![
+                ("jwt_payload", json!({"sub": "old"})),
+                ("jwt_payload", json!({"sub": "new", "org": {"id": 7}})),
+            ],
+            consumer: Some(&consumer),
+        };
+        let get = |namespace: &str, path: &[&str]| {
+            let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+            metadata.get(namespace, &path).map(|v| envoy_json(&v))
+        };
+        // A later payload under the same key replaces an earlier one, as in Envoy.
+        assert_eq!(
+            get(JWT_AUTHN_NAMESPACE, &["jwt_payload", "sub"]).as_deref(),
+            Some(r#""new""#)
+        );
+        assert_eq!(
+            get(JWT_AUTHN_NAMESPACE, &["jwt_payload", "org", "id"]).as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            get(JWT_AUTHN_NAMESPACE, &[]).as_deref(),
+            Some(r#"{"jwt_payload":{"org":{"id":7},"sub":"new"}}"#)
+        );
+        assert_eq!(get(JWT_AUTHN_NAMESPACE, &["other"]), None);
+        assert_eq!(
+            get(EXT_AUTHZ_NAMESPACE, &["consumer"]).as_deref(),
+            Some(r#""acme""#)
+        );
+        assert_eq!(
+            get(EXT_AUTHZ_NAMESPACE, &["tier"]).as_deref(),
+            Some(r#""gold""#)
+        );
+        assert_eq!(
+            get(EXT_AUTHZ_NAMESPACE, &["groups"]).as_deref(),
+            Some(r#"["partners"]"#)
+        );
+        assert_eq!(get("envoy.lb", &["x"]), None);
+        let empty = Metadata::default();
+        assert!(
+            empty
+                .get(EXT_AUTHZ_NAMESPACE, &["consumer".into()])
+                .is_none()
+        );
+        assert!(empty.get(JWT_AUTHN_NAMESPACE, &[]).is_none());
+    }
 }

@@ -18,16 +18,19 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLogger, LoggedBody, RequestLog};
+use crate::config::filters::transform::BodyTransform;
+use crate::config::format::FormatContext;
 use crate::config::listener::HttpSettings;
 use crate::config::route::{
     Forward, Matched, RequestHead, RetryOn, RetryPolicy, RouteAction, RouteTable,
 };
+use crate::filter::{Metadata, transform};
 use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::trace::{ServerSpan, Tracer};
@@ -234,6 +237,17 @@ async fn route<'p>(
         return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
     };
     served.route = Some(&matched.route.name);
+    // The client's address as Envoy determines it (`x-forwarded-for` with trusted hops), for
+    // RBAC and for header templates.
+    let addresses = headers::Addresses::new(downstream.peer.ip().to_canonical(), http);
+    let client = if matched.reads_client_address() {
+        addresses.client(request.headers())
+    } else {
+        addresses.peer
+    };
+    // What authentication finds out (JWT payloads, the API key's consumer): Envoy's dynamic
+    // metadata, which RBAC and the route's header templates read.
+    let mut metadata = Metadata::default();
     // The listener's HTTP filters (CORS, JWT…) run before the route's action, as Envoy's
     // decoder filters run before the router; they may change the head, or answer.
     let mut path_and_query = path_and_query;
@@ -245,9 +259,16 @@ async fn route<'p>(
             authority: &authority,
             path_and_query: &mut path_and_query,
             headers: request.headers_mut(),
-            addresses: headers::Addresses::new(downstream.peer.ip().to_canonical(), http),
+            addresses,
         };
-        let outcome = filters::on_request(plane, &http.http_filters, &matched, &mut req, &mut work);
+        let outcome = filters::on_request(
+            plane,
+            &http.http_filters,
+            &matched,
+            &mut req,
+            &mut work,
+            &mut metadata,
+        );
         let outcome = outcome.await;
         // The path as filters left it (without the API key or token they removed) is the one
         // logged, as Envoy logs `:path` after its filters.
@@ -271,12 +292,27 @@ async fn route<'p>(
             // Envoy 1.40 gives a filter's local reply the route's response headers on
             // forwarding routes (checked against it), not on redirect or direct-response ones.
             if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
-                matched.apply_response_headers(response.headers_mut());
+                let format = FormatContext {
+                    authority: &authority,
+                    method: method.as_str(),
+                    scheme,
+                    client,
+                    metadata: &metadata,
+                };
+                matched.apply_response_headers(response.headers_mut(), request.headers(), &format);
             }
             filters::on_response(&work, response.headers_mut());
             return with_request_id(response, &request_id, http);
         }
     }
+    // What the route's header templates read besides the headers.
+    let format = FormatContext {
+        authority: &authority,
+        method: method.as_str(),
+        scheme,
+        client,
+        metadata: &metadata,
+    };
     let head = RequestHead {
         method: method.as_str(),
         scheme,
@@ -284,6 +320,10 @@ async fn route<'p>(
         path_and_query: &path_and_query,
         headers: request.headers(),
     };
+    // Response templates that read the request (`%REQ()%`) need it as it was sent upstream;
+    // it is kept only for them.
+    let keep_request = matched.response_reads_request();
+    let mut sent: Option<SentRequest> = None;
     let mut response = match &matched.route.action {
         RouteAction::Direct(direct) => {
             let mut response = local_reply(direct.status, direct.body.clone());
@@ -292,12 +332,18 @@ async fn route<'p>(
             {
                 response.headers_mut().insert(header::LOCATION, value);
             }
+            if keep_request {
+                sent = Some(SentRequest::new(request, &authority));
+            }
             response
         }
         RouteAction::Redirect(redirect) => {
             let mut response = local_reply(redirect.status, "");
             if let Ok(value) = HeaderValue::try_from(redirect.location(&head)) {
                 response.headers_mut().insert(header::LOCATION, value);
+            }
+            if keep_request {
+                sent = Some(SentRequest::new(request, &authority));
             }
             response
         }
@@ -309,6 +355,12 @@ async fn route<'p>(
                     .retry_policy
                     .as_ref()
                     .is_none_or(|p| p.retry_allowed(&head)),
+                format,
+                keep: keep_request.then_some(&mut sent),
+                body_transforms: work
+                    .transform
+                    .map(|t| &t.request[..])
+                    .filter(|t| !t.is_empty()),
             };
             forward_request(
                 plane, &matched, forward, downstream, request, target, started, served,
@@ -316,18 +368,77 @@ async fn route<'p>(
             .await
         }
     };
-    matched.apply_response_headers(response.headers_mut());
+    // The transform filter's response side: first on the way back, as it is the last filter.
+    if let Some(transforms) = work
+        .transform
+        .map(|t| &t.response[..])
+        .filter(|t| !t.is_empty())
+    {
+        response = match transform::response(transforms, method == Method::HEAD, response).await {
+            Ok(response) => response,
+            Err(transform::ResponseFailure::Body(error)) => {
+                tracing::debug!(%error, "response body failed before it could be transformed");
+                UpstreamError::Reset.response(false)
+            }
+        };
+    }
+    match &sent {
+        Some(sent) => matched.apply_response_headers(
+            response.headers_mut(),
+            &sent.headers,
+            &FormatContext {
+                authority: &sent.authority,
+                ..format
+            },
+        ),
+        None => matched.apply_response_headers(response.headers_mut(), &HeaderMap::new(), &format),
+    }
     filters::on_response(&work, response.headers_mut());
     with_request_id(response, &request_id, http)
 }
 
 /// Where the client asked to go, after path normalization.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Target<'a> {
     authority: &'a str,
     path_and_query: &'a str,
     /// Whether the route's `retriable_request_headers` let this request be retried.
     retry_allowed: bool,
+    /// What the route's header templates read besides the headers.
+    format: FormatContext<'a>,
+    /// Where to keep the request as sent upstream, when response templates read it.
+    keep: Option<&'a mut Option<SentRequest>>,
+    /// The request body transforms, when the transform filter ran and the route has some.
+    body_transforms: Option<&'a [BodyTransform]>,
+}
+
+/// The request body on its way upstream.
+enum Outgoing {
+    /// As the client sends it, not read yet.
+    Incoming(Incoming),
+    /// Read in part by the transform filter and passed on unchanged.
+    Timed(TimedBody),
+    /// Read whole (and transformed) by the transform filter.
+    Buffered(Bytes),
+}
+
+/// The request as it went upstream (or as it was when answered without forwarding), for
+/// response header templates that read it: Envoy's request header map, which the router's
+/// mutations and host rewrite changed in place.
+#[derive(Debug)]
+struct SentRequest {
+    headers: HeaderMap,
+    /// `:authority` after any host rewrite.
+    authority: String,
+}
+
+impl SentRequest {
+    fn new<B>(request: Request<B>, authority: &str) -> Self {
+        Self {
+            headers: request.into_parts().0.headers,
+            authority: authority.to_owned(),
+        }
+    }
 }
 
 /// Why an attempt produced no usable response.
@@ -439,28 +550,83 @@ async fn forward_request<'p>(
     let cluster_name = forward.pick_cluster(rand::random());
     served.cluster = Some(cluster_name);
     let metrics = &downstream.metrics;
+    let Target {
+        authority: target_authority,
+        path_and_query: target_path,
+        retry_allowed,
+        format,
+        keep,
+        body_transforms,
+    } = target;
     let Some(cluster) = plane.upstreams.get(cluster_name) else {
+        if let Some(keep) = keep {
+            *keep = Some(SentRequest::new(request, target_authority));
+        }
         // Envoy's `cluster_not_found_response_code` default.
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
     };
     let Some(_request_slot) = cluster.try_start_request() else {
+        if let Some(keep) = keep {
+            *keep = Some(SentRequest::new(request, target_authority));
+        }
         return UpstreamError::Overflow.response(false);
     };
     let http = &downstream.http;
     let upgrade = headers::websocket_upgrade(request.headers(), http.websocket);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
+    let stream_deadline = stream_deadline(http, started);
+    let bytes_in = || served.log.as_ref().map(|log| Arc::clone(&log.bytes_in));
+
+    // The transform filter, last before the router: the body is read and changed before the
+    // route's header mutations, which Envoy's router applies.
+    let body = match body_transforms.filter(|_| !upgrade) {
+        None => Outgoing::Incoming(incoming),
+        Some(transforms) => {
+            let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
+                .counting(bytes_in());
+            match transform::request(transforms, &mut parts.headers, timed).await {
+                Ok(transform::RequestBody::Buffered(bytes)) => Outgoing::Buffered(bytes),
+                Ok(transform::RequestBody::Streamed(timed)) => Outgoing::Timed(timed),
+                Err(response) => {
+                    if let Some(keep) = keep {
+                        *keep = Some(SentRequest {
+                            headers: parts.headers,
+                            authority: target_authority.to_owned(),
+                        });
+                    }
+                    return response;
+                }
+            }
+        }
+    };
 
     // Envoy applies the header mutations first, then the rewrites.
-    matched.apply_request_headers(&mut parts.headers);
+    let mutated = matched.apply_request_headers(&mut parts.headers, &format);
     let path = forward
-        .rewrite_path(target.path_and_query)
-        .unwrap_or_else(|| target.path_and_query.to_owned());
+        .rewrite_path(target_path)
+        .unwrap_or_else(|| target_path.to_owned());
     let authority = match &forward.host_rewrite {
-        Some(host) => host.to_str().unwrap_or(target.authority).to_owned(),
-        None => target.authority.to_owned(),
+        Some(host) => host.to_str().unwrap_or(target_authority).to_owned(),
+        None => target_authority.to_owned(),
     };
+    if let Err(invalid) = mutated {
+        if let Some(keep) = keep {
+            *keep = Some(SentRequest {
+                headers: parts.headers,
+                authority,
+            });
+        }
+        // As Envoy 1.40's router answers a formatted value it cannot send.
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, invalid.to_string());
+    }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(keep) = keep {
+        *keep = Some(SentRequest {
+            headers: parts.headers.clone(),
+            authority: authority.clone(),
+        });
+    }
     let tls = cluster.config.tls.is_some();
     let uri = match Uri::builder()
         .scheme(if tls { "https" } else { "http" })
@@ -480,49 +646,66 @@ async fn forward_request<'p>(
     }
 
     let deadline = forward.timeout.map(|t| started + t);
-    let stream_deadline = stream_deadline(http, started);
     // `retriable_request_headers` (the control plane's idempotent-methods rule) decides
     // whether this request may be retried at all, as in Envoy.
     let retrying = forward
         .retry_policy
         .as_ref()
-        .filter(|p| p.num_retries > 0 && target.retry_allowed)
-        .filter(|_| !upgrade && retry_bufferable(&incoming));
-    let Some(policy) = retrying else {
-        // One attempt, the body streamed through.
-        let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
-            .counting(served.log.as_ref().map(|log| Arc::clone(&log.bytes_in)));
-        let per_try_timeout = forward
-            .retry_policy
-            .as_ref()
-            .and_then(|p| p.per_try_timeout);
-        return finish_single_attempt(
-            cluster,
-            parts,
-            uri,
-            Either::Left(timed),
-            deadline,
-            per_try_timeout,
-            downstream_upgrade,
-            http,
-            stream_deadline,
-            metrics,
-            &mut served.upstream,
-            served.span.as_mut(),
-        )
-        .await;
+        .filter(|p| p.num_retries > 0 && retry_allowed)
+        .filter(|_| !upgrade);
+    let per_try_timeout = forward
+        .retry_policy
+        .as_ref()
+        .and_then(|p| p.per_try_timeout);
+    let (policy, body) = match (retrying, body) {
+        (Some(policy), Outgoing::Buffered(bytes)) => (policy, Ok(bytes)),
+        (Some(policy), Outgoing::Incoming(incoming)) if retry_bufferable(&incoming) => {
+            (policy, Err(incoming))
+        }
+        (_, body) => {
+            // One attempt, the body streamed through (or sent as the transform left it).
+            let body = match body {
+                Outgoing::Incoming(incoming) => Either::Left(
+                    TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
+                        .counting(bytes_in()),
+                ),
+                Outgoing::Timed(timed) => Either::Left(timed),
+                Outgoing::Buffered(bytes) => Either::Right(Full::new(bytes)),
+            };
+            return finish_single_attempt(
+                cluster,
+                parts,
+                uri,
+                body,
+                deadline,
+                per_try_timeout,
+                downstream_upgrade,
+                http,
+                stream_deadline,
+                metrics,
+                &mut served.upstream,
+                served.span.as_mut(),
+            )
+            .await;
+        }
     };
-    let body = match Limited::new(incoming, RETRY_BUFFER_LIMIT as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body failed"),
+    let body = match body {
+        Ok(bytes) => bytes,
+        Err(incoming) => {
+            let body = match Limited::new(incoming, RETRY_BUFFER_LIMIT as usize)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body failed"),
+            };
+            if let Some(log) = &served.log {
+                log.bytes_in
+                    .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            body
+        }
     };
-    if let Some(log) = &served.log {
-        log.bytes_in
-            .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    }
     let mut retry_slot = None;
     let mut attempt = 0u32;
     loop {

@@ -16,5 +16,6 @@ mod parity;
 mod proxy_metrics;
 mod tls;
 mod tracing;
+mod transform;
 mod upstreams;
 mod websocket;

@@ -44,7 +44,9 @@ impl RecordedRequest {
 ///
 /// Answers 200 with `{"upstream", "method", "path", "headers"}` JSON and an `x-upstream: <name>`
 /// header. A path ending in `/status/<code>` answers with that status; a path containing
-/// `/delay/<ms>` waits that long first.
+/// `/delay/<ms>` waits that long first. A path with an `/echo-body` segment answers with the
+/// request's own body and `content-type` instead of the JSON echo (no `content-type` when the
+/// request had none), for tests of what proxies do to response bodies.
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
@@ -200,7 +202,7 @@ async fn handle(
             method,
             path,
             headers,
-            body,
+            body: body.clone(),
         });
 
     let segments: Vec<&str> = parts.uri.path().split('/').collect();
@@ -221,13 +223,21 @@ async fn handle(
         _ => StatusCode::OK,
     };
 
-    let response = Response::builder()
+    let builder = Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .header("x-upstream", &*name)
-        .body(Full::new(Bytes::from(echo.to_string())))
-        .expect("a valid echo response");
-    Ok(response)
+        .header("x-upstream", &*name);
+    let response = if segments.contains(&"echo-body") {
+        let builder = match parts.headers.get("content-type") {
+            Some(content_type) => builder.header("content-type", content_type),
+            None => builder,
+        };
+        builder.body(Full::new(body))
+    } else {
+        builder
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(echo.to_string())))
+    };
+    Ok(response.expect("a valid echo response"))
 }
 
 #[cfg(test)]
@@ -280,6 +290,37 @@ mod tests {
             .unwrap();
         assert_eq!(response.status, 503);
         assert!(start.elapsed() >= Duration::from_millis(100));
+        assert_eq!(upstream.request_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn echo_body_paths_answer_with_the_request_body() {
+        let upstream = Upstream::start("delta").await;
+        let url = format!("{}/x/echo-body/status/201", upstream.url());
+        let response = request(
+            reqwest::Method::POST,
+            &url,
+            None,
+            &[("content-type", "application/xml")],
+            Some(b"<a>1</a>".to_vec()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 201);
+        assert_eq!(response.body, "<a>1</a>");
+        assert_eq!(response.header("content-type"), Some("application/xml"));
+        assert_eq!(response.header("x-upstream"), Some("delta"));
+        let response = request(
+            reqwest::Method::POST,
+            &url,
+            None,
+            &[],
+            Some(b"raw".to_vec()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.body, "raw");
+        assert_eq!(response.header("content-type"), None);
         assert_eq!(upstream.request_count(), 2);
     }
 

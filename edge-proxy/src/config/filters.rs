@@ -4,7 +4,7 @@
 //! In the request flow the filters run right after route matching and before the router
 //! (see [`crate::proxy`]), in the order the listener lists them; Tollgate's control plane
 //! sends CORS, then JWT authentication, then API keys, then RBAC (authorization reads what
-//! authentication found).
+//! authentication found), then the body transforms (last before the router).
 //! The listener says which filters run ([`HttpFilter`]); the matched route and its virtual host
 //! say how, per filter name ([`FilterOverrides`]). As in Envoy, per-filter config is found by
 //! the filter's configured `name`, the most specific level first.
@@ -18,6 +18,7 @@ pub mod api_key;
 pub mod cors;
 pub mod jwt_authn;
 pub mod rbac;
+pub mod transform;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
 use tollgate_proto::envoy::extensions::filters::http::rbac::v3 as rbac_pb;
 use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
 use tollgate_proto::google::protobuf as pb;
+use tollgate_proto::transform as transform_pb;
 
 use super::listener::{decode, is_type, unsupported_extension};
 use super::{Reason, Rejection, Within as _};
@@ -56,6 +58,9 @@ pub enum HttpFilterKind {
     ApiKey(Arc<api_key::ApiKeyAuth>),
     /// `envoy.filters.http.rbac`.
     Rbac(Arc<rbac::Rbac>),
+    /// `tollgate.filters.http.transform`: its body changes come from the route's per-filter
+    /// config.
+    Transform,
 }
 
 impl HttpFilter {
@@ -91,6 +96,9 @@ pub(crate) fn http_filter_kind(
         let config: rbac_pb::Rbac = decode(any).within("typed_config")?;
         let config = rbac::filter_config(config).within("typed_config")?;
         Ok(HttpFilterKind::Rbac(Arc::new(config)))
+    } else if is_type::<transform_pb::Transform>(any) {
+        transform::filter_config(any).within("typed_config")?;
+        Ok(HttpFilterKind::Transform)
     } else {
         Err(unsupported_extension("http filter", name, any))
     }
@@ -122,6 +130,8 @@ pub enum PerFilterConfig {
     ApiKey(api_key::ApiKeyPerRoute),
     /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`.
     Rbac(rbac::RbacPerRoute),
+    /// `tollgate.filters.http.transform.v1.TransformPerRoute`.
+    Transform(transform::TransformPerRoute),
 }
 
 impl PerFilterConfig {
@@ -154,6 +164,14 @@ impl PerFilterConfig {
     pub fn as_rbac(&self) -> Option<&rbac::RbacPerRoute> {
         match self {
             Self::Rbac(per_route) => Some(per_route),
+            _ => None,
+        }
+    }
+
+    /// The body transforms, when this is a transform config.
+    pub fn as_transform(&self) -> Option<&transform::TransformPerRoute> {
+        match self {
+            Self::Transform(per_route) => Some(per_route),
             _ => None,
         }
     }
@@ -242,6 +260,7 @@ fn known_per_filter_type(any: &pb::Any) -> bool {
         || is_type::<jwt_pb::PerRouteConfig>(any)
         || is_type::<api_key_pb::ApiKeyPerRoute>(any)
         || is_type::<rbac_pb::RbacPerRoute>(any)
+        || is_type::<transform_pb::TransformPerRoute>(any)
 }
 
 fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejection> {
@@ -256,6 +275,8 @@ fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejec
     } else if is_type::<rbac_pb::RbacPerRoute>(any) {
         let proto = decode(any)?;
         Ok(PerFilterConfig::Rbac(rbac::per_route(&proto)?))
+    } else if is_type::<transform_pb::TransformPerRoute>(any) {
+        Ok(PerFilterConfig::Transform(transform::per_route(any)?))
     } else {
         // The path ends at the map key: the value is the `Any` itself.
         Err(Rejection::here(Reason::UnsupportedValue(format!(
@@ -263,6 +284,74 @@ fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejec
             any.type_url
         ))))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown fields of Tollgate's own protos
+
+/// A message's field numbers, for [`known_fields`]; a message-typed field names its schema.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    /// The message's name within its package, for messages.
+    pub(crate) message: &'static str,
+    /// Field number, name (for the error path), and the schema of a message-typed field.
+    pub(crate) fields: &'static [(u32, &'static str, Option<&'static Schema>)],
+}
+
+/// Refuses a field number `schema` does not list, at any depth: Tollgate's own protos are
+/// NACKed rather than half-understood when a newer control plane adds a field (prost would
+/// drop it silently). Only numbers are read: the values are prost's to decode. `package`
+/// names the messages' package in the error.
+pub(crate) fn known_fields(
+    mut bytes: &[u8],
+    package: &str,
+    schema: &Schema,
+) -> Result<(), Rejection> {
+    let malformed = || Rejection::new("value", Reason::Invalid("malformed protobuf".into()));
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes).ok_or_else(malformed)?;
+        let tag = key >> 3;
+        let Some(&(_, name, nested)) = schema.fields.iter().find(|f| u64::from(f.0) == tag) else {
+            return Err(Rejection::here(Reason::UnsupportedValue(format!(
+                "unknown field {tag} of {package}.{}",
+                schema.message
+            ))));
+        };
+        let skip = match key & 7 {
+            0 => {
+                varint(&mut bytes).ok_or_else(malformed)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = varint(&mut bytes).ok_or_else(malformed)?;
+                let len = usize::try_from(len).map_err(|_| malformed())?;
+                if len > bytes.len() {
+                    return Err(malformed());
+                }
+                if let Some(nested) = nested {
+                    known_fields(&bytes[..len], package, nested).within(name)?;
+                }
+                len
+            }
+            _ => return Err(malformed()),
+        };
+        bytes = bytes.get(skip..).ok_or_else(malformed)?;
+    }
+    Ok(())
+}
+
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tollgate_proto::envoy::config::route::v3 as route_pb;
 use tollgate_proto::envoy::r#type::matcher::v3 as matcher_pb;
 
 use super::filters::{FilterOverrides, PerFilterConfig, filter_overrides};
+use super::format::{FormatContext, HeaderFormat, header_format};
 use super::{
     ConfigError, Reason, Rejection, Resource, Within as _, duration, no_control_chars, reject_if,
     reject_set,
@@ -244,6 +245,10 @@ pub struct HeaderMutations {
     pub add: Vec<HeaderToAdd>,
     /// Headers removed.
     pub remove: Vec<HeaderName>,
+    /// Whether a value reads the request (`%REQ()%`), worked out once.
+    reads_request: bool,
+    /// Whether a value reads the client's address, worked out once.
+    reads_client_address: bool,
 }
 
 /// One header to add (Envoy's `HeaderValueOption`).
@@ -251,8 +256,8 @@ pub struct HeaderMutations {
 pub struct HeaderToAdd {
     /// The header's name, lower case.
     pub name: HeaderName,
-    /// Its value, literal (`%%` in the config already unescaped to `%`).
-    pub value: HeaderValue,
+    /// Its value: literal (`%%` in the config already unescaped to `%`), or a template.
+    pub value: HeaderFormat,
     /// How it combines with values already there.
     pub action: AppendAction,
     /// Whether an empty value is still added; otherwise it is skipped.
@@ -346,19 +351,47 @@ impl<'t> Matched<'t> {
         )
     }
 
-    /// Applies all request header mutations. Envoy does this before the host and path
-    /// rewrites, so call this first.
-    pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
+    /// Applies all request header mutations; `cx` is what their templates read besides the
+    /// headers. Envoy does this before the host and path rewrites, so call this first.
+    pub fn apply_request_headers(
+        &self,
+        headers: &mut HeaderMap,
+        cx: &FormatContext<'_>,
+    ) -> Result<(), InvalidHeaderValue> {
         for mutations in self.request_header_mutations() {
-            mutations.apply(headers);
+            mutations.apply_request(headers, cx)?;
+        }
+        Ok(())
+    }
+
+    /// Applies all response header mutations; `%REQ()%` reads `request`, the request as sent
+    /// upstream (or as the filters left it, for an answer made before forwarding).
+    pub fn apply_response_headers(
+        &self,
+        headers: &mut HeaderMap,
+        request: &HeaderMap,
+        cx: &FormatContext<'_>,
+    ) {
+        for mutations in self.response_header_mutations() {
+            mutations.apply_response(headers, request, cx);
         }
     }
 
-    /// Applies all response header mutations.
-    pub fn apply_response_headers(&self, headers: &mut HeaderMap) {
-        for mutations in self.response_header_mutations() {
-            mutations.apply(headers);
-        }
+    /// Whether the response header mutations read the request, which must then be kept until
+    /// the response arrives.
+    pub fn response_reads_request(&self) -> bool {
+        self.response_header_mutations()
+            .iter()
+            .any(|m| m.reads_request())
+    }
+
+    /// Whether any header mutation reads the client's address, which is then worked out
+    /// (from `x-forwarded-for` with trusted hops) for the request.
+    pub fn reads_client_address(&self) -> bool {
+        self.request_header_mutations()
+            .iter()
+            .chain(self.response_header_mutations().iter())
+            .any(|m| m.reads_client_address())
     }
 
     /// The most specific per-filter config for the HTTP filter configured as `filter` (its
@@ -707,37 +740,98 @@ impl HeaderMutations {
         self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies these mutations as Envoy's `HeaderParser::evaluateHeaders` does. Removals come
-    /// first. Then each addition is decided against the headers as they are after the
-    /// removals. Then all overwrites are applied, and last all appends.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Whether a value reads the request (`%REQ()%`), so that response headers need it kept.
+    pub fn reads_request(&self) -> bool {
+        self.reads_request
+    }
+
+    /// Whether a value reads the client's address.
+    pub fn reads_client_address(&self) -> bool {
+        self.reads_client_address
+    }
+
+    /// Applies these mutations to request headers, as Envoy's `HeaderParser::evaluateHeaders`
+    /// does. Removals come first. Then each value is formatted and each addition decided
+    /// against the headers as they are after the removals (so `%REQ()%` sees neither a header
+    /// removed here nor one added here). Then all overwrites are applied, and last all appends.
+    ///
+    /// A formatted value that is not a valid header value fails the request, as Envoy 1.40's
+    /// router does (503 `invalid header value for: NAME`).
+    pub fn apply_request(
+        &self,
+        headers: &mut HeaderMap,
+        cx: &FormatContext<'_>,
+    ) -> Result<(), InvalidHeaderValue> {
+        self.apply(headers, None, cx, true)
+    }
+
+    /// Applies these mutations to response headers, as [`HeaderMutations::apply_request`];
+    /// `%REQ()%` reads `request`. A formatted value that is not a valid header value is left
+    /// out (Envoy 1.40 writes it raw, splitting the response).
+    pub fn apply_response(
+        &self,
+        headers: &mut HeaderMap,
+        request: &HeaderMap,
+        cx: &FormatContext<'_>,
+    ) {
+        // Not strict: nothing to report.
+        let _ = self.apply(headers, Some(request), cx, false);
+    }
+
+    fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        request: Option<&HeaderMap>,
+        cx: &FormatContext<'_>,
+        strict: bool,
+    ) -> Result<(), InvalidHeaderValue> {
         for name in &self.remove {
             headers.remove(name);
         }
         let mut overwrite = Vec::new();
         let mut append = Vec::new();
         for add in &self.add {
-            if add.value.is_empty() && !add.keep_empty_value {
+            let value = match &add.value {
+                HeaderFormat::Literal(value) => Cow::Borrowed(value),
+                HeaderFormat::Template(template) => {
+                    let bytes = template.render(request.unwrap_or(headers), cx);
+                    match HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)) {
+                        Ok(value) => Cow::Owned(value),
+                        Err(_) if strict => return Err(InvalidHeaderValue(add.name.clone())),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            if value.is_empty() && !add.keep_empty_value {
                 continue;
             }
             match add.action {
-                AppendAction::AppendIfExistsOrAdd => append.push(add),
-                AppendAction::AddIfAbsent if !headers.contains_key(&add.name) => append.push(add),
+                AppendAction::AppendIfExistsOrAdd => append.push((&add.name, value)),
+                AppendAction::AddIfAbsent if !headers.contains_key(&add.name) => {
+                    append.push((&add.name, value))
+                }
                 AppendAction::AddIfAbsent => {}
                 AppendAction::OverwriteIfExists if !headers.contains_key(&add.name) => {}
                 AppendAction::OverwriteIfExists | AppendAction::OverwriteIfExistsOrAdd => {
-                    overwrite.push(add)
+                    overwrite.push((&add.name, value))
                 }
             }
         }
-        for add in overwrite {
-            headers.insert(add.name.clone(), add.value.clone());
+        for (name, value) in overwrite {
+            headers.insert(name.clone(), value.into_owned());
         }
-        for add in append {
-            headers.append(add.name.clone(), add.value.clone());
+        for (name, value) in append {
+            headers.append(name.clone(), value.into_owned());
         }
+        Ok(())
     }
 }
+
+/// A request header value formatted from a template that is not a valid header value (a claim
+/// with a control character, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid header value for: {0}")]
+pub struct InvalidHeaderValue(pub HeaderName);
 
 // ---------------------------------------------------------------------------------------------
 // Matchers (private: the proto shapes stop at `TryFrom`)
@@ -2331,7 +2425,7 @@ fn header_mutations(
     remove: &[String],
     fields: (&'static str, &'static str),
 ) -> Result<HeaderMutations, Rejection> {
-    let add = add
+    let add: Vec<HeaderToAdd> = add
         .iter()
         .enumerate()
         .map(|(i, option)| header_to_add(option).at(fields.0, i))
@@ -2343,7 +2437,14 @@ fn header_mutations(
             mutable_header_name(name, "removed").map_err(|r| Rejection::new_at(fields.1, i, r))
         })
         .collect::<Result<_, _>>()?;
-    Ok(HeaderMutations { add, remove })
+    let reads_request = add.iter().any(|a| a.value.reads_request());
+    let reads_client_address = add.iter().any(|a| a.value.reads_client_address());
+    Ok(HeaderMutations {
+        add,
+        remove,
+        reads_request,
+        reads_client_address,
+    })
 }
 
 #[allow(deprecated)] // `append` is deprecated, and still honoured by Envoy
@@ -2367,15 +2468,7 @@ fn header_to_add(proto: &core_pb::HeaderValueOption) -> Result<HeaderToAdd, Reje
         .map_err(|r| Rejection::new("key", r).within("header"))?;
     // Envoy's header parser reads `value` only; a `raw_value` would be dropped.
     reject_if(!raw_value.is_empty(), "raw_value").within("header")?;
-    let literal =
-        literal_header_value(value).map_err(|r| Rejection::new("value", r).within("header"))?;
-    let value = HeaderValue::from_bytes(literal.as_bytes()).map_err(|_| {
-        Rejection::new(
-            "value",
-            Reason::Invalid(format!("{literal:?} is not a valid header value")),
-        )
-        .within("header")
-    })?;
+    let value = header_format(value).map_err(|r| Rejection::new("value", r).within("header"))?;
     let action = match append {
         Some(_) if *append_action != HeaderAppendAction::AppendIfExistsOrAdd as i32 => {
             return Err(Rejection::new(
@@ -2416,30 +2509,6 @@ fn mutable_header_name(name: &str, verb: &str) -> Result<HeaderName, Reason> {
     }
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| Reason::Invalid(format!("{name:?} is not a header name")))
-}
-
-/// Envoy reads header values as substitution format strings: `%%` is a literal `%`, and
-/// `%COMMAND(…)%` is replaced per request. Commands are not implemented. A value using one is
-/// rejected rather than sent literally, because Envoy would send something else.
-fn literal_header_value(value: &str) -> Result<Cow<'_, str>, Reason> {
-    if !value.contains('%') {
-        return Ok(Cow::Borrowed(value));
-    }
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(i) = rest.find('%') {
-        out.push_str(&rest[..i]);
-        if rest[i + 1..].starts_with('%') {
-            out.push('%');
-            rest = &rest[i + 2..];
-        } else {
-            return Err(Reason::UnsupportedValue(format!(
-                "substitution formatter in {value:?} (write %% for a literal %)"
-            )));
-        }
-    }
-    out.push_str(rest);
-    Ok(Cow::Owned(out))
 }
 
 /// Envoy's rule for strings that end up in headers (`HTTP_HEADER_VALUE`): no NUL, CR or LF.

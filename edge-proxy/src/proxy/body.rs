@@ -1,6 +1,7 @@
 //! Bodies on the data path: a streamed body bounded by the connection manager's stream
 //! timeouts, and the body types of requests sent upstream and responses sent downstream.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,15 @@ pub struct TimedBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// Adds up the data bytes read, for the access log.
     counter: Option<Arc<AtomicU64>>,
+    /// Frames already read from `inner` (and counted), given out again first: a body transform
+    /// that looked at the start of a body and passes it on. Boxed: bodies are moved around
+    /// by value, and almost none has one.
+    prefix: Option<Box<Prefix>>,
 }
+
+/// See [`TimedBody::with_prefix`].
+#[derive(Debug)]
+struct Prefix(VecDeque<Frame<Bytes>>);
 
 impl TimedBody {
     /// Wraps `inner`; `None` for either bound means no bound.
@@ -46,7 +55,14 @@ impl TimedBody {
             deadline,
             timer: None,
             counter: None,
+            prefix: None,
         }
+    }
+
+    /// Puts frames read from this body back in front of it.
+    pub fn with_prefix(mut self, frames: VecDeque<Frame<Bytes>>) -> Self {
+        self.prefix = (!frames.is_empty()).then(|| Box::new(Prefix(frames)));
+        self
     }
 
     /// Adds the length of every data frame read to `counter`, when there is one.
@@ -75,6 +91,15 @@ impl Body for TimedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(prefix) = &mut this.prefix {
+            let frame = prefix.0.pop_front();
+            if prefix.0.is_empty() {
+                this.prefix = None;
+            }
+            if let Some(frame) = frame {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             // Data flowed: the idle timer starts again from the next poll.
             this.timer = None;
@@ -100,11 +125,26 @@ impl Body for TimedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        let Some(prefix) = &self.prefix else {
+            return hint;
+        };
+        let prefix: u64 = prefix
+            .0
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let mut sum = SizeHint::new();
+        sum.set_lower(hint.lower() + prefix);
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper + prefix);
+        }
+        sum
     }
 }
 

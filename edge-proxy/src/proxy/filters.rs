@@ -5,7 +5,8 @@
 //! [`on_request`] runs the listener's filters in order, skipping those the route disables. A
 //! filter may change the request head, or answer it ([`Outcome::Respond`]); later filters and
 //! the route's action then do not run. What authentication finds (JWT payloads, the API key's
-//! consumer) is kept for the request in a [`Metadata`] that RBAC reads. Response work ([`ResponseWork`]) is collected from the
+//! consumer) is kept for the request in a [`Metadata`] that RBAC, and later the route's
+//! header templates, read. Response work ([`ResponseWork`]) is collected from the
 //! filters that ran and applied by [`on_response`] to whatever answers the request: the
 //! upstream's response, a redirect or direct response, the router's own errors, or a filter's
 //! answer.
@@ -18,6 +19,7 @@ use http::{HeaderMap, Response};
 
 use super::DataPlane;
 use super::body::DownstreamBody;
+use crate::config::filters::transform::TransformPerRoute;
 use crate::config::filters::{HttpFilter, HttpFilterKind};
 use crate::config::route::{Matched, RouteAction};
 use crate::filter::{self, Metadata, cors};
@@ -27,11 +29,14 @@ pub(crate) fn has_request_filters(filters: &[HttpFilter]) -> bool {
     filters.iter().any(|f| !f.is_router())
 }
 
-/// What the filters that ran want done to the response.
+/// What the filters that ran want done to the body and the response.
 #[derive(Debug, Default)]
-pub(crate) struct ResponseWork {
+pub(crate) struct ResponseWork<'t> {
     /// CORS latches, in filter order.
     cors: Vec<cors::CorsLatch>,
+    /// The route's body transforms, when the transform filter ran: the caller transforms the
+    /// request body before forwarding and the response body as it comes back.
+    pub(crate) transform: Option<&'t TransformPerRoute>,
 }
 
 /// How the request goes on after the filters.
@@ -58,11 +63,11 @@ pub(crate) enum Outcome {
 pub(crate) async fn on_request<'c>(
     plane: &'c DataPlane,
     filters: &'c [HttpFilter],
-    matched: &Matched<'_>,
+    matched: &Matched<'c>,
     req: &mut filter::Request<'_, '_>,
-    work: &mut ResponseWork,
+    work: &mut ResponseWork<'c>,
+    metadata: &mut Metadata<'c>,
 ) -> Outcome {
-    let mut metadata = Metadata::default();
     for filter in filters {
         if filter.is_router() {
             break;
@@ -95,13 +100,8 @@ pub(crate) async fn on_request<'c>(
                 let per_route = matched
                     .filter_config(&filter.name)
                     .and_then(|c| c.as_jwt_authn());
-                let answer = filter::jwt::on_request(
-                    config,
-                    per_route,
-                    &plane.upstreams,
-                    req,
-                    &mut metadata,
-                );
+                let answer =
+                    filter::jwt::on_request(config, per_route, &plane.upstreams, req, metadata);
                 if let Some(response) = answer.await {
                     return Outcome::Respond {
                         response,
@@ -119,7 +119,7 @@ pub(crate) async fn on_request<'c>(
                     .get(&config.key_table)
                     .map(|t| &**t);
                 if let Some(response) =
-                    filter::api_key::on_request(config, per_route, table, req, &mut metadata)
+                    filter::api_key::on_request(config, per_route, table, req, metadata)
                 {
                     return Outcome::Respond {
                         response,
@@ -133,13 +133,18 @@ pub(crate) async fn on_request<'c>(
                 let per_route = matched
                     .filter_config(&filter.name)
                     .and_then(|c| c.as_rbac());
-                if let Some(response) = filter::rbac::on_request(config, per_route, req, &metadata)
-                {
+                if let Some(response) = filter::rbac::on_request(config, per_route, req, metadata) {
                     return Outcome::Respond {
                         response,
                         local_reply: true,
                     };
                 }
+            }
+            HttpFilterKind::Transform => {
+                // Bodies are read later, once the request is through every filter.
+                work.transform = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_transform());
             }
         }
     }
@@ -147,7 +152,7 @@ pub(crate) async fn on_request<'c>(
 }
 
 /// Applies the filters' response work, last filter first.
-pub(crate) fn on_response(work: &ResponseWork, headers: &mut HeaderMap) {
+pub(crate) fn on_response(work: &ResponseWork<'_>, headers: &mut HeaderMap) {
     for latch in work.cors.iter().rev() {
         latch.apply(headers);
     }
@@ -331,7 +336,16 @@ mod tests {
             addresses: crate::proxy::headers::Addresses::direct([192, 0, 2, 1].into()),
         };
         let mut work = ResponseWork::default();
-        let mut response = match on_request(&plane, filters, &matched, &mut req, &mut work).await {
+        let mut metadata = Metadata::default();
+        let outcome = on_request(
+            &plane,
+            filters,
+            &matched,
+            &mut req,
+            &mut work,
+            &mut metadata,
+        );
+        let mut response = match outcome.await {
             Outcome::Respond { response, .. } => response,
             Outcome::Continue => Response::new(super::super::body::full("upstream")),
         };

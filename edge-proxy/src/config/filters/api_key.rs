@@ -19,6 +19,7 @@ use tollgate_proto::envoy::config::core::v3 as core_pb;
 use tollgate_proto::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use tollgate_proto::google::protobuf as pb;
 
+use super::Schema;
 use crate::config::{Reason, Rejection, Within as _, reject_if};
 
 /// The request header naming the consumer a key belongs to; set on success, whatever the
@@ -358,12 +359,6 @@ fn hex_digest(hex: &str) -> Option<[u8; 32]> {
 // ---------------------------------------------------------------------------------------------
 // Unknown fields
 
-/// A message's field numbers, for [`known_fields`]; a message-typed field names its schema.
-struct Schema {
-    message: &'static str,
-    fields: &'static [(u32, &'static str, Option<&'static Schema>)],
-}
-
 const API_KEY_PROVIDER: Schema = Schema {
     message: "ApiKeyProvider",
     fields: &[
@@ -405,54 +400,11 @@ const API_KEY_TABLE: Schema = Schema {
     ],
 };
 
-/// Refuses a field number `schema` does not list, at any depth. Only numbers are read: the
-/// values are prost's to decode.
-fn known_fields(mut bytes: &[u8], schema: &Schema) -> Result<(), Rejection> {
-    let malformed = || Rejection::new("value", Reason::Invalid("malformed protobuf".into()));
-    while !bytes.is_empty() {
-        let key = varint(&mut bytes).ok_or_else(malformed)?;
-        let tag = key >> 3;
-        let Some(&(_, name, nested)) = schema.fields.iter().find(|f| u64::from(f.0) == tag) else {
-            return Err(Rejection::here(Reason::UnsupportedValue(format!(
-                "unknown field {tag} of tollgate.filters.http.api_key.v1.{}",
-                schema.message
-            ))));
-        };
-        let skip = match key & 7 {
-            0 => {
-                varint(&mut bytes).ok_or_else(malformed)?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = varint(&mut bytes).ok_or_else(malformed)?;
-                let len = usize::try_from(len).map_err(|_| malformed())?;
-                if len > bytes.len() {
-                    return Err(malformed());
-                }
-                if let Some(nested) = nested {
-                    known_fields(&bytes[..len], nested).within(name)?;
-                }
-                len
-            }
-            _ => return Err(malformed()),
-        };
-        bytes = bytes.get(skip..).ok_or_else(malformed)?;
-    }
-    Ok(())
-}
+/// Tollgate's API-key protos' package, for [`known_fields`]'s errors.
+const PACKAGE: &str = "tollgate.filters.http.api_key.v1";
 
-fn varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *bytes = &bytes[i + 1..];
-            return Some(value);
-        }
-    }
-    None
+fn known_fields(bytes: &[u8], schema: &Schema) -> Result<(), Rejection> {
+    super::known_fields(bytes, PACKAGE, schema)
 }
 
 #[cfg(test)]

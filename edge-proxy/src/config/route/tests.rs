@@ -153,6 +153,17 @@ fn build(cfg: &route_pb::RouteConfiguration) -> RouteTable {
     RouteTable::try_from(cfg).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// What header templates read besides the headers, for tests.
+fn cx() -> crate::config::format::FormatContext<'static> {
+    crate::config::format::FormatContext {
+        authority: "h",
+        method: "GET",
+        scheme: "http",
+        client: std::net::IpAddr::from([192, 0, 2, 7]),
+        metadata: &crate::config::format::NoMetadata,
+    }
+}
+
 fn header_option(
     key: &str,
     value: &str,
@@ -1354,7 +1365,7 @@ fn header_mutations_apply_as_envoys_header_parser() {
     ] {
         headers.append(name, HeaderValue::from_static(value));
     }
-    matched.apply_request_headers(&mut headers);
+    matched.apply_request_headers(&mut headers, &cx()).unwrap();
     let all = |name: &str| -> Vec<&str> {
         headers
             .get_all(name)
@@ -1380,7 +1391,7 @@ fn header_mutations_apply_as_envoys_header_parser() {
 
     let mut response = HeaderMap::new();
     response.insert("server", HeaderValue::from_static("upstream"));
-    matched.apply_response_headers(&mut response);
+    matched.apply_response_headers(&mut response, &HeaderMap::new(), &cx());
     assert_eq!(response.get("x-served-by").unwrap(), "tollgate");
     assert!(response.get("server").is_none());
 
@@ -1391,8 +1402,169 @@ fn header_mutations_apply_as_envoys_header_parser() {
     table
         .find(&req.head())
         .unwrap()
-        .apply_request_headers(&mut headers);
+        .apply_request_headers(&mut headers, &cx())
+        .unwrap();
     assert_eq!(headers.get("x-level").unwrap(), "vhost");
+}
+
+#[test]
+fn templated_header_values_follow_envoy() {
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    // Each expectation was checked against Envoy 1.40 with the same route.
+    let mut r = fwd("r", prefix("/"));
+    r.request_headers_to_add = vec![
+        header_option("x-user", "Bearer %REQ(x-in)%", A::OverwriteIfExistsOrAdd),
+        header_option(
+            "x-bearer",
+            "Bearer %REQ(x-missing)%",
+            A::OverwriteIfExistsOrAdd,
+        ),
+        header_option(
+            "x-only-missing",
+            "%REQ(x-missing)%",
+            A::OverwriteIfExistsOrAdd,
+        ),
+        core_pb::HeaderValueOption {
+            keep_empty_value: true,
+            ..header_option(
+                "x-keep-empty",
+                "%REQ(x-missing)%",
+                A::OverwriteIfExistsOrAdd,
+            )
+        },
+        header_option(
+            "x-ip",
+            "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            A::AppendIfExistsOrAdd,
+        ),
+        // Removed at this level first: not seen.
+        header_option(
+            "x-removed-echo",
+            "%REQ(x-removed)%",
+            A::OverwriteIfExistsOrAdd,
+        ),
+        // Added at this level: not seen either.
+        header_option("x-prior", "%REQ(x-set-first)%", A::OverwriteIfExistsOrAdd),
+        header_option("x-set-first", "route-level", A::OverwriteIfExistsOrAdd),
+    ];
+    r.request_headers_to_remove = vec!["x-removed".into()];
+    r.response_headers_to_add = vec![
+        header_option("x-r-in", "%REQ(x-in)%", A::OverwriteIfExistsOrAdd),
+        header_option("x-r-set", "%REQ(x-set-first)%", A::OverwriteIfExistsOrAdd),
+        header_option("x-r-host", "%REQ(host)%", A::OverwriteIfExistsOrAdd),
+    ];
+    let mut v = vhost("v", &["*"], vec![r]);
+    // The virtual host's mutations come after the route's, and see them.
+    v.request_headers_to_add = vec![header_option(
+        "x-vh-sees-route",
+        "%REQ(x-set-first)%",
+        A::OverwriteIfExistsOrAdd,
+    )];
+    let table = build(&config(vec![v]));
+    let req = get("h", "/");
+    let matched = table.find(&req.head()).unwrap();
+    assert!(matched.response_reads_request());
+    assert!(matched.reads_client_address());
+    let mut headers = HeaderMap::new();
+    headers.insert("x-in", HeaderValue::from_static("hello"));
+    headers.insert("x-removed", HeaderValue::from_static("gone"));
+    matched.apply_request_headers(&mut headers, &cx()).unwrap();
+    let value = |map: &HeaderMap, name: &str| map.get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(value(&headers, "x-user").as_deref(), Some("Bearer hello"));
+    assert_eq!(value(&headers, "x-bearer").as_deref(), Some("Bearer "));
+    assert_eq!(value(&headers, "x-only-missing"), None);
+    assert_eq!(value(&headers, "x-keep-empty").as_deref(), Some(""));
+    assert_eq!(value(&headers, "x-ip").as_deref(), Some("192.0.2.7"));
+    assert_eq!(value(&headers, "x-removed-echo"), None);
+    assert_eq!(value(&headers, "x-prior"), None);
+    assert_eq!(
+        value(&headers, "x-vh-sees-route").as_deref(),
+        Some("route-level")
+    );
+
+    // Response templates read the request as it was sent upstream.
+    let mut response = HeaderMap::new();
+    matched.apply_response_headers(&mut response, &headers, &cx());
+    assert_eq!(value(&response, "x-r-in").as_deref(), Some("hello"));
+    assert_eq!(value(&response, "x-r-set").as_deref(), Some("route-level"));
+    assert_eq!(value(&response, "x-r-host").as_deref(), Some("h"));
+}
+
+#[test]
+fn header_formatters_outside_the_subset_are_nacked_with_their_path() {
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    let nack = |edit: &dyn Fn(&mut route_pb::RouteConfiguration)| {
+        let mut cfg = config(vec![vhost("v", &["*"], vec![fwd("r", prefix("/"))])]);
+        edit(&mut cfg);
+        let error = RouteTable::try_from(&cfg).unwrap_err();
+        format!("{}: {}", error.field, error.reason)
+    };
+    assert_eq!(
+        nack(&|c| {
+            c.virtual_hosts[0].routes[0].response_headers_to_add = vec![
+                header_option("x-ok", "%REQ(x-a)%", A::AppendIfExistsOrAdd),
+                header_option("x-at", "at %START_TIME%", A::AppendIfExistsOrAdd),
+            ]
+        }),
+        "virtual_hosts[0].routes[0].response_headers_to_add[1].header.value: not supported: \
+         substitution command %START_TIME% (supported: REQ, DYNAMIC_METADATA, \
+         DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT; %% is a literal %) in \"at %START_TIME%\""
+    );
+    assert_eq!(
+        nack(&|c| {
+            c.virtual_hosts[0].request_headers_to_add = vec![header_option(
+                "x-md",
+                "%DYNAMIC_METADATA(envoy.lb:zone)%",
+                A::AppendIfExistsOrAdd,
+            )]
+        }),
+        "virtual_hosts[0].request_headers_to_add[0].header.value: not supported: dynamic \
+         metadata namespace \"envoy.lb\" in \"%DYNAMIC_METADATA(envoy.lb:zone)%\""
+    );
+    assert_eq!(
+        nack(&|c| {
+            c.request_headers_to_add = vec![header_option("x-pct", "50%", A::AppendIfExistsOrAdd)]
+        }),
+        "request_headers_to_add[0].header.value: malformed substitution command in \"50%\" \
+         (write %% for a literal %)"
+    );
+}
+
+#[test]
+fn invalid_formatted_values_fail_requests_and_are_left_out_of_responses() {
+    use crate::config::format::{DynamicMetadata, FormatContext, JWT_AUTHN_NAMESPACE};
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    struct Claim;
+    impl DynamicMetadata for Claim {
+        fn get(&self, _: &str, _: &[String]) -> Option<std::borrow::Cow<'_, serde_json::Value>> {
+            Some(std::borrow::Cow::Owned(serde_json::json!("a\nb")))
+        }
+    }
+    let claim = format!("%DYNAMIC_METADATA({JWT_AUTHN_NAMESPACE}:jwt_payload:name)%");
+    let mut r = fwd("r", prefix("/"));
+    r.request_headers_to_add = vec![header_option("x-name", &claim, A::OverwriteIfExistsOrAdd)];
+    r.response_headers_to_add = vec![
+        header_option("x-name", &claim, A::OverwriteIfExistsOrAdd),
+        header_option("x-fine", "fine", A::OverwriteIfExistsOrAdd),
+    ];
+    let table = build(&config(vec![vhost("v", &["*"], vec![r])]));
+    let req = get("h", "/");
+    let matched = table.find(&req.head()).unwrap();
+    assert!(!matched.response_reads_request());
+    assert!(!matched.reads_client_address());
+    let cx = FormatContext {
+        metadata: &Claim,
+        ..cx()
+    };
+    let mut headers = HeaderMap::new();
+    let error = matched
+        .apply_request_headers(&mut headers, &cx)
+        .unwrap_err();
+    assert_eq!(error.to_string(), "invalid header value for: x-name");
+    let mut response = HeaderMap::new();
+    matched.apply_response_headers(&mut response, &headers, &cx);
+    assert!(response.get("x-name").is_none());
+    assert_eq!(response["x-fine"], "fine");
 }
 
 #[test]
@@ -2106,7 +2278,7 @@ fn accepts_what_the_control_plane_translator_emits() {
     }
     let mut headers = HeaderMap::new();
     headers.insert("x-debug", HeaderValue::from_static("1"));
-    matched.apply_request_headers(&mut headers);
+    matched.apply_request_headers(&mut headers, &cx()).unwrap();
     assert_eq!(headers.get("x-gateway").unwrap(), "tollgate");
     assert!(headers.get("x-debug").is_none());
 
@@ -2228,4 +2400,118 @@ fn indexed_lookup_finds_what_a_scan_in_order_finds() {
     }
     assert_eq!(found(&table, &get("a", "/r33/x")).unwrap(), "shadow");
     assert_eq!(found(&table, &get("a", "/bench")).unwrap(), "root");
+}
+
+#[test]
+fn accepts_the_control_planes_transform_policies() {
+    use std::borrow::Cow;
+
+    use prost::Message as _;
+    use tollgate_control_plane::model::{Cluster, Listener, Policy, Route as ModelRoute};
+    use tollgate_control_plane::store::StoreSnapshot;
+    use tollgate_control_plane::translate::{NodeGroup, NodeKind, ResourceType, translate};
+    use tollgate_proto::envoy::config::listener::v3 as listener_pb;
+
+    use crate::config::filters::HttpFilterKind;
+    use crate::config::format::{
+        DynamicMetadata, EXT_AUTHZ_NAMESPACE, FormatContext, JWT_AUTHN_NAMESPACE, lookup,
+    };
+
+    let cluster: Cluster = serde_json::from_value(serde_json::json!({
+        "name": "app", "endpoints": [{"address": "127.0.0.1", "port": 8080}]}))
+    .unwrap();
+    let route: ModelRoute = serde_json::from_value(serde_json::json!({
+        "name": "shaped", "match": {"path_prefix": "/old"}, "cluster": "app",
+        "policies": ["shape"]}))
+    .unwrap();
+    let listener: Listener =
+        serde_json::from_value(serde_json::json!({"name": "public", "port": 8080})).unwrap();
+    let policy: Policy = serde_json::from_value(serde_json::json!({
+        "type": "transform", "name": "shape",
+        "request": {"headers": {"set": {"x-user": "u-{claim.org.id}/{consumer.name} 100%",
+                                        "x-tier": "{consumer.tier}", "x-ua": "{header.user-agent}",
+                                        "x-ip": "{client_ip}"},
+                                "remove": ["x-debug"]},
+                    "body": {"rename_keys": "snake_case", "remove": ["password"], "add": {"via": "gw"},
+                             "on_invalid": "reject"},
+                    "path": {"regex": "^/old/(.*)", "substitution": "/new/\\1"}},
+        "response": {"headers": {"add": {"x-host": "{header.host}"}},
+                     "body": {"convert": "json_to_xml"}}
+    }))
+    .unwrap();
+    let store = StoreSnapshot {
+        revision: 1,
+        clusters: [("app".to_owned(), cluster)].into(),
+        routes: [("shaped".to_owned(), route)].into(),
+        listeners: [("public".to_owned(), listener)].into(),
+        policies: [("shape".to_owned(), policy)].into(),
+        ..Default::default()
+    };
+    let node = NodeGroup {
+        kind: NodeKind::Tollgate,
+        cluster: "edge".into(),
+    };
+    let snapshot = translate(&store, &node, &Default::default()).unwrap();
+    let resource = &snapshot.resources(ResourceType::Route)["public"];
+    let proto = route_pb::RouteConfiguration::decode(resource.body.value.as_slice()).unwrap();
+    let table = RouteTable::try_from(&proto).unwrap_or_else(|e| panic!("{e}"));
+    let resource = &snapshot.resources(ResourceType::Listener)["public"];
+    let proto = listener_pb::Listener::decode(resource.body.value.as_slice()).unwrap();
+    let listener =
+        crate::config::listener::Listener::try_from(&proto).unwrap_or_else(|e| panic!("{e}"));
+    let kinds: Vec<&HttpFilterKind> = listener.chains()[0]
+        .http
+        .http_filters
+        .iter()
+        .map(|f| &f.kind)
+        .collect();
+    assert!(matches!(
+        kinds[..],
+        [HttpFilterKind::Transform, HttpFilterKind::Router]
+    ));
+
+    let req = get("api.test", "/old/x")
+        .header("user-agent", "curl")
+        .header("x-debug", "1");
+    let matched = table.find(&req.head()).unwrap();
+    let RouteAction::Forward(forward) = &matched.route.action else {
+        panic!("forwards")
+    };
+    assert_eq!(
+        forward.rewrite_path("/old/x?q").as_deref(),
+        Some("/new/x?q")
+    );
+    let bodies = matched
+        .filter_config("tollgate.filters.http.transform")
+        .and_then(|c| c.as_transform())
+        .unwrap();
+    assert_eq!(bodies.request.len(), 1);
+    assert!(bodies.request[0].reject_invalid);
+    assert_eq!(bodies.response.len(), 1);
+
+    struct Identity;
+    impl DynamicMetadata for Identity {
+        fn get(&self, namespace: &str, path: &[String]) -> Option<Cow<'_, serde_json::Value>> {
+            let all = serde_json::json!({
+                JWT_AUTHN_NAMESPACE: {"jwt_payload": {"org": {"id": 42}}},
+                EXT_AUTHZ_NAMESPACE: {"consumer": "acme", "tier": "gold"},
+            });
+            lookup(&all[namespace], path).cloned().map(Cow::Owned)
+        }
+    }
+    let cx = FormatContext {
+        metadata: &Identity,
+        ..cx()
+    };
+    let mut headers = req.headers.clone();
+    matched.apply_request_headers(&mut headers, &cx).unwrap();
+    assert_eq!(headers["x-user"], "u-42/acme 100%");
+    assert_eq!(headers["x-tier"], "gold");
+    assert_eq!(headers["x-ua"], "curl");
+    assert_eq!(headers["x-ip"], "192.0.2.7");
+    assert!(headers.get("x-debug").is_none());
+    assert!(matched.response_reads_request());
+    let mut response = HeaderMap::new();
+    matched.apply_response_headers(&mut response, &headers, &cx);
+    assert_eq!(response["x-host"], "h");
 }
