@@ -408,6 +408,25 @@ fn ads_config_source() -> envoy::config::core::v3::ConfigSource {
     }
 }
 
+/// A map for a protobuf message that encodes to the same bytes for the same entries.
+///
+/// Resource versions are hashes of the encoded bytes, and prost encodes a `HashMap` in its
+/// iteration order, which depends on the map's random hash seed: an unchanged resource with
+/// two entries in a map would get a new version on every translation (and Envoy would drain
+/// and rebuild an unchanged listener). Every map built here shares one seed and gets its
+/// entries in sorted order, so equal entries iterate, and encode, alike within this process.
+fn stable_map<V>(
+    entries: impl IntoIterator<Item = (String, V)>,
+) -> std::collections::HashMap<String, V> {
+    static SEED: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let mut sorted: Vec<(String, V)> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = std::collections::HashMap::with_capacity_and_hasher(sorted.len(), SEED.clone());
+    map.extend(sorted);
+    map
+}
+
 fn duration_ms(ms: u32) -> tollgate_proto::google::protobuf::Duration {
     tollgate_proto::google::protobuf::Duration {
         seconds: i64::from(ms / 1000),

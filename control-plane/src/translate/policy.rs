@@ -220,7 +220,7 @@ impl<'a> RoutePolicies<'a> {
         node: NodeKind,
         filters: &ListenerFilters<'_>,
     ) -> std::collections::HashMap<String, Any> {
-        let mut out = std::collections::HashMap::new();
+        let mut out = BTreeMap::new();
         let key_policies: Vec<String> = self.api_key.iter().map(|p| p.name.clone()).collect();
         match node {
             NodeKind::Tollgate if !key_policies.is_empty() => {
@@ -289,7 +289,7 @@ impl<'a> RoutePolicies<'a> {
             };
             out.insert(JWT_FILTER.to_owned(), tollgate_proto::pack_any(&per_route));
         }
-        out
+        super::stable_map(out)
     }
 }
 
@@ -342,33 +342,33 @@ impl<'a> ListenerFilters<'a> {
         }
         if !self.providers.is_empty() {
             let config = jwt_pb::JwtAuthentication {
-                providers: self
-                    .providers
-                    .iter()
-                    .map(|(name, policy)| ((*name).to_owned(), jwt_provider(policy)))
-                    .collect(),
-                requirement_map: self
-                    .requirements
-                    .iter()
-                    .map(|(name, requirement)| (name.clone(), requirement.clone()))
-                    .collect(),
+                providers: super::stable_map(
+                    self.providers
+                        .iter()
+                        .map(|(name, policy)| ((*name).to_owned(), jwt_provider(policy))),
+                ),
+                requirement_map: super::stable_map(
+                    self.requirements
+                        .iter()
+                        .map(|(name, requirement)| (name.clone(), requirement.clone())),
+                ),
                 ..Default::default()
             };
             filters.push(http_filter(JWT_FILTER, &config));
         }
         if self.uses_api_keys() {
             filters.push(match node {
-                NodeKind::Tollgate => http_filter(
-                    API_KEY_FILTER,
-                    &api_key_pb::ApiKeyAuth {
-                        providers: self
-                            .api_key_providers
-                            .iter()
-                            .map(|(name, policy)| ((*name).to_owned(), api_key_provider(policy)))
-                            .collect(),
-                        key_table: API_KEY_TABLE_SECRET.to_owned(),
-                    },
-                ),
+                NodeKind::Tollgate => {
+                    http_filter(
+                        API_KEY_FILTER,
+                        &api_key_pb::ApiKeyAuth {
+                            providers: super::stable_map(self.api_key_providers.iter().map(
+                                |(name, policy)| ((*name).to_owned(), api_key_provider(policy)),
+                            )),
+                            key_table: API_KEY_TABLE_SECRET.to_owned(),
+                        },
+                    )
+                }
                 NodeKind::Envoy | NodeKind::Other => http_filter(EXT_AUTHZ_FILTER, &ext_authz()),
             });
         }
@@ -439,11 +439,11 @@ fn body_transform(body: &BodyTransform) -> transform_pb::BodyTransform {
             Some(KeyCase::CamelCase) => transform_pb::KeyCase::CamelCase,
         } as i32,
         remove: body.remove.clone(),
-        add: body
-            .add
-            .iter()
-            .map(|(path, value)| (path.clone(), value.to_string()))
-            .collect(),
+        add: super::stable_map(
+            body.add
+                .iter()
+                .map(|(path, value)| (path.clone(), value.to_string())),
+        ),
         reject_invalid: body.on_invalid == crate::model::OnInvalidBody::Reject,
     }
 }

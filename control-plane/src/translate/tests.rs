@@ -994,3 +994,23 @@ fn transforms_become_route_header_formatters_and_edge_body_configs() {
         );
     }
 }
+
+#[test]
+fn routes_with_several_filter_configs_keep_their_versions() {
+    // A route's per-filter configs are a map; its encoding must not depend on a hash seed.
+    let store = policy_snapshot();
+    for kind in [NodeKind::Envoy, NodeKind::Tollgate] {
+        let group = NodeGroup {
+            kind,
+            cluster: "edge".into(),
+        };
+        let first = translate(&store, &group, &TranslateContext::default()).unwrap();
+        for _ in 0..5 {
+            assert_eq!(
+                first,
+                translate(&store, &group, &TranslateContext::default()).unwrap(),
+                "{kind:?}"
+            );
+        }
+    }
+}
