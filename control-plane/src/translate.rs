@@ -7,10 +7,15 @@
 mod cluster;
 mod listener;
 mod policy;
+mod rate_limit;
 mod rbac;
 mod route;
 
 pub(crate) use policy::API_KEY_POLICIES_EXTENSION;
+pub(crate) use rate_limit::{
+    API_KEY_HASH_KEY, DOMAIN as RATE_LIMIT_DOMAIN, POLICY_KEY as RATE_LIMIT_POLICY_KEY,
+    REMOTE_ADDRESS_KEY, TIER_KEY as RATE_LIMIT_TIER_KEY,
+};
 pub(crate) use rbac::{CONSUMER_KEY, GROUPS_KEY, TIER_KEY};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -309,7 +314,7 @@ pub fn translate(
         .values()
         .filter(|l| l.node_cluster.as_ref().is_none_or(|c| *c == node.cluster))
         .collect();
-    let mut uses_api_keys = false;
+    let (mut uses_api_keys, mut uses_rate_limits) = (false, false);
     if !listeners.is_empty() {
         let mut routes: Vec<_> = store.routes.values().collect();
         routes.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
@@ -334,6 +339,7 @@ pub fn translate(
                 }
             });
             uses_api_keys |= filters.uses_api_keys();
+            uses_rate_limits |= filters.uses_rate_limits();
             let certificates: Vec<&crate::model::Certificate> = listener
                 .tls
                 .iter()
@@ -373,22 +379,23 @@ pub fn translate(
             );
         }
     }
-    if uses_api_keys {
-        match node.kind {
-            NodeKind::Tollgate => {
-                let table = policy::api_key_table(&store.consumers, context);
-                out.refer(ResourceType::Secret, &table.name);
-                out.insert(
-                    ResourceType::Secret,
-                    XdsResource::new(table.name.clone(), tollgate_proto::pack_any(&table)),
-                );
-            }
-            NodeKind::Envoy | NodeKind::Other => {
-                let cluster = policy::control_plane_cluster(context);
-                out.refer(ResourceType::Cluster, &cluster.name);
-                out.insert_cluster(&cluster);
-            }
+    // Envoy asks the control plane's gRPC services about API keys (ext_authz) and quotas
+    // (RLS); edge proxies check keys against a table they get over SDS, and count themselves.
+    match node.kind {
+        NodeKind::Tollgate if uses_api_keys => {
+            let table = policy::api_key_table(&store.consumers, context);
+            out.refer(ResourceType::Secret, &table.name);
+            out.insert(
+                ResourceType::Secret,
+                XdsResource::new(table.name.clone(), tollgate_proto::pack_any(&table)),
+            );
         }
+        NodeKind::Envoy | NodeKind::Other if uses_api_keys || uses_rate_limits => {
+            let cluster = policy::control_plane_cluster(context);
+            out.refer(ResourceType::Cluster, &cluster.name);
+            out.insert_cluster(&cluster);
+        }
+        NodeKind::Tollgate | NodeKind::Envoy | NodeKind::Other => {}
     }
     out.check_consistent()?;
     Ok(out)
