@@ -3,7 +3,9 @@
 //! per API key lets exactly N requests of each key through, then answers 429 with the
 //! `RateLimit*` and `Retry-After` headers and a JSON body, while a fresh key still passes;
 //! tier limits follow the consumer's tier; a shadow policy counts but never refuses. The API
-//! keys appear neither in Redis nor in any log.
+//! keys appear neither in Redis nor in any log. With Redis gone each policy follows its
+//! failure mode, and recovers with Redis; with the control plane gone Envoy lets requests
+//! through.
 
 use reqwest::Method;
 use serde_json::json;
@@ -38,11 +40,11 @@ async fn envoy_counts_quotas_in_redis_through_the_rls() {
     let Some(_) = support::require_envoy() else {
         return;
     };
-    let Some(redis) = start_redis().expect("redis starts") else {
+    let Some(mut redis) = start_redis().expect("redis starts") else {
         return;
     };
     // A generous Redis deadline: this test is about what is counted, not how fast.
-    let cp = ControlPlane::start_with_args(&["--redis", &redis.url(), "--redis-timeout", "2s"])
+    let mut cp = ControlPlane::start_with_args(&["--redis", &redis.url(), "--redis-timeout", "2s"])
         .await
         .expect("control plane starts");
     let upstream = Upstream::start("api").await;
@@ -95,6 +97,17 @@ async fn envoy_counts_quotas_in_redis_through_the_rls() {
             "routes",
             "trial",
             json!({"match": {"path_prefix": "/trial"}, "cluster": "api", "policies": ["trial"]}),
+        ),
+        (
+            "policies",
+            "strict",
+            json!({"type": "rate_limit", "key": ["client_ip"], "failure_mode": "closed",
+                   "algorithm": "fixed_window", "limit": fixed(100)}),
+        ),
+        (
+            "routes",
+            "strict",
+            json!({"match": {"path_prefix": "/strict"}, "cluster": "api", "policies": ["strict"]}),
         ),
         (
             "routes",
@@ -382,6 +395,74 @@ async fn envoy_counts_quotas_in_redis_through_the_rls() {
                 failures.push(format!("{place} contains an API key"));
             }
         }
+    }
+
+    // Redis goes away: the fail-closed policy refuses (429, retry in 1 s), the fail-open one
+    // lets requests through uncounted; both come back with Redis.
+    let strict = send(port, "/strict", &[]).await;
+    if strict.status != 200 {
+        failures.push(format!("/strict with Redis up: {}", strict.status));
+    }
+    redis.kill();
+    let refused = send(port, "/strict", &[]).await;
+    let body = refused.json().unwrap_or_default();
+    if refused.status != 429
+        || refused.header("retry-after") != Some("1")
+        || body["error"]["code"] != "rate_limited"
+    {
+        failures.push(format!(
+            "/strict with Redis down: {} {:?} {}",
+            refused.status, refused.headers, refused.body
+        ));
+    }
+    let open = send(port, "/trial", &[]).await;
+    if open.status != 200 {
+        failures.push(format!("/trial with Redis down: {}", open.status));
+    }
+    redis.restart().expect("redis restarts");
+    eventually(
+        "the fail-closed policy recovers with Redis",
+        CONVERGE,
+        || async {
+            let response = send(port, "/strict", &[]).await;
+            anyhow::ensure!(response.status == 200, "status {}", response.status);
+            Ok(())
+        },
+    )
+    .await;
+    let scrape = support::get(&format!("{}/metrics", cp.admin_url()), None)
+        .await
+        .expect("metrics");
+    let samples = Samples::parse(&scrape.body).expect("metrics parse");
+    for (policy, outcome) in [("strict", "failed_closed"), ("trial", "failed_open")] {
+        let got = samples.get(
+            "tollgate_rls_decisions_total",
+            &[("policy", policy), ("outcome", outcome)],
+        );
+        if got.unwrap_or(0.0) < 1.0 {
+            failures.push(format!(
+                "tollgate_rls_decisions_total{{{policy},{outcome}}}: {got:?}, expected at least 1"
+            ));
+        }
+    }
+
+    // The control plane goes away: Envoy cannot ask, and lets the request through.
+    cp.kill();
+    let response = send(port, "/strict", &[]).await;
+    if response.status != 200 {
+        failures.push(format!(
+            "/strict with the control plane down: {} (Envoy fails open)",
+            response.status
+        ));
+    }
+    let allowed = envoy
+        .stat("cluster.api.ratelimit.failure_mode_allowed")
+        .await
+        .expect("envoy stats");
+    if allowed != Some(1) {
+        failures.push(format!(
+            "envoy failure_mode_allowed = {allowed:?} after the control plane went away"
+        ));
     }
 
     assert!(
