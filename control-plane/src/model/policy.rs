@@ -1062,7 +1062,9 @@ fn validate_body(body: &BodyTransform) -> Result<(), ValidationError> {
 /// A request whose key cannot be formed (a header, a claim or the API key's consumer is
 /// missing) is not counted by the policy, as Envoy skips a rate-limit descriptor when one of
 /// its actions yields nothing. Every policy on a route counts the request, even when another
-/// one refuses it. Refusals answer 429 with `RateLimit-Policy`, `RateLimit` and `Retry-After`.
+/// one refuses it. Only forwarding routes count: redirects and direct responses do not (Envoy's
+/// filter has no route entry for them). Refusals answer 429 with `RateLimit-Policy`,
+/// `RateLimit` and `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicy {

@@ -95,7 +95,12 @@ impl<'a> RoutePolicies<'a> {
                 Some(Policy::Transform(t)) if !out.transform.iter().any(|p| p.name == t.name) => {
                     out.transform.push(t);
                 }
-                Some(Policy::RateLimit(r)) if !out.rate_limit.iter().any(|p| p.name == r.name) => {
+                // Envoy counts only requests it forwards: a redirect or a direct response has no
+                // route entry for its rate-limit filter to read. Edge proxies get the same
+                // configs, so they do not count them either.
+                Some(Policy::RateLimit(r))
+                    if route.forwards() && !out.rate_limit.iter().any(|p| p.name == r.name) =>
+                {
                     out.rate_limit.push(r);
                 }
                 Some(

@@ -1287,7 +1287,25 @@ fn rate_limits_alone_bring_the_control_plane_cluster_to_envoy() {
         "limit": {"requests": 5, "window_s": 1}}))
     .unwrap();
     store.policies.insert("per-ip".into(), policy);
-    store.routes.get_mut("health").unwrap().policies = vec!["per-ip".into()];
+    // Redirects and direct responses are not counted (Envoy has no route entry to read for
+    // them): on those alone, the policy brings nothing.
+    for route in ["health", "old-docs"] {
+        store.routes.get_mut(route).unwrap().policies = vec!["per-ip".into()];
+    }
+    let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
+    let listener: listener_pb::Listener = decode(&out.resources(ResourceType::Listener)["public"]);
+    assert_eq!(hcm(&listener).http_filters.len(), 1);
+    assert!(
+        routes_by_name(&out)
+            .values()
+            .all(|r| r.typed_per_filter_config.is_empty())
+    );
+    assert!(
+        !out.resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane")
+    );
+
+    store.routes.get_mut("users-api").unwrap().policies = vec!["per-ip".into()];
     let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
     assert!(
         out.resources(ResourceType::Cluster)
