@@ -123,9 +123,44 @@ struct ControlPlaneArgs {
     #[arg(long, env = "TOLLGATE_READ_ONLY_TOKEN", hide_env_values = true)]
     read_only_token: Option<String>,
     /// `HOST:PORT` at which Envoy sidecars reach this control plane's gRPC services (API-key
-    /// checks); defaults to the xDS address, with 127.0.0.1 for an unspecified IP.
+    /// checks, rate limits); defaults to the xDS address, with 127.0.0.1 for an unspecified IP.
     #[arg(long, env = "TOLLGATE_ADVERTISE_ADDR", value_parser = parse_host_port)]
     advertise_addr: Option<(String, u16)>,
+    #[command(flatten)]
+    quota: QuotaArgs,
+}
+
+/// Where the rate-limit service for Envoy nodes keeps its counters.
+#[derive(Debug, Args)]
+struct QuotaArgs {
+    /// Redis for the global quota counters shared with edge proxies (`redis://`, `rediss://`,
+    /// `redis+cluster://`, `redis+sentinel://`); counted in this process when absent.
+    #[arg(long, env = "TOLLGATE_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+    /// How long one quota decision may wait for Redis before the policy's failure mode
+    /// applies (e.g. `5ms`; raise it when Redis is far away).
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT", default_value = "5ms", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+}
+
+impl QuotaArgs {
+    /// The quota engine for global policies. Needs the runtime (Redis connects in the
+    /// background).
+    async fn engine(&self) -> anyhow::Result<tollgate_quota::Quota> {
+        let Some(url) = &self.redis else {
+            return Ok(tollgate_quota::Quota::local(Default::default()));
+        };
+        let config = tollgate_quota::RedisConfig::new(url.clone()).with_timeout(self.redis_timeout);
+        // The error names the URL with its password masked.
+        let quota = tollgate_quota::Quota::redis(config).context("--redis")?;
+        if !quota.wait_until_up(REDIS_START_WAIT).await {
+            tracing::warn!(
+                wait = ?REDIS_START_WAIT,
+                "redis is not reachable yet; rate limits follow each policy's failure mode until it is"
+            );
+        }
+        Ok(quota)
+    }
 }
 
 /// Parses `HOST:PORT` (IPv6 in brackets).
@@ -230,10 +265,14 @@ struct DevArgs {
     proxy_admin_addr: SocketAddr,
     #[command(flatten)]
     tracing: TracingArgs,
+    #[command(flatten)]
+    quota: QuotaArgs,
 }
 
 /// The shortest token accepted: guessing must stay out of reach.
 const MIN_TOKEN_LEN: usize = 16;
+/// How long the control plane waits for Redis at start before serving without it.
+const REDIS_START_WAIT: Duration = Duration::from_secs(2);
 /// How long in-flight work gets after SIGTERM before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -283,8 +322,10 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 }
             }
             let store = open_store(&args.store)?;
+            let quota = args.quota.engine().await?;
             let running = start_control_plane(ServeConfig {
                 store,
+                quota,
                 admin_addr: args.admin_addr,
                 xds_addr: args.xds_addr,
                 admin_token: args.admin_token,
@@ -316,8 +357,10 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             let store = Store::sqlite(&db).with_context(|| format!("opening {}", db.display()))?;
             ensure_default_listener(&store, args.proxy_addr).await?;
             let token = args.admin_token.unwrap_or_else(generate_token);
+            let quota = args.quota.engine().await?;
             let running = start_control_plane(ServeConfig {
                 store: store.clone(),
+                quota,
                 admin_addr: args.admin_addr,
                 xds_addr: args.xds_addr,
                 admin_token: token.clone(),
@@ -382,6 +425,8 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
 /// What the control plane serves, and where.
 struct ServeConfig {
     store: Store,
+    /// The rate-limit service's engine for global policies.
+    quota: tollgate_quota::Quota,
     admin_addr: SocketAddr,
     xds_addr: SocketAddr,
     admin_token: String,
@@ -465,6 +510,7 @@ struct Running {
 async fn start_control_plane(config: ServeConfig) -> anyhow::Result<Running> {
     let ServeConfig {
         store,
+        quota,
         admin_addr,
         xds_addr,
         admin_token,
@@ -497,6 +543,7 @@ async fn start_control_plane(config: ServeConfig) -> anyhow::Result<Running> {
         advertise_addr,
     );
     let authorizer = tollgate_control_plane::ext_authz::ApiKeyAuthorizer::new(store.clone());
+    let rate_limiter = tollgate_control_plane::rls::RateLimiter::new(store.clone(), quota);
     let mut stop_xds = shutdown_rx.clone();
     let xds = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -504,6 +551,7 @@ async fn start_control_plane(config: ServeConfig) -> anyhow::Result<Running> {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(ads.into_service())
             .add_service(authorizer.into_service())
+            .add_service(rate_limiter.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), async move {
                 let _ = stop_xds.wait_for(|stop| *stop).await;
             })

@@ -182,6 +182,12 @@ async fn bad_requests_name_the_field_and_change_nothing() {
         json!({"match": {"path_prefix": "/private"}, "cluster": "web", "policies": ["auth"]}),
     )
     .await;
+    put(
+        &app,
+        "/v1/policies/per-consumer",
+        json!({"type": "rate_limit", "key": ["consumer"], "limit": {"requests": 10, "window_s": 60}}),
+    )
+    .await;
     let before = config_bytes(&app).await;
     let long_name = format!("/v1/clusters/{}", "a".repeat(10 * 1024));
     let long_name: &'static str = Box::leak(long_name.into_boxed_str());
@@ -760,6 +766,34 @@ async fn bad_requests_name_the_field_and_change_nothing() {
             S::BAD_REQUEST,
             "invalid_field",
             Some("allow_origins[0]"),
+        ),
+        (
+            M::PUT,
+            "/v1/policies/p",
+            body(r#"{"type": "rate_limit", "key": [], "limit": {"requests": 10, "window_s": 0}}"#),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("limit.window_s"),
+        ),
+        (
+            M::PUT,
+            "/v1/policies/p",
+            body(
+                r#"{"type": "rate_limit", "key": ["header:authorization"], "limit": {"requests": 1, "window_s": 1}}"#,
+            ),
+            S::BAD_REQUEST,
+            "invalid_field",
+            Some("key[0]"),
+        ),
+        // Keyed on the API key's consumer, on a route without an API-key policy: nothing
+        // would ever be counted.
+        (
+            M::PUT,
+            "/v1/routes/private",
+            body(r#"{"match": {}, "cluster": "web", "policies": ["per-consumer"]}"#),
+            S::CONFLICT,
+            "reference_conflict",
+            Some("policies[0]"),
         ),
         (
             M::DELETE,
@@ -1717,7 +1751,7 @@ fn policy_schemas_carry_their_type_tag() {
     let policy = &schemas["Policy"];
     assert_eq!(policy["discriminator"]["propertyName"], "type");
     let variants = policy["oneOf"].as_array().unwrap();
-    assert_eq!(variants.len(), 6);
+    assert_eq!(variants.len(), 7);
     for (name, tag) in [
         ("JwtPolicy", "jwt"),
         ("CorsPolicy", "cors"),
@@ -1725,6 +1759,7 @@ fn policy_schemas_carry_their_type_tag() {
         ("AuthorizationPolicy", "authorization"),
         ("IpFilterPolicy", "ip_filter"),
         ("TransformPolicy", "transform"),
+        ("RateLimitPolicy", "rate_limit"),
     ] {
         let schema = &schemas[name];
         assert_eq!(schema["properties"]["type"]["enum"], json!([tag]), "{name}");

@@ -25,7 +25,9 @@ use tonic::{Request, Response, Status};
 
 use crate::model::{ApiKeyPolicy, CONSUMER_NAME_HEADER, CONSUMER_TIER_HEADER, Policy};
 use crate::store::{Store, StoreSnapshot};
-use crate::translate::{API_KEY_POLICIES_EXTENSION, CONSUMER_KEY, GROUPS_KEY, TIER_KEY};
+use crate::translate::{
+    API_KEY_HASH_KEY, API_KEY_POLICIES_EXTENSION, CONSUMER_KEY, GROUPS_KEY, TIER_KEY,
+};
 
 /// gRPC status codes the check answers with (`google.rpc.Code`).
 const OK: i32 = 0;
@@ -154,7 +156,10 @@ impl ApiKeyAuthorizer {
             let hash = self.store.api_key_hasher().hash(&key);
             if let Some(identity) = index.consumers.get(&hash) {
                 let mut response = allow(consumer_headers(identity, policy, in_query));
-                response.dynamic_metadata = Some(identity_metadata(identity));
+                response.dynamic_metadata = Some(identity_metadata(
+                    identity,
+                    tollgate_quota::identity::api_key_hash(&hash),
+                ));
                 return response;
             }
         }
@@ -241,8 +246,9 @@ fn consumer_headers(identity: &Identity, policy: &ApiKeyPolicy, in_query: bool) 
 }
 
 /// The consumer's identity as dynamic metadata, for Envoy's RBAC filter (authorization
-/// policies on consumers and groups).
-fn identity_metadata(identity: &Identity) -> Struct {
+/// policies on consumers and groups) and its rate-limit filter (quotas per consumer, tier or
+/// key). The key appears only as `api_key_hash`, the start of its keyed hash (its quota identity).
+fn identity_metadata(identity: &Identity, key_hash: &str) -> Struct {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
@@ -256,6 +262,7 @@ fn identity_metadata(identity: &Identity) -> Struct {
                 })),
             },
         ),
+        (API_KEY_HASH_KEY.to_owned(), string(key_hash)),
     ]
     .into();
     if let Some(tier) = &identity.tier {
@@ -398,6 +405,13 @@ mod tests {
             [("x-consumer-name", "acme"), ("x-consumer-tier", "pro")]
         );
         assert_eq!(ok.headers_to_remove, ["x-api-key"]);
+        // Quotas per key see a prefix of its keyed hash, never the key.
+        let metadata = response.dynamic_metadata.as_ref().unwrap();
+        let Some(Kind::StringValue(key_hash)) = &metadata.fields["api_key_hash"].kind else {
+            panic!("api_key_hash expected: {metadata:?}")
+        };
+        assert_eq!(key_hash, &authz.store.api_key_hasher().hash(KEY)[..32]);
+        assert!(!format!("{response:?}").contains(KEY));
 
         let response = authz.decide(&check(&[], &format!("/a?x=1&apikey={KEY}"), "keys"));
         let Some(check_response::HttpResponse::OkResponse(ok)) = &response.http_response else {

@@ -1,8 +1,10 @@
-//! The control plane's Prometheus metrics: what the store committed and how the fleet took it
-//! up. The store and the ADS streams record into one [`Metrics`]; the admin API renders it at
-//! `/metrics`. Label values are resource types and node kinds, never names from requests, so
-//! the series count stays bounded.
+//! The control plane's Prometheus metrics: what the store committed, how the fleet took it up,
+//! and what the rate-limit service decided. The store, the ADS streams and the RLS record into
+//! one [`Metrics`]; the admin API renders it at `/metrics`. Label values are resource types,
+//! node kinds, outcomes and policy names from the store, never values from requests, so the
+//! series count stays bounded by the configuration.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::rls::RlsOutcome;
 use crate::xds::nodes::NodeStatus;
 
 /// Labels naming an xDS resource type.
@@ -31,6 +34,13 @@ struct OutcomeLabel {
 struct NodeLabel {
     kind: &'static str,
     protocol: &'static str,
+}
+
+/// Labels of a rate-limit decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    policy: String,
+    outcome: &'static str,
 }
 
 /// How a store write ended.
@@ -60,6 +70,8 @@ pub struct Metrics {
     store_write_seconds: Histogram,
     store_revision: Gauge,
     connected_nodes: Family<NodeLabel, Gauge>,
+    rls_decisions: Family<DecisionLabel, Counter>,
+    quota: Arc<OnceLock<tollgate_quota::Quota>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,6 +91,8 @@ impl Default for Metrics {
         let store_write_seconds = latency_histogram();
         let store_revision = Gauge::default();
         let connected_nodes = Family::default();
+        let rls_decisions = Family::default();
+        let quota = Arc::new(OnceLock::new());
         registry.register(
             "xds_pushes",
             "xDS responses sent, by resource type",
@@ -119,6 +133,13 @@ impl Default for Metrics {
             "Connected ADS streams, by node kind and protocol",
             connected_nodes.clone(),
         );
+        registry.register(
+            "rls_decisions",
+            "Rate-limit decisions made for Envoy nodes, by policy and outcome (allowed, limited, \
+             failed_open, failed_closed, shadow_limited)",
+            rls_decisions.clone(),
+        );
+        registry.register_collector(Box::new(QuotaBackendCollector(quota.clone())));
         Self {
             registry,
             pushes,
@@ -129,7 +150,43 @@ impl Default for Metrics {
             store_write_seconds,
             store_revision,
             connected_nodes,
+            rls_decisions,
+            quota,
         }
+    }
+}
+
+/// Reports the state of the rate-limit service's counter backend when scraped.
+#[derive(Debug)]
+struct QuotaBackendCollector(Arc<OnceLock<tollgate_quota::Quota>>);
+
+impl prometheus_client::collector::Collector for QuotaBackendCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(quota) = self.0.get() else {
+            return Ok(());
+        };
+        let snapshot = quota.metrics().snapshot();
+        let up = ConstGauge::new(i64::from(snapshot.backend_up));
+        up.encode(encoder.encode_descriptor(
+            "rls_backend_up",
+            "Whether the rate-limit counters (Redis, or in process) can be reached",
+            None,
+            up.metric_type(),
+        )?)?;
+        let failures = ConstCounter::new(snapshot.errors + snapshot.timeouts);
+        failures.encode(encoder.encode_descriptor(
+            "rls_backend_failures",
+            "Calls to the rate-limit counters that failed or timed out",
+            None,
+            failures.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 
@@ -154,6 +211,22 @@ impl Metrics {
     /// A node rejected a response of `ty`.
     pub fn nacked(&self, ty: &'static str) {
         self.nacks.get_or_create(&TypeLabel { r#type: ty }).inc();
+    }
+
+    /// The RLS decided one descriptor of `policy`.
+    pub fn rls_decision(&self, policy: &str, outcome: RlsOutcome) {
+        self.rls_decisions
+            .get_or_create(&DecisionLabel {
+                policy: policy.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Reports the backend of `quota` (the RLS's engine for global policies) when scraped.
+    /// Only the first engine given is kept.
+    pub fn observe_quota(&self, quota: tollgate_quota::Quota) {
+        let _ = self.quota.set(quota);
     }
 
     /// A store write ended after `elapsed`.

@@ -20,8 +20,9 @@ pub use consumer::{ApiKeyHasher, Consumer, ConsumerSpec, MIN_API_KEY_LEN};
 pub use listener::{AccessLog, Listener, ListenerTls};
 pub use policy::{
     ApiKeyPolicy, AuthorizationPolicy, BodyConversion, BodyTransform, CONSUMER_NAME_HEADER,
-    CONSUMER_TIER_HEADER, Cidr, CorsPolicy, IpFilterPolicy, JwksUri, JwtPolicy, KeyCase,
-    MAX_JWKS_BYTES, MessageTransform, OnInvalidBody, PathRewrite, Policy, PolicyType,
+    CONSUMER_TIER_HEADER, Cidr, CorsPolicy, IpFilterPolicy, JwksUri, JwtPolicy, KeyCase, KeyPart,
+    MAX_JWKS_BYTES, MAX_KEY_PARTS, MAX_TIERS, MessageTransform, OnInvalidBody, PathRewrite, Policy,
+    PolicyType, QuotaAlgorithm, QuotaFailureMode, QuotaLimit, QuotaMode, RateLimitPolicy,
     RequestTransform, TemplatePart, TemplatedHeaders, TokenSource, TransformPolicy, parse_template,
 };
 pub use route::{
@@ -335,6 +336,110 @@ pub fn check_references(
                     name: route.name.clone(),
                     field,
                     message: format!("unknown cluster {cluster}"),
+                });
+            }
+        }
+    }
+    check_rate_limits(routes, listeners, policies)
+}
+
+/// Confirms that rate-limit policies can form their keys where they apply:
+///
+/// - a policy keyed on the API key, its consumer or tier (or with `tiers`) needs an API-key
+///   policy in force on every route it applies to, and one keyed on a claim a JWT policy;
+///   without one, no request would ever be counted. A route's policies apply on every
+///   listener, together with the listener's own, so each pair is checked (none while there is
+///   no listener, since nothing is served then).
+/// - no key part reads a header an API-key or JWT policy takes credentials from: counter keys
+///   are stored in clear text.
+fn check_rate_limits(
+    routes: &BTreeMap<String, Route>,
+    listeners: &BTreeMap<String, Listener>,
+    policies: &BTreeMap<String, Policy>,
+) -> Result<(), ReferenceError> {
+    let credential_headers: Vec<(&str, &str)> = policies
+        .values()
+        .flat_map(|p| match p {
+            Policy::ApiKey(key) => vec![(key.name.as_str(), key.header.as_str())],
+            Policy::Jwt(jwt) => jwt
+                .token_from
+                .iter()
+                .filter_map(|s| s.header.as_deref())
+                .chain(jwt.token_from.is_empty().then_some("authorization"))
+                .map(|h| (jwt.name.as_str(), h))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut needy = false;
+    for policy in policies.values() {
+        let Policy::RateLimit(limit) = policy else {
+            continue;
+        };
+        needy |= limit.needs_api_key() || limit.needs_jwt();
+        for (i, part) in limit.key_parts().iter().enumerate() {
+            let KeyPart::Header(header) = part else {
+                continue;
+            };
+            if let Some((owner, _)) = credential_headers.iter().find(|(_, h)| h == header) {
+                return Err(ReferenceError {
+                    kind: ResourceKind::Policy,
+                    name: limit.name.clone(),
+                    field: format!("key[{i}]"),
+                    message: format!(
+                        "policy {owner} reads credentials from {header}, which must not end up                          in counter keys; key on api_key or consumer instead"
+                    ),
+                });
+            }
+        }
+    }
+    if !needy {
+        return Ok(());
+    }
+    for listener in listeners.values() {
+        for route in routes.values() {
+            let in_force = listener
+                .policies
+                .iter()
+                .map(|n| (ResourceKind::Listener, n))
+                .enumerate()
+                .chain(
+                    route
+                        .policies
+                        .iter()
+                        .map(|n| (ResourceKind::Route, n))
+                        .enumerate(),
+                );
+            let found = |ty: PolicyType| {
+                listener
+                    .policies
+                    .iter()
+                    .chain(&route.policies)
+                    .any(|n| policies.get(n).is_some_and(|p| p.policy_type() == ty))
+            };
+            let (has_api_key, has_jwt) = (found(PolicyType::ApiKey), found(PolicyType::Jwt));
+            for (i, (kind, name)) in in_force {
+                let Some(Policy::RateLimit(limit)) = policies.get(name) else {
+                    continue;
+                };
+                let missing = if limit.needs_api_key() && !has_api_key {
+                    "api_key"
+                } else if limit.needs_jwt() && !has_jwt {
+                    "jwt"
+                } else {
+                    continue;
+                };
+                let (holder, other) = match kind {
+                    ResourceKind::Listener => (&listener.name, format!("route {}", route.name)),
+                    _ => (&route.name, format!("listener {}", listener.name)),
+                };
+                return Err(ReferenceError {
+                    kind,
+                    name: holder.clone(),
+                    field: format!("policies[{i}]"),
+                    message: format!(
+                        "rate_limit policy {name} counts by what a {missing} policy finds, but                          no {missing} policy applies with {other}: no request would be counted"
+                    ),
                 });
             }
         }

@@ -7,10 +7,15 @@
 mod cluster;
 mod listener;
 mod policy;
+mod rate_limit;
 mod rbac;
 mod route;
 
 pub(crate) use policy::API_KEY_POLICIES_EXTENSION;
+pub(crate) use rate_limit::{
+    API_KEY_HASH_KEY, DOMAIN as RATE_LIMIT_DOMAIN, POLICY_KEY as RATE_LIMIT_POLICY_KEY,
+    REMOTE_ADDRESS_KEY, TIER_KEY as RATE_LIMIT_TIER_KEY,
+};
 pub(crate) use rbac::{CONSUMER_KEY, GROUPS_KEY, TIER_KEY};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -309,7 +314,7 @@ pub fn translate(
         .values()
         .filter(|l| l.node_cluster.as_ref().is_none_or(|c| *c == node.cluster))
         .collect();
-    let mut uses_api_keys = false;
+    let (mut uses_api_keys, mut uses_rate_limits) = (false, false);
     if !listeners.is_empty() {
         let mut routes: Vec<_> = store.routes.values().collect();
         routes.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
@@ -334,6 +339,7 @@ pub fn translate(
                 }
             });
             uses_api_keys |= filters.uses_api_keys();
+            uses_rate_limits |= filters.uses_rate_limits();
             let certificates: Vec<&crate::model::Certificate> = listener
                 .tls
                 .iter()
@@ -373,22 +379,23 @@ pub fn translate(
             );
         }
     }
-    if uses_api_keys {
-        match node.kind {
-            NodeKind::Tollgate => {
-                let table = policy::api_key_table(&store.consumers, context);
-                out.refer(ResourceType::Secret, &table.name);
-                out.insert(
-                    ResourceType::Secret,
-                    XdsResource::new(table.name.clone(), tollgate_proto::pack_any(&table)),
-                );
-            }
-            NodeKind::Envoy | NodeKind::Other => {
-                let cluster = policy::control_plane_cluster(context);
-                out.refer(ResourceType::Cluster, &cluster.name);
-                out.insert_cluster(&cluster);
-            }
+    // Envoy asks the control plane's gRPC services about API keys (ext_authz) and quotas
+    // (RLS); edge proxies check keys against a table they get over SDS, and count themselves.
+    match node.kind {
+        NodeKind::Tollgate if uses_api_keys => {
+            let table = policy::api_key_table(&store.consumers, context);
+            out.refer(ResourceType::Secret, &table.name);
+            out.insert(
+                ResourceType::Secret,
+                XdsResource::new(table.name.clone(), tollgate_proto::pack_any(&table)),
+            );
         }
+        NodeKind::Envoy | NodeKind::Other if uses_api_keys || uses_rate_limits => {
+            let cluster = policy::control_plane_cluster(context);
+            out.refer(ResourceType::Cluster, &cluster.name);
+            out.insert_cluster(&cluster);
+        }
+        NodeKind::Tollgate | NodeKind::Envoy | NodeKind::Other => {}
     }
     out.check_consistent()?;
     Ok(out)
@@ -406,6 +413,25 @@ fn ads_config_source() -> envoy::config::core::v3::ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
         ..ConfigSource::default()
     }
+}
+
+/// A map for a protobuf message that encodes to the same bytes for the same entries.
+///
+/// Resource versions are hashes of the encoded bytes, and prost encodes a `HashMap` in its
+/// iteration order, which depends on the map's random hash seed: an unchanged resource with
+/// two entries in a map would get a new version on every translation (and Envoy would drain
+/// and rebuild an unchanged listener). Every map built here shares one seed and gets its
+/// entries in sorted order, so equal entries iterate, and encode, alike within this process.
+fn stable_map<V>(
+    entries: impl IntoIterator<Item = (String, V)>,
+) -> std::collections::HashMap<String, V> {
+    static SEED: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let mut sorted: Vec<(String, V)> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = std::collections::HashMap::with_capacity_and_hasher(sorted.len(), SEED.clone());
+    map.extend(sorted);
+    map
 }
 
 fn duration_ms(ms: u32) -> tollgate_proto::google::protobuf::Duration {

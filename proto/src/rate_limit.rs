@@ -8,9 +8,10 @@ const PACKAGE: &str = "tollgate.filters.http.rate_limit.v1";
 /// The filter's config in the connection manager: the rate-limit policies its routes use.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimit {
-    /// Policies by name.
-    #[prost(map = "string, message", tag = "1")]
-    pub policies: std::collections::HashMap<String, RateLimitPolicy>,
+    /// Policies by name. An ordered map, so that the control plane encodes one config to the
+    /// same bytes every time (its version is a hash of them).
+    #[prost(btree_map = "string, message", tag = "1")]
+    pub policies: std::collections::BTreeMap<String, RateLimitPolicy>,
 }
 
 /// One rate-limit policy.
@@ -22,9 +23,9 @@ pub struct RateLimitPolicy {
     /// The limit, unless the consumer's tier has its own.
     #[prost(message, optional, tag = "2")]
     pub limit: Option<Limit>,
-    /// Limits by consumer tier.
-    #[prost(map = "string, message", tag = "3")]
-    pub tier_limits: std::collections::HashMap<String, Limit>,
+    /// Limits by consumer tier (ordered, as `policies`).
+    #[prost(btree_map = "string, message", tag = "3")]
+    pub tier_limits: std::collections::BTreeMap<String, Limit>,
     /// How requests are counted.
     #[prost(enumeration = "Algorithm", tag = "4")]
     pub algorithm: i32,

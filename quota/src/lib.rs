@@ -12,6 +12,8 @@
 //! - [`Decision`]: allowed or not, with remaining, reset and retry-after;
 //!   [`RateLimitHeaders`] renders it as `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` and
 //!   `Retry-After`.
+//! - [`identity()`]: the partition a request is counted in, from its key parts (the same
+//!   function for every proxy).
 //! - [`Metrics`]: counters of decisions and backend failures, for Prometheus.
 //! - Batched mode for hot keys ([`Policy::with_lease`]): a proxy takes several tokens per
 //!   Redis call and spends them locally, with a documented overshoot bound.
@@ -38,6 +40,7 @@ mod algorithm;
 pub mod clock;
 mod decision;
 pub mod headers;
+pub mod identity;
 pub mod key;
 mod lease;
 mod local;
@@ -52,6 +55,7 @@ use std::sync::{Arc, OnceLock};
 pub use crate::clock::{Clock, ManualClock, MonotonicClock};
 pub use crate::decision::{Decision, FAILED_CLOSED_RETRY_AFTER, Outcome};
 pub use crate::headers::RateLimitHeaders;
+pub use crate::identity::identity;
 pub use crate::key::KeyScheme;
 pub use crate::local::LocalConfig;
 pub use crate::metrics::{Failure, Metrics, MetricsSnapshot, QuotaObserver};

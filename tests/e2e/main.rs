@@ -14,6 +14,7 @@ mod jwt;
 mod openapi;
 mod parity;
 mod proxy_metrics;
+mod quotas_envoy;
 mod tls;
 mod tracing;
 mod transform;

@@ -28,6 +28,8 @@ pub enum Policy {
     /// Changes to the request and the response: headers from claims, the consumer or the
     /// request; the path; JSON and XML bodies (edge proxies).
     Transform(TransformPolicy),
+    /// A quota: how many requests per window each API key, consumer, client address… may make.
+    RateLimit(RateLimitPolicy),
 }
 
 /// The kinds of policy, as named in `type`.
@@ -45,6 +47,8 @@ pub enum PolicyType {
     IpFilter,
     /// [`TransformPolicy`].
     Transform,
+    /// [`RateLimitPolicy`].
+    RateLimit,
 }
 
 impl PolicyType {
@@ -57,6 +61,7 @@ impl PolicyType {
             Self::Authorization => "authorization",
             Self::IpFilter => "ip_filter",
             Self::Transform => "transform",
+            Self::RateLimit => "rate_limit",
         }
     }
 }
@@ -71,6 +76,7 @@ impl Policy {
             Self::Authorization(p) => &p.name,
             Self::IpFilter(p) => &p.name,
             Self::Transform(p) => &p.name,
+            Self::RateLimit(p) => &p.name,
         }
     }
 
@@ -83,6 +89,7 @@ impl Policy {
             Self::Authorization(p) => p.name = name,
             Self::IpFilter(p) => p.name = name,
             Self::Transform(p) => p.name = name,
+            Self::RateLimit(p) => p.name = name,
         }
     }
 
@@ -95,6 +102,7 @@ impl Policy {
             Self::Authorization(_) => PolicyType::Authorization,
             Self::IpFilter(_) => PolicyType::IpFilter,
             Self::Transform(_) => PolicyType::Transform,
+            Self::RateLimit(_) => PolicyType::RateLimit,
         }
     }
 
@@ -106,6 +114,7 @@ impl Policy {
             Self::Authorization(p) => p.validate(),
             Self::IpFilter(p) => p.validate(),
             Self::Transform(p) => p.validate(),
+            Self::RateLimit(p) => p.validate(),
         }
     }
 }
@@ -1045,6 +1054,314 @@ fn validate_body(body: &BodyTransform) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A quota: each partition of requests (by `key`) may make `limit.requests` per
+/// `limit.window_s`. Counted by the proxies' quota filter (edge proxies) or by the control
+/// plane's rate-limit service (Envoy), on one set of counters: in Redis when the control plane
+/// and proxies are given `--redis` (`mode: global`), or in each process (`mode: local`).
+///
+/// A request whose key cannot be formed (a header, a claim or the API key's consumer is
+/// missing) is not counted by the policy, as Envoy skips a rate-limit descriptor when one of
+/// its actions yields nothing. Every policy on a route counts the request, even when another
+/// one refuses it. Only forwarding routes count: redirects and direct responses do not (Envoy's
+/// filter has no route entry for them). Refusals answer 429 with `RateLimit-Policy`,
+/// `RateLimit` and `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    /// Unique name; clients see it in `RateLimit-Policy`.
+    #[serde(default)]
+    pub name: String,
+    /// What requests are counted by, in order: `api_key`, `consumer`, `consumer_tier`,
+    /// `claim:<dotted path>` (a string claim of the verified JWT), `client_ip`,
+    /// `header:<name>`, `route`. Empty: everyone shares one counter.
+    #[schema(example = json!(["consumer", "header:x-tenant"]))]
+    pub key: Vec<String>,
+    /// The limit, for consumers whose tier has none in `tiers`. Required without `tiers`;
+    /// with `tiers` and no `limit`, requests from other tiers are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<QuotaLimit>,
+    /// How requests are counted (default `token_bucket`).
+    #[serde(default)]
+    pub algorithm: QuotaAlgorithm,
+    /// Limits by the API key consumer's `tier`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, QuotaLimit>,
+    /// `global` (default): one counter for the whole fleet, in Redis; `local`: each edge
+    /// proxy counts on its own (for Envoy, the control plane's rate-limit service counts in
+    /// its memory).
+    #[serde(default)]
+    pub mode: QuotaMode,
+    /// Count, and report in metrics, but never refuse: for trying a limit out.
+    #[serde(default)]
+    pub shadow: bool,
+    /// When the counters cannot be reached (Redis down): `open` (default) lets requests
+    /// through uncounted, `closed` refuses them with 429.
+    #[serde(default)]
+    pub failure_mode: QuotaFailureMode,
+    /// Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
+    #[serde(default)]
+    pub legacy_headers: bool,
+}
+
+/// `requests` per `window_s` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaLimit {
+    /// Requests allowed per window (the sustained rate, for a token bucket).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub requests: u64,
+    /// The window, in seconds.
+    #[schema(minimum = 1, maximum = 31_622_400)]
+    pub window_s: u32,
+    /// Token bucket only: how many requests may come at once (default `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub burst: Option<u64>,
+}
+
+/// How requests are counted against a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaAlgorithm {
+    /// A token bucket (GCRA): refills continuously, allows `burst` at once.
+    #[default]
+    TokenBucket,
+    /// An approximate sliding window: the previous window weighted by its overlap.
+    SlidingWindow,
+    /// A counter that resets every window.
+    FixedWindow,
+}
+
+/// Where a quota's counters live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaMode {
+    /// In Redis, shared by every proxy (in process when no Redis is configured).
+    #[default]
+    Global,
+    /// In each proxy's memory.
+    Local,
+}
+
+/// What a quota does when its counters cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaFailureMode {
+    /// Let requests through, uncounted.
+    #[default]
+    Open,
+    /// Refuse requests with 429.
+    Closed,
+}
+
+/// One part of a rate-limit key, parsed from its string form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    /// The API key (as a keyed hash, never the key).
+    ApiKey,
+    /// The API key's consumer.
+    Consumer,
+    /// The consumer's tier.
+    ConsumerTier,
+    /// A claim of the verified JWT, as a path (`["org", "id"]`).
+    Claim(Vec<String>),
+    /// The client address.
+    ClientIp,
+    /// A request header.
+    Header(String),
+    /// The route's name.
+    Route,
+}
+
+/// Headers that carry credentials: keying on them would put secrets into counter keys.
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+
+/// The most key parts a policy may have.
+pub const MAX_KEY_PARTS: usize = 8;
+/// The most tiers a policy may name.
+pub const MAX_TIERS: usize = 64;
+
+impl KeyPart {
+    /// Parses a key part as written in a policy.
+    pub fn parse(part: &str) -> Result<KeyPart, String> {
+        Ok(match part {
+            "api_key" => KeyPart::ApiKey,
+            "consumer" => KeyPart::Consumer,
+            "consumer_tier" => KeyPart::ConsumerTier,
+            "client_ip" => KeyPart::ClientIp,
+            "route" => KeyPart::Route,
+            _ => match part.split_once(':') {
+                Some(("claim", path)) => {
+                    if path.is_empty() || path.len() > 256 || path.split('.').any(str::is_empty) {
+                        return Err(
+                            "claim names are 1 to 256 characters, nested ones as a.b".to_owned()
+                        );
+                    }
+                    KeyPart::Claim(path.split('.').map(str::to_owned).collect())
+                }
+                Some(("header", name)) => {
+                    super::route::validate_header_name(name)?;
+                    if CREDENTIAL_HEADERS.contains(&name) {
+                        return Err(format!(
+                            "{name} carries credentials, which must not end up in counter keys; \
+                             key on api_key, consumer or a claim instead"
+                        ));
+                    }
+                    if name == "host" {
+                        return Err(
+                            "the host is not a header on HTTP/2; use routes per host instead"
+                                .to_owned(),
+                        );
+                    }
+                    KeyPart::Header(name.to_owned())
+                }
+                _ => {
+                    return Err(format!(
+                        "{part:?} is not a key part: use api_key, consumer, consumer_tier, \
+                         claim:NAME, client_ip, header:NAME or route"
+                    ));
+                }
+            },
+        })
+    }
+
+    /// The part's label in identities ([`tollgate_quota::identity()`]): its written form.
+    pub fn label(&self) -> String {
+        use tollgate_quota::identity::{Label, label};
+        match self {
+            KeyPart::ApiKey => label(Label::ApiKey),
+            KeyPart::Consumer => label(Label::Consumer),
+            KeyPart::ConsumerTier => label(Label::ConsumerTier),
+            KeyPart::Claim(path) => label(Label::Claim(&path.join("."))),
+            KeyPart::ClientIp => label(Label::ClientIp),
+            KeyPart::Header(name) => label(Label::Header(name)),
+            KeyPart::Route => label(Label::Route),
+        }
+    }
+
+    /// Whether the part is read from what an API-key policy found.
+    pub fn needs_api_key(&self) -> bool {
+        matches!(
+            self,
+            KeyPart::ApiKey | KeyPart::Consumer | KeyPart::ConsumerTier
+        )
+    }
+}
+
+impl RateLimitPolicy {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.key.len() > MAX_KEY_PARTS {
+            return Err(ValidationError::new(
+                "key",
+                format!("at most {MAX_KEY_PARTS} parts"),
+            ));
+        }
+        for (i, part) in self.key.iter().enumerate() {
+            let field = format!("key[{i}]");
+            KeyPart::parse(part).map_err(|m| ValidationError::new(&field, m))?;
+            if self.key[..i].contains(part) {
+                return Err(ValidationError::new(
+                    field,
+                    format!("{part} is listed twice"),
+                ));
+            }
+        }
+        match &self.limit {
+            Some(limit) => self.validate_limit(limit).map_err(|e| e.within("limit"))?,
+            None if self.tiers.is_empty() => {
+                return Err(ValidationError::new("limit", "give a limit or tiers"));
+            }
+            None => {}
+        }
+        if self.tiers.len() > MAX_TIERS {
+            return Err(ValidationError::new(
+                "tiers",
+                format!("at most {MAX_TIERS} tiers"),
+            ));
+        }
+        for (tier, limit) in &self.tiers {
+            let field = format!("tiers.{tier}");
+            super::validate_name(tier).map_err(|e| ValidationError::new(&field, e.message))?;
+            self.validate_limit(limit).map_err(|e| e.within(&field))?;
+        }
+        Ok(())
+    }
+
+    fn validate_limit(&self, limit: &QuotaLimit) -> Result<(), ValidationError> {
+        use tollgate_quota::{MAX_REQUESTS, PolicyError};
+        if limit.burst.is_some() && self.algorithm != QuotaAlgorithm::TokenBucket {
+            return Err(ValidationError::new(
+                "burst",
+                "only applies to the token_bucket algorithm",
+            ));
+        }
+        let max_window_s = tollgate_quota::MAX_WINDOW.as_secs();
+        if limit.window_s == 0 || u64::from(limit.window_s) > max_window_s {
+            return Err(ValidationError::new(
+                "window_s",
+                format!("must be between 1 and {max_window_s} (366 days)"),
+            ));
+        }
+        self.quota_limit(limit).validate().map_err(|e| match e {
+            PolicyError::Burst(_) => {
+                ValidationError::new("burst", format!("must be between 1 and {MAX_REQUESTS}"))
+            }
+            PolicyError::RateTooHigh { .. } => ValidationError::new(
+                "requests",
+                "at most one request per microsecond for a token bucket",
+            ),
+            other => ValidationError::new("requests", other.to_string()),
+        })
+    }
+
+    /// The key parts, parsed. Valid after validation (unparsable parts are left out).
+    pub fn key_parts(&self) -> Vec<KeyPart> {
+        self.key
+            .iter()
+            .filter_map(|p| KeyPart::parse(p).ok())
+            .collect()
+    }
+
+    /// Whether the policy reads what an API-key policy found: an `api_key`, `consumer` or
+    /// `consumer_tier` part, or limits by tier.
+    pub fn needs_api_key(&self) -> bool {
+        !self.tiers.is_empty() || self.key_parts().iter().any(KeyPart::needs_api_key)
+    }
+
+    /// Whether the policy reads claims of a verified JWT.
+    pub fn needs_jwt(&self) -> bool {
+        self.key_parts()
+            .iter()
+            .any(|p| matches!(p, KeyPart::Claim(_)))
+    }
+
+    /// The quota engine's form of `limit` under this policy's algorithm.
+    pub fn quota_limit(&self, limit: &QuotaLimit) -> tollgate_quota::Limit {
+        let window = std::time::Duration::from_secs(u64::from(limit.window_s));
+        match self.algorithm {
+            QuotaAlgorithm::TokenBucket => tollgate_quota::Limit::token_bucket(
+                limit.requests,
+                window,
+                limit.burst.unwrap_or(limit.requests),
+            ),
+            QuotaAlgorithm::SlidingWindow => {
+                tollgate_quota::Limit::sliding_window(limit.requests, window)
+            }
+            QuotaAlgorithm::FixedWindow => {
+                tollgate_quota::Limit::fixed_window(limit.requests, window)
+            }
+        }
+    }
+
+    /// The quota engine's failure mode.
+    pub fn quota_failure_mode(&self) -> tollgate_quota::FailureMode {
+        match self.failure_mode {
+            QuotaFailureMode::Open => tollgate_quota::FailureMode::Open,
+            QuotaFailureMode::Closed => tollgate_quota::FailureMode::Closed,
+        }
+    }
+}
+
 /// Checks a `policies[]` list of a route or listener on its own: names well formed, none twice.
 pub(super) fn validate_policy_names(names: &[String]) -> Result<(), ValidationError> {
     if names.len() > 32 {
@@ -1179,6 +1496,130 @@ mod tests {
                         "path": {"regex": "^/v1/(.*)", "substitution": "/\\1"}},
             "response": {"body": {"convert": "json_to_xml"}}});
         assert_eq!(jwt(ok), Ok(()));
+    }
+
+    #[test]
+    fn rate_limits_parse_with_their_defaults() {
+        let policy: Policy = serde_json::from_value(serde_json::json!({"type": "rate_limit",
+            "key": ["api_key", "claim:org.id", "header:x-tenant", "client_ip", "route"],
+            "limit": {"requests": 100, "window_s": 60}}))
+        .unwrap();
+        assert_eq!(policy.validate(), Ok(()));
+        let Policy::RateLimit(limit) = &policy else {
+            panic!("rate_limit expected")
+        };
+        assert_eq!(limit.algorithm, QuotaAlgorithm::TokenBucket);
+        assert_eq!(limit.mode, QuotaMode::Global);
+        assert_eq!(limit.failure_mode, QuotaFailureMode::Open);
+        assert!(!limit.shadow && !limit.legacy_headers);
+        assert_eq!(
+            limit.key_parts(),
+            [
+                KeyPart::ApiKey,
+                KeyPart::Claim(vec!["org".into(), "id".into()]),
+                KeyPart::Header("x-tenant".into()),
+                KeyPart::ClientIp,
+                KeyPart::Route,
+            ]
+        );
+        let labels: Vec<String> = limit.key_parts().iter().map(KeyPart::label).collect();
+        assert_eq!(labels, limit.key, "labels are the written form");
+        assert!(limit.needs_api_key() && limit.needs_jwt());
+        // A token bucket's burst defaults to the rate.
+        assert_eq!(
+            limit.quota_limit(limit.limit.as_ref().unwrap()),
+            tollgate_quota::Limit::token_bucket(100, std::time::Duration::from_secs(60), 100)
+        );
+        // The key is required (an empty one is one shared counter).
+        let no_key =
+            serde_json::json!({"type": "rate_limit", "limit": {"requests": 1, "window_s": 1}});
+        assert!(serde_json::from_value::<Policy>(no_key).is_err());
+        let shared = serde_json::json!({"type": "rate_limit", "key": [],
+            "tiers": {"pro": {"requests": 1, "window_s": 1}}});
+        assert_eq!(jwt(shared), Ok(()));
+    }
+
+    #[test]
+    fn rate_limit_errors_name_the_field() {
+        let base = || {
+            serde_json::json!({"type": "rate_limit", "key": ["consumer"],
+                "limit": {"requests": 10, "window_s": 60}})
+        };
+        let with = |patch: serde_json::Value| {
+            let mut json = base();
+            for (k, v) in patch.as_object().unwrap() {
+                json[k] = v.clone();
+            }
+            jwt(json).unwrap_err().field
+        };
+        let cases = [
+            (serde_json::json!({"key": ["consumer", "user"]}), "key[1]"),
+            (serde_json::json!({"key": ["claim:"]}), "key[0]"),
+            (serde_json::json!({"key": ["claim:a..b"]}), "key[0]"),
+            (serde_json::json!({"key": ["header:X-Tenant"]}), "key[0]"),
+            (
+                serde_json::json!({"key": ["header:authorization"]}),
+                "key[0]",
+            ),
+            (serde_json::json!({"key": ["header:cookie"]}), "key[0]"),
+            (serde_json::json!({"key": ["header:host"]}), "key[0]"),
+            (serde_json::json!({"key": ["route", "route"]}), "key[1]"),
+            (serde_json::json!({"key": vec!["route"; 9]}), "key"),
+            (serde_json::json!({"limit": null}), "limit"),
+            (
+                serde_json::json!({"limit": {"requests": 0, "window_s": 60}}),
+                "limit.requests",
+            ),
+            (
+                serde_json::json!({"limit": {"requests": 1_000_000_001u64, "window_s": 60}}),
+                "limit.requests",
+            ),
+            (
+                serde_json::json!({"limit": {"requests": 10, "window_s": 0}}),
+                "limit.window_s",
+            ),
+            (
+                serde_json::json!({"limit": {"requests": 10, "window_s": 31_622_401}}),
+                "limit.window_s",
+            ),
+            (
+                serde_json::json!({"limit": {"requests": 10, "window_s": 1, "burst": 0}}),
+                "limit.burst",
+            ),
+            (
+                serde_json::json!({"algorithm": "fixed_window",
+                    "limit": {"requests": 10, "window_s": 1, "burst": 20}}),
+                "limit.burst",
+            ),
+            (
+                serde_json::json!({"limit": {"requests": 2_000_000, "window_s": 1}}),
+                "limit.requests",
+            ),
+            (
+                serde_json::json!({"tiers": {"pro plan": {"requests": 1, "window_s": 1}}}),
+                "tiers.pro plan",
+            ),
+            (
+                serde_json::json!({"tiers": {"pro": {"requests": 1, "window_s": 0}}}),
+                "tiers.pro.window_s",
+            ),
+        ];
+        for (patch, field) in cases {
+            assert_eq!(with(patch.clone()), field, "{patch}");
+        }
+        // Unknown fields and values are refused, not ignored.
+        for patch in [
+            serde_json::json!({"mode": "regional"}),
+            serde_json::json!({"failure_mode": "half"}),
+            serde_json::json!({"algorithm": "leaky_bucket"}),
+            serde_json::json!({"limit": {"requests": 1, "window": "1m"}}),
+        ] {
+            let mut json = base();
+            for (k, v) in patch.as_object().unwrap() {
+                json[k] = v.clone();
+            }
+            assert!(serde_json::from_value::<Policy>(json).is_err(), "{patch}");
+        }
     }
 
     #[test]

@@ -255,6 +255,12 @@ impl HeaderMutations {
 pub const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 
 impl Route {
+    /// Whether the route forwards requests to a cluster (rather than redirecting them or
+    /// answering them itself).
+    pub fn forwards(&self) -> bool {
+        self.redirect.is_none() && self.direct_response.is_none()
+    }
+
     /// Every cluster this route sends traffic to, with the field that names it.
     pub fn cluster_refs(&self) -> impl Iterator<Item = (String, &str)> {
         let single = self.cluster.as_deref().map(|c| ("cluster".to_owned(), c));

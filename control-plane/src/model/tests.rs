@@ -309,3 +309,126 @@ fn access_logs_are_optional_and_checked() {
         }
     }
 }
+
+#[test]
+fn rate_limits_need_the_policy_that_finds_their_key() {
+    let policies: BTreeMap<String, Policy> =
+        serde_json::from_value::<Vec<Policy>>(serde_json::json!([
+            {"type": "api_key", "name": "keys"},
+            {"type": "jwt", "name": "idp", "issuer": "i", "jwks_uri": "http://127.0.0.1/jwks",
+             "token_from": [{"header": "x-token"}]},
+            {"type": "rate_limit", "name": "per-consumer", "key": ["consumer"],
+             "limit": {"requests": 1, "window_s": 1}},
+            {"type": "rate_limit", "name": "per-plan", "key": ["client_ip"],
+             "tiers": {"pro": {"requests": 1, "window_s": 1}}},
+            {"type": "rate_limit", "name": "per-user", "key": ["claim:sub"],
+             "limit": {"requests": 1, "window_s": 1}},
+            {"type": "rate_limit", "name": "per-ip", "key": ["client_ip"],
+             "limit": {"requests": 1, "window_s": 1}},
+        ]))
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name().to_owned(), p))
+        .collect();
+    let listener = |name: &str, port: u16, policies: &[&str]| Listener {
+        name: name.to_owned(),
+        address: "127.0.0.1".to_owned(),
+        port,
+        node_cluster: None,
+        tls: None,
+        access_log: None,
+        trusted_proxy_hops: 0,
+        policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    let clusters: BTreeMap<String, Cluster> =
+        [("a".to_owned(), cluster(serde_json::json!({"name": "a"})))].into();
+    let check = |route_policies: &[&str], listeners: Vec<Listener>| {
+        let routes: BTreeMap<String, Route> = [(
+            "r".to_owned(),
+            route(serde_json::json!({"name": "r", "match": {}, "cluster": "a",
+                "policies": route_policies})),
+        )]
+        .into();
+        let listeners = listeners.into_iter().map(|l| (l.name.clone(), l)).collect();
+        check_references(&clusters, &routes, &listeners, &BTreeMap::new(), &policies)
+    };
+    // Nothing served, nothing to check; keys that need nothing are fine anywhere.
+    assert_eq!(check(&["per-consumer"], vec![]), Ok(()));
+    assert_eq!(check(&["per-ip"], vec![listener("l", 80, &[])]), Ok(()));
+    // With the authentication on the route or on the listener.
+    assert_eq!(
+        check(
+            &["keys", "per-consumer", "per-plan"],
+            vec![listener("l", 80, &[])]
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check(&["per-consumer"], vec![listener("l", 80, &["keys"])]),
+        Ok(())
+    );
+    assert_eq!(
+        check(&["idp", "per-user"], vec![listener("l", 80, &[])]),
+        Ok(())
+    );
+    // Without it, no request would ever be counted: 409, naming the policy's place.
+    let err = check(&["per-consumer"], vec![listener("l", 80, &[])]).unwrap_err();
+    assert_eq!(
+        (err.kind, err.name.as_str(), err.field.as_str()),
+        (ResourceKind::Route, "r", "policies[0]")
+    );
+    assert!(err.message.contains("api_key"), "{err}");
+    let err = check(&["keys", "per-user"], vec![listener("l", 80, &[])]).unwrap_err();
+    assert!(err.message.contains("jwt"), "{err}");
+    let err = check(&["idp", "per-plan"], vec![listener("l", 80, &[])]).unwrap_err();
+    assert_eq!(err.field, "policies[1]");
+    // A route is served on every listener: each one must give it the key.
+    let err = check(
+        &["per-consumer"],
+        vec![listener("a", 80, &["keys"]), listener("b", 81, &[])],
+    )
+    .unwrap_err();
+    assert!(err.message.contains("listener b"), "{err}");
+    // On a listener, every route must get the key.
+    let err = check(&[], vec![listener("l", 80, &["per-consumer"])]).unwrap_err();
+    assert_eq!(
+        (err.kind, err.field.as_str()),
+        (ResourceKind::Listener, "policies[0]")
+    );
+    assert!(err.message.contains("route r"), "{err}");
+}
+
+#[test]
+fn rate_limits_never_key_on_credential_headers() {
+    let policies = |json: serde_json::Value| -> BTreeMap<String, Policy> {
+        serde_json::from_value::<Vec<Policy>>(json)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name().to_owned(), p))
+            .collect()
+    };
+    let check = |policies: &BTreeMap<String, Policy>| {
+        check_references(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            policies,
+        )
+    };
+    let limit = serde_json::json!({"type": "rate_limit", "name": "per-header",
+        "key": ["header:x-key"], "limit": {"requests": 1, "window_s": 1}});
+    assert_eq!(check(&policies(serde_json::json!([limit.clone()]))), Ok(()));
+    let err = check(&policies(serde_json::json!([limit.clone(),
+        {"type": "api_key", "name": "keys", "header": "x-key"}])))
+    .unwrap_err();
+    assert_eq!(
+        (err.kind, err.name.as_str(), err.field.as_str()),
+        (ResourceKind::Policy, "per-header", "key[0]")
+    );
+    let err = check(&policies(serde_json::json!([limit,
+        {"type": "jwt", "name": "idp", "issuer": "i", "jwks_uri": "http://127.0.0.1/jwks",
+         "token_from": [{"header": "x-key"}]}])))
+    .unwrap_err();
+    assert!(err.message.contains("idp"), "{err}");
+}

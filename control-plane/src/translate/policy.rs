@@ -19,8 +19,8 @@ use tollgate_proto::transform as transform_pb;
 use super::{NodeKind, TranslateContext};
 use crate::model::{
     ApiKeyPolicy, AuthorizationPolicy, BodyConversion, BodyTransform, Cluster, CorsPolicy,
-    Endpoint, IpFilterPolicy, JwtPolicy, KeyCase, Listener, Policy, Route, TemplatePart,
-    TransformPolicy, UpstreamTls, parse_template,
+    Endpoint, IpFilterPolicy, JwtPolicy, KeyCase, Listener, Policy, RateLimitPolicy, Route,
+    TemplatePart, TransformPolicy, UpstreamTls, parse_template,
 };
 
 /// The connection manager's name for the CORS filter; routes key their `CorsPolicy` by it.
@@ -57,6 +57,7 @@ pub(super) struct RoutePolicies<'a> {
     authorization: Vec<&'a AuthorizationPolicy>,
     ip_filter: Vec<&'a IpFilterPolicy>,
     transform: Vec<&'a TransformPolicy>,
+    rate_limit: Vec<&'a RateLimitPolicy>,
 }
 
 impl<'a> RoutePolicies<'a> {
@@ -94,12 +95,21 @@ impl<'a> RoutePolicies<'a> {
                 Some(Policy::Transform(t)) if !out.transform.iter().any(|p| p.name == t.name) => {
                     out.transform.push(t);
                 }
+                // Envoy counts only requests it forwards: a redirect or a direct response has no
+                // route entry for its rate-limit filter to read. Edge proxies get the same
+                // configs, so they do not count them either.
+                Some(Policy::RateLimit(r))
+                    if route.forwards() && !out.rate_limit.iter().any(|p| p.name == r.name) =>
+                {
+                    out.rate_limit.push(r);
+                }
                 Some(
                     Policy::Jwt(_)
                     | Policy::ApiKey(_)
                     | Policy::Authorization(_)
                     | Policy::IpFilter(_)
-                    | Policy::Transform(_),
+                    | Policy::Transform(_)
+                    | Policy::RateLimit(_),
                 )
                 | None => {}
             }
@@ -164,7 +174,7 @@ impl<'a> RoutePolicies<'a> {
         filters: &ListenerFilters<'_>,
         route: &mut route_pb::Route,
     ) {
-        route.typed_per_filter_config = self.per_filter_config(node, filters);
+        route.typed_per_filter_config = self.per_filter_config(node, filters, &route.name);
         for transform in &self.transform {
             if let Some(request) = &transform.request {
                 let headers = &request.headers;
@@ -219,8 +229,9 @@ impl<'a> RoutePolicies<'a> {
         &self,
         node: NodeKind,
         filters: &ListenerFilters<'_>,
+        route_name: &str,
     ) -> std::collections::HashMap<String, Any> {
-        let mut out = std::collections::HashMap::new();
+        let mut out = BTreeMap::new();
         let key_policies: Vec<String> = self.api_key.iter().map(|p| p.name.clone()).collect();
         match node {
             NodeKind::Tollgate if !key_policies.is_empty() => {
@@ -289,7 +300,23 @@ impl<'a> RoutePolicies<'a> {
             };
             out.insert(JWT_FILTER.to_owned(), tollgate_proto::pack_any(&per_route));
         }
-        out
+        if !self.rate_limit.is_empty() {
+            let (name, config) = match node {
+                NodeKind::Tollgate => (
+                    super::rate_limit::RATE_LIMIT_FILTER,
+                    tollgate_proto::pack_any(&super::rate_limit::edge_per_route(&self.rate_limit)),
+                ),
+                NodeKind::Envoy | NodeKind::Other => (
+                    super::rate_limit::ENVOY_RATE_LIMIT_FILTER,
+                    tollgate_proto::pack_any(&super::rate_limit::envoy_per_route(
+                        &self.rate_limit,
+                        route_name,
+                    )),
+                ),
+            };
+            out.insert(name.to_owned(), config);
+        }
+        super::stable_map(out)
     }
 }
 
@@ -302,6 +329,7 @@ pub(super) struct ListenerFilters<'a> {
     api_key_providers: BTreeMap<&'a str, &'a ApiKeyPolicy>,
     rbac: bool,
     body_transforms: bool,
+    rate_limits: BTreeMap<&'a str, &'a RateLimitPolicy>,
 }
 
 impl<'a> ListenerFilters<'a> {
@@ -316,6 +344,9 @@ impl<'a> ListenerFilters<'a> {
         for key in &route.api_key {
             self.api_key_providers.insert(&key.name, key);
         }
+        for limit in &route.rate_limit {
+            self.rate_limits.insert(&limit.name, limit);
+        }
         if let Some(name) = route.jwt_requirement_name() {
             self.requirements
                 .entry(name)
@@ -328,8 +359,13 @@ impl<'a> ListenerFilters<'a> {
         !self.api_key_providers.is_empty()
     }
 
+    /// Whether a route on the listener has rate limits.
+    pub(super) fn uses_rate_limits(&self) -> bool {
+        !self.rate_limits.is_empty()
+    }
+
     /// The connection manager's filters, router last: CORS, then authentication (JWT, then
-    /// API keys), then authorization (RBAC), then body transforms. A filter is present only
+    /// API keys), then authorization (RBAC), then quotas, then body transforms. A filter is present only
     /// when a route uses it, so listeners without policies cost nothing extra.
     pub(super) fn http_filters(
         &self,
@@ -342,33 +378,33 @@ impl<'a> ListenerFilters<'a> {
         }
         if !self.providers.is_empty() {
             let config = jwt_pb::JwtAuthentication {
-                providers: self
-                    .providers
-                    .iter()
-                    .map(|(name, policy)| ((*name).to_owned(), jwt_provider(policy)))
-                    .collect(),
-                requirement_map: self
-                    .requirements
-                    .iter()
-                    .map(|(name, requirement)| (name.clone(), requirement.clone()))
-                    .collect(),
+                providers: super::stable_map(
+                    self.providers
+                        .iter()
+                        .map(|(name, policy)| ((*name).to_owned(), jwt_provider(policy))),
+                ),
+                requirement_map: super::stable_map(
+                    self.requirements
+                        .iter()
+                        .map(|(name, requirement)| (name.clone(), requirement.clone())),
+                ),
                 ..Default::default()
             };
             filters.push(http_filter(JWT_FILTER, &config));
         }
         if self.uses_api_keys() {
             filters.push(match node {
-                NodeKind::Tollgate => http_filter(
-                    API_KEY_FILTER,
-                    &api_key_pb::ApiKeyAuth {
-                        providers: self
-                            .api_key_providers
-                            .iter()
-                            .map(|(name, policy)| ((*name).to_owned(), api_key_provider(policy)))
-                            .collect(),
-                        key_table: API_KEY_TABLE_SECRET.to_owned(),
-                    },
-                ),
+                NodeKind::Tollgate => {
+                    http_filter(
+                        API_KEY_FILTER,
+                        &api_key_pb::ApiKeyAuth {
+                            providers: super::stable_map(self.api_key_providers.iter().map(
+                                |(name, policy)| ((*name).to_owned(), api_key_provider(policy)),
+                            )),
+                            key_table: API_KEY_TABLE_SECRET.to_owned(),
+                        },
+                    )
+                }
                 NodeKind::Envoy | NodeKind::Other => http_filter(EXT_AUTHZ_FILTER, &ext_authz()),
             });
         }
@@ -378,6 +414,19 @@ impl<'a> ListenerFilters<'a> {
                 super::rbac::RBAC_FILTER,
                 &super::rbac::filter(),
             ));
+        }
+        // Quotas count requests that may pass, by the identity authentication found.
+        if self.uses_rate_limits() {
+            filters.push(match node {
+                NodeKind::Tollgate => http_filter(
+                    super::rate_limit::RATE_LIMIT_FILTER,
+                    &super::rate_limit::edge_filter(self.rate_limits.values().copied()),
+                ),
+                NodeKind::Envoy | NodeKind::Other => http_filter(
+                    super::rate_limit::ENVOY_RATE_LIMIT_FILTER,
+                    &super::rate_limit::envoy_filter(),
+                ),
+            });
         }
         // Bodies are transformed for requests that got through; Envoy has no such filter.
         if self.body_transforms && node == NodeKind::Tollgate {
@@ -439,11 +488,11 @@ fn body_transform(body: &BodyTransform) -> transform_pb::BodyTransform {
             Some(KeyCase::CamelCase) => transform_pb::KeyCase::CamelCase,
         } as i32,
         remove: body.remove.clone(),
-        add: body
-            .add
-            .iter()
-            .map(|(path, value)| (path.clone(), value.to_string()))
-            .collect(),
+        add: super::stable_map(
+            body.add
+                .iter()
+                .map(|(path, value)| (path.clone(), value.to_string())),
+        ),
         reject_invalid: body.on_invalid == crate::model::OnInvalidBody::Reject,
     }
 }

@@ -994,3 +994,352 @@ fn transforms_become_route_header_formatters_and_edge_body_configs() {
         );
     }
 }
+
+/// The basic fixture with API keys, an IP filter and two rate limits on `users-api`, a CORS
+/// policy on every listener, and a body transform on `canary`.
+fn rate_limit_snapshot() -> StoreSnapshot {
+    let mut store = load("basic");
+    let policies: Vec<crate::model::Policy> = serde_json::from_value(serde_json::json!([
+        {"type": "api_key", "name": "keys"},
+        {"type": "cors", "name": "site", "allow_origins": ["https://app.example.com"]},
+        {"type": "ip_filter", "name": "office", "deny": ["192.0.2.0/24"]},
+        {"type": "transform", "name": "shape", "request": {"body": {"remove": ["password"]}}},
+        {"type": "rate_limit", "name": "per-key", "key": ["api_key", "route"],
+         "algorithm": "sliding_window", "limit": {"requests": 100, "window_s": 60},
+         "tiers": {"pro": {"requests": 1000, "window_s": 60}}},
+        {"type": "rate_limit", "name": "per-ip", "key": ["client_ip", "header:x-tenant"],
+         "limit": {"requests": 5, "window_s": 1, "burst": 10}, "mode": "local",
+         "shadow": true, "failure_mode": "closed", "legacy_headers": true}
+    ]))
+    .unwrap();
+    store.policies = policies
+        .into_iter()
+        .map(|p| (p.name().to_owned(), p))
+        .collect();
+    store.routes.get_mut("users-api").unwrap().policies = vec![
+        "per-ip".into(),
+        "office".into(),
+        "keys".into(),
+        "per-key".into(),
+    ];
+    store.routes.get_mut("canary").unwrap().policies = vec!["shape".into()];
+    for listener in store.listeners.values_mut() {
+        listener.policies = vec!["site".into()];
+    }
+    crate::model::check_references(
+        &store.clusters,
+        &store.routes,
+        &store.listeners,
+        &store.certificates,
+        &store.policies,
+    )
+    .unwrap();
+    store
+}
+
+fn routes_by_name(snapshot: &XdsSnapshot) -> BTreeMap<String, route_pb::Route> {
+    let mut out = BTreeMap::new();
+    for config in snapshot.resources(ResourceType::Route).values() {
+        let config: route_pb::RouteConfiguration = decode(config);
+        for route in config.virtual_hosts.into_iter().flat_map(|vh| vh.routes) {
+            out.insert(route.name.clone(), route);
+        }
+    }
+    out
+}
+
+fn filter_config<M: Message + Default>(hcm: &hcm_pb::HttpConnectionManager, name: &str) -> M {
+    let filter = hcm.http_filters.iter().find(|f| f.name == name).unwrap();
+    let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        panic!("typed config expected")
+    };
+    M::decode(any.value.as_slice()).unwrap()
+}
+
+#[test]
+fn rate_limits_go_to_envoy_as_rls_descriptors() {
+    use route_pb::rate_limit::action::ActionSpecifier;
+    use tollgate_proto::envoy::extensions::filters::http::ratelimit::v3 as ratelimit_pb;
+    let store = rate_limit_snapshot();
+    let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
+
+    // Quotas come after authentication and authorization, before body transforms (which
+    // Envoy has none of).
+    let listener: listener_pb::Listener = decode(&out.resources(ResourceType::Listener)["public"]);
+    let hcm = hcm(&listener);
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.cors",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.ratelimit",
+            "envoy.filters.http.router"
+        ]
+    );
+    let filter: ratelimit_pb::RateLimit = filter_config(&hcm, "envoy.filters.http.ratelimit");
+    assert_eq!(filter.domain, "tollgate");
+    assert!(!filter.failure_mode_deny);
+    assert!(filter.disable_x_envoy_ratelimited_header);
+    assert_eq!(filter.timeout.unwrap().nanos, 500_000_000);
+    let service = filter.rate_limit_service.unwrap();
+    assert_eq!(
+        service.transport_api_version,
+        tollgate_proto::envoy::config::core::v3::ApiVersion::V3 as i32
+    );
+    let Some(tollgate_proto::envoy::config::core::v3::grpc_service::TargetSpecifier::EnvoyGrpc(
+        grpc,
+    )) = service.grpc_service.unwrap().target_specifier
+    else {
+        panic!("envoy_grpc expected")
+    };
+    assert_eq!(grpc.cluster_name, "tollgate:control-plane");
+    assert!(
+        out.resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane")
+    );
+
+    let routes = routes_by_name(&out);
+    let per_route = ratelimit_pb::RateLimitPerRoute::decode(
+        routes["users-api"].typed_per_filter_config["envoy.filters.http.ratelimit"]
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    // One descriptor per policy, in the route's order; each starts by naming its policy.
+    let describe = |limit: &route_pb::RateLimit| -> Vec<String> {
+        limit
+            .actions
+            .iter()
+            .map(|a| match a.action_specifier.as_ref().unwrap() {
+                ActionSpecifier::GenericKey(g) => {
+                    format!("{}={}", g.descriptor_key, g.descriptor_value)
+                }
+                ActionSpecifier::RemoteAddress(_) => "remote_address".to_owned(),
+                ActionSpecifier::RequestHeaders(h) => format!(
+                    "{}<-header {} skip={}",
+                    h.descriptor_key, h.header_name, h.skip_if_absent
+                ),
+                ActionSpecifier::Metadata(m) => {
+                    let key = m.metadata_key.as_ref().unwrap();
+                    let path: Vec<String> = key
+                        .path
+                        .iter()
+                        .map(|s| format!("{:?}", s.segment.as_ref().unwrap()))
+                        .collect();
+                    format!(
+                        "{}<-{}:{} skip={}",
+                        m.descriptor_key,
+                        key.key,
+                        path.join(":"),
+                        m.skip_if_absent
+                    )
+                }
+                other => panic!("unexpected action {other:?}"),
+            })
+            .collect()
+    };
+    let described: Vec<Vec<String>> = per_route.rate_limits.iter().map(describe).collect();
+    assert_eq!(
+        described,
+        [
+            vec![
+                "policy=per-ip".to_owned(),
+                "remote_address".to_owned(),
+                "header:x-tenant<-header x-tenant skip=false".to_owned(),
+            ],
+            vec![
+                "policy=per-key".to_owned(),
+                // Consumers without a tier still get the default limit.
+                r#"tier<-envoy.filters.http.ext_authz:Key("tier") skip=true"#.to_owned(),
+                // The key's hash from the ext_authz answer: the key itself never travels.
+                r#"api_key<-envoy.filters.http.ext_authz:Key("api_key_hash") skip=false"#
+                    .to_owned(),
+                "route=users-api".to_owned(),
+            ],
+        ]
+    );
+    for (name, route) in &routes {
+        assert_eq!(
+            route
+                .typed_per_filter_config
+                .contains_key("envoy.filters.http.ratelimit"),
+            name == "users-api",
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn rate_limits_go_to_edge_proxies_as_their_quota_filter() {
+    use tollgate_proto::rate_limit as rate_limit_pb;
+    use tollgate_proto::rate_limit::key_part::Part;
+    let store = rate_limit_snapshot();
+    let tollgate = NodeGroup {
+        kind: NodeKind::Tollgate,
+        cluster: "edge".into(),
+    };
+    let out = translate(&store, &tollgate, &TranslateContext::default()).unwrap();
+    assert!(
+        !out.resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane"),
+        "edge proxies count themselves"
+    );
+    let listener: listener_pb::Listener = decode(&out.resources(ResourceType::Listener)["public"]);
+    let hcm = hcm(&listener);
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.cors",
+            "tollgate.filters.http.api_key",
+            "envoy.filters.http.rbac",
+            "tollgate.filters.http.rate_limit",
+            "tollgate.filters.http.transform",
+            "envoy.filters.http.router"
+        ]
+    );
+    let filter: rate_limit_pb::RateLimit = filter_config(&hcm, "tollgate.filters.http.rate_limit");
+    assert_eq!(
+        filter.policies.keys().collect::<Vec<_>>(),
+        ["per-ip", "per-key"]
+    );
+    assert_eq!(
+        filter.policies["per-key"],
+        rate_limit_pb::RateLimitPolicy {
+            key: vec![
+                rate_limit_pb::KeyPart {
+                    part: Some(Part::ApiKey(true))
+                },
+                rate_limit_pb::KeyPart {
+                    part: Some(Part::Route(true))
+                },
+            ],
+            limit: Some(rate_limit_pb::Limit {
+                requests: 100,
+                window_ms: 60_000,
+                burst: 0
+            }),
+            tier_limits: [(
+                "pro".to_owned(),
+                rate_limit_pb::Limit {
+                    requests: 1000,
+                    window_ms: 60_000,
+                    burst: 0
+                }
+            )]
+            .into(),
+            algorithm: rate_limit_pb::Algorithm::SlidingWindow as i32,
+            global: true,
+            shadow: false,
+            fail_closed: false,
+            legacy_headers: false,
+        }
+    );
+    assert_eq!(
+        filter.policies["per-ip"],
+        rate_limit_pb::RateLimitPolicy {
+            key: vec![
+                rate_limit_pb::KeyPart {
+                    part: Some(Part::ClientIp(true))
+                },
+                rate_limit_pb::KeyPart {
+                    part: Some(Part::Header("x-tenant".into()))
+                },
+            ],
+            limit: Some(rate_limit_pb::Limit {
+                requests: 5,
+                window_ms: 1000,
+                burst: 10
+            }),
+            tier_limits: Default::default(),
+            algorithm: rate_limit_pb::Algorithm::TokenBucket as i32,
+            global: false,
+            shadow: true,
+            fail_closed: true,
+            legacy_headers: true,
+        }
+    );
+    let routes = routes_by_name(&out);
+    let per_route = rate_limit_pb::RateLimitPerRoute::decode(
+        routes["users-api"].typed_per_filter_config["tollgate.filters.http.rate_limit"]
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(per_route.policies, ["per-ip", "per-key"]);
+    assert!(
+        routes
+            .iter()
+            .filter(|(name, _)| *name != "users-api")
+            .all(|(_, r)| !r
+                .typed_per_filter_config
+                .contains_key("tollgate.filters.http.rate_limit"))
+    );
+}
+
+#[test]
+fn rate_limits_alone_bring_the_control_plane_cluster_to_envoy() {
+    let mut store = load("basic");
+    let policy: crate::model::Policy = serde_json::from_value(serde_json::json!({
+        "type": "rate_limit", "name": "per-ip", "key": ["client_ip"],
+        "limit": {"requests": 5, "window_s": 1}}))
+    .unwrap();
+    store.policies.insert("per-ip".into(), policy);
+    // Redirects and direct responses are not counted (Envoy has no route entry to read for
+    // them): on those alone, the policy brings nothing.
+    for route in ["health", "old-docs"] {
+        store.routes.get_mut(route).unwrap().policies = vec!["per-ip".into()];
+    }
+    let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
+    let listener: listener_pb::Listener = decode(&out.resources(ResourceType::Listener)["public"]);
+    assert_eq!(hcm(&listener).http_filters.len(), 1);
+    assert!(
+        routes_by_name(&out)
+            .values()
+            .all(|r| r.typed_per_filter_config.is_empty())
+    );
+    assert!(
+        !out.resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane")
+    );
+
+    store.routes.get_mut("users-api").unwrap().policies = vec!["per-ip".into()];
+    let out = translate(&store, &edge(), &TranslateContext::default()).unwrap();
+    assert!(
+        out.resources(ResourceType::Cluster)
+            .contains_key("tollgate:control-plane")
+    );
+    let listener: listener_pb::Listener = decode(&out.resources(ResourceType::Listener)["public"]);
+    let names: Vec<String> = hcm(&listener)
+        .http_filters
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["envoy.filters.http.ratelimit", "envoy.filters.http.router"]
+    );
+}
+
+#[test]
+fn routes_with_several_filter_configs_keep_their_versions() {
+    // A route's per-filter configs are a map; its encoding must not depend on a hash seed.
+    for store in [policy_snapshot(), rate_limit_snapshot()] {
+        for kind in [NodeKind::Envoy, NodeKind::Tollgate] {
+            let group = NodeGroup {
+                kind,
+                cluster: "edge".into(),
+            };
+            let first = translate(&store, &group, &TranslateContext::default()).unwrap();
+            for _ in 0..5 {
+                assert_eq!(
+                    first,
+                    translate(&store, &group, &TranslateContext::default()).unwrap(),
+                    "{kind:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The rate-limit service Envoy nodes call (`envoy.service.ratelimit.v3.RateLimitService`), on
+//! the control plane's gRPC port, over the shared quota engine ([`tollgate_quota`]).
+//!
+//! Envoy's `ratelimit` filter sends one descriptor per rate-limit policy on the route, shaped
+//! by the translator: `("policy", name)`, an optional `("tier", tier)`, then the key parts
+//! by label (`remote_address` standing for `client_ip`). Each descriptor is decided with the
+//! policy's current definition in the store, the limit of the consumer's tier, and the identity
+//! [`tollgate_quota::identity()`] builds from the parts, the same the edge proxies build, so both
+//! count on the same counters (in Redis when the control plane has `--redis`).
+//!
+//! The answer carries the `RateLimit-Policy`, `RateLimit` and (on refusals) `Retry-After`
+//! headers for Envoy to add to the response, allowed or not, plus the legacy `X-RateLimit-*`
+//! for policies that ask for them. A refusal is `OVER_LIMIT` with a JSON body; shadow
+//! policies are counted but never refuse and stay out of the headers. Descriptors that name
+//! no current policy (deleted since Envoy's config was pushed) are allowed uncounted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tollgate_proto::envoy::config::core::v3::HeaderValue;
+use tollgate_proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit as CurrentLimit, rate_limit::Unit,
+};
+use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use tollgate_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tollgate_quota::{Decision, Outcome, Quota, RateLimitHeaders};
+use tonic::{Request, Response, Status};
+
+use crate::model::{Policy, QuotaMode, RateLimitPolicy};
+use crate::store::{Store, StoreSnapshot};
+use crate::translate::{
+    RATE_LIMIT_DOMAIN, RATE_LIMIT_POLICY_KEY, RATE_LIMIT_TIER_KEY, REMOTE_ADDRESS_KEY,
+};
+
+/// What the RLS did with one descriptor, as the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RlsOutcome {
+    /// Counted, within the limit.
+    Allowed,
+    /// Counted, over the limit: refused.
+    Limited,
+    /// Counters unreachable, the policy fails open: allowed uncounted.
+    FailedOpen,
+    /// Counters unreachable, the policy fails closed: refused.
+    FailedClosed,
+    /// A shadow policy's request over the limit: allowed all the same.
+    ShadowLimited,
+}
+
+impl RlsOutcome {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::FailedOpen => "failed_open",
+            Self::FailedClosed => "failed_closed",
+            Self::ShadowLimited => "shadow_limited",
+        }
+    }
+}
+
+/// The rate-limit service for Envoy nodes.
+#[derive(Clone)]
+pub struct RateLimiter {
+    store: Store,
+    global: Quota,
+    local: Quota,
+    // Rebuilt when the store's revision changes: one map lookup per descriptor.
+    index: Arc<Mutex<Option<Arc<PolicyIndex>>>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("global", &self.global)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rate-limit policies of one store revision, ready for the engine.
+struct PolicyIndex {
+    revision: u64,
+    policies: HashMap<String, Compiled>,
+}
+
+/// One rate-limit policy as the engine takes it: a limit per tier, and a default.
+struct Compiled {
+    default: Option<tollgate_quota::Policy>,
+    tiers: HashMap<String, tollgate_quota::Policy>,
+    global: bool,
+    shadow: bool,
+    legacy_headers: bool,
+}
+
+impl Compiled {
+    fn build(policy: &RateLimitPolicy) -> Option<Self> {
+        // The store validated every limit with the engine's own checks: these cannot fail.
+        let engine = |limit| {
+            tollgate_quota::Policy::new(
+                policy.name.clone(),
+                policy.quota_limit(limit),
+                policy.quota_failure_mode(),
+            )
+            .ok()
+        };
+        let default = match &policy.limit {
+            Some(limit) => Some(engine(limit)?),
+            None => None,
+        };
+        let mut tiers = HashMap::new();
+        for (tier, limit) in &policy.tiers {
+            tiers.insert(tier.clone(), engine(limit)?);
+        }
+        Some(Self {
+            default,
+            tiers,
+            global: policy.mode == QuotaMode::Global,
+            shadow: policy.shadow,
+            legacy_headers: policy.legacy_headers,
+        })
+    }
+}
+
+impl PolicyIndex {
+    fn build(snapshot: &StoreSnapshot) -> Self {
+        let policies = snapshot
+            .policies
+            .values()
+            .filter_map(|p| match p {
+                Policy::RateLimit(limit) => Compiled::build(limit).map(|c| (limit.name.clone(), c)),
+                _ => None,
+            })
+            .collect();
+        Self {
+            revision: snapshot.revision,
+            policies,
+        }
+    }
+}
+
+/// A descriptor read back: which policy, the consumer's tier, and the key parts.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed<'a> {
+    policy: &'a str,
+    tier: Option<&'a str>,
+    parts: Vec<(&'a str, &'a str)>,
+}
+
+/// Reads a descriptor the translator shaped; `None` for anything else.
+fn parse(descriptor: &RateLimitDescriptor) -> Option<Parsed<'_>> {
+    let mut entries = descriptor.entries.iter();
+    let first = entries.next()?;
+    if first.key != RATE_LIMIT_POLICY_KEY {
+        return None;
+    }
+    let mut parsed = Parsed {
+        policy: &first.value,
+        tier: None,
+        parts: Vec::new(),
+    };
+    for entry in entries {
+        match entry.key.as_str() {
+            RATE_LIMIT_TIER_KEY if parsed.parts.is_empty() && parsed.tier.is_none() => {
+                parsed.tier = Some(&entry.value);
+            }
+            RATE_LIMIT_POLICY_KEY | RATE_LIMIT_TIER_KEY => return None,
+            REMOTE_ADDRESS_KEY => parsed.parts.push(("client_ip", &entry.value)),
+            label => parsed.parts.push((label, &entry.value)),
+        }
+    }
+    Some(parsed)
+}
+
+/// One descriptor's check.
+struct Check<'a> {
+    compiled: &'a Compiled,
+    policy: &'a tollgate_quota::Policy,
+    decision: Decision,
+}
+
+impl Check<'_> {
+    fn outcome(&self) -> RlsOutcome {
+        match (self.decision.outcome, self.compiled.shadow) {
+            (Outcome::Allowed, _) => RlsOutcome::Allowed,
+            (Outcome::Limited, false) => RlsOutcome::Limited,
+            (Outcome::Limited, true) => RlsOutcome::ShadowLimited,
+            (Outcome::FailedOpen, _) | (Outcome::FailedClosed, true) => RlsOutcome::FailedOpen,
+            (Outcome::FailedClosed, false) => RlsOutcome::FailedClosed,
+        }
+    }
+
+    fn refuses(&self) -> bool {
+        matches!(
+            self.outcome(),
+            RlsOutcome::Limited | RlsOutcome::FailedClosed
+        )
+    }
+}
+
+impl RateLimiter {
+    /// A service counting `global` policies with `global` (Redis, or in process without one)
+    /// and `local` ones in this process. The store's metrics report `global`'s backend.
+    pub fn new(store: Store, global: Quota) -> Self {
+        store.metrics().observe_quota(global.clone());
+        Self {
+            store,
+            global,
+            local: Quota::local(Default::default()),
+            index: Arc::default(),
+        }
+    }
+
+    /// A service counting everything in this process (no Redis).
+    pub fn in_process(store: Store) -> Self {
+        let quota = Quota::local(Default::default());
+        Self {
+            local: quota.clone(),
+            ..Self::new(store, quota)
+        }
+    }
+
+    /// The engine global policies count with.
+    pub fn global_quota(&self) -> &Quota {
+        &self.global
+    }
+
+    /// The tonic service to mount on the gRPC server.
+    pub fn into_service(self) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(self)
+    }
+
+    fn index(&self) -> Arc<PolicyIndex> {
+        let snapshot = self.store.current();
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        match index.as_ref() {
+            Some(current) if current.revision == snapshot.revision => current.clone(),
+            _ => {
+                let built = Arc::new(PolicyIndex::build(&snapshot));
+                *index = Some(built.clone());
+                built
+            }
+        }
+    }
+
+    /// Decides one request: every descriptor is counted, and the request is refused if any
+    /// non-shadow policy refuses it. Never logs descriptor values.
+    pub async fn decide(&self, request: &RateLimitRequest) -> RateLimitResponse {
+        let ok = |n: usize| RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            statuses: vec![status(Code::Ok, None); n],
+            ..Default::default()
+        };
+        if request.domain != RATE_LIMIT_DOMAIN {
+            return ok(request.descriptors.len());
+        }
+        let index = self.index();
+        // Envoy's default cost is 1; `hits_addend` 0 means unset.
+        let request_cost = match request.hits_addend {
+            0 => 1,
+            n => u64::from(n),
+        };
+        let pending = request.descriptors.iter().map(|descriptor| {
+            let index = &index;
+            async move {
+                let parsed = parse(descriptor)?;
+                let compiled = index.policies.get(parsed.policy)?;
+                let policy = parsed
+                    .tier
+                    .and_then(|tier| compiled.tiers.get(tier))
+                    .or(compiled.default.as_ref())?;
+                let identity = tollgate_quota::identity(&parsed.parts);
+                let cost = descriptor
+                    .hits_addend
+                    .map_or(request_cost, |hits| hits.value);
+                let engine = if compiled.global {
+                    &self.global
+                } else {
+                    &self.local
+                };
+                let decision = engine.check_n(policy, &identity, cost).await;
+                Some(Check {
+                    compiled,
+                    policy,
+                    decision,
+                })
+            }
+        });
+        let checks: Vec<Option<Check<'_>>> = futures::future::join_all(pending).await;
+        let metrics = self.store.metrics();
+        for check in checks.iter().flatten() {
+            metrics.rls_decision(check.policy.name(), check.outcome());
+        }
+        let refused = checks.iter().flatten().any(Check::refuses);
+        let mut response = RateLimitResponse {
+            overall_code: if refused { Code::OverLimit } else { Code::Ok } as i32,
+            statuses: checks
+                .iter()
+                .map(|check| match check {
+                    Some(check) if check.refuses() => {
+                        status(Code::OverLimit, Some((check.policy, &check.decision)))
+                    }
+                    Some(check) => status(Code::Ok, Some((check.policy, &check.decision))),
+                    None => status(Code::Ok, None),
+                })
+                .collect(),
+            response_headers_to_add: headers(checks.iter().flatten()),
+            ..Default::default()
+        };
+        if refused {
+            let limited = checks
+                .iter()
+                .flatten()
+                .any(|c| c.outcome() == RlsOutcome::Limited);
+            let message = if limited {
+                "rate limit exceeded"
+            } else {
+                "rate limit cannot be checked; retry later"
+            };
+            let body = serde_json::json!({"error": {"code": "rate_limited", "message": message}});
+            response.raw_body = body.to_string().into_bytes();
+            // Envoy sets the local reply's content type from these headers.
+            response
+                .response_headers_to_add
+                .push(header("content-type", "application/json"));
+        }
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimiter {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        Ok(Response::new(self.decide(request.get_ref()).await))
+    }
+}
+
+/// The response headers for the checks of one request: the draft fields for every non-shadow
+/// policy, the legacy ones for those that ask for them.
+fn headers<'a>(checks: impl Iterator<Item = &'a Check<'a>> + Clone) -> Vec<HeaderValue> {
+    use tollgate_quota::headers::{
+        RATELIMIT, RATELIMIT_POLICY, RETRY_AFTER, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+        X_RATELIMIT_RESET,
+    };
+    let reported = checks.filter(|c| !c.compiled.shadow);
+    let draft = RateLimitHeaders::new(reported.clone().map(|c| (c.policy, &c.decision)));
+    let legacy = RateLimitHeaders::new(
+        reported
+            .filter(|c| c.compiled.legacy_headers)
+            .map(|c| (c.policy, &c.decision)),
+    );
+    let mut out: Vec<HeaderValue> = draft
+        .iter()
+        .filter(|(name, _)| [RATELIMIT_POLICY, RATELIMIT, RETRY_AFTER].contains(name))
+        .map(|(name, value)| header(name, value))
+        .collect();
+    out.extend(
+        legacy
+            .iter()
+            .filter(|(name, _)| {
+                [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET].contains(name)
+            })
+            .map(|(name, value)| header(name, value)),
+    );
+    out
+}
+
+fn header(name: &str, value: &str) -> HeaderValue {
+    HeaderValue {
+        key: name.to_owned(),
+        value: value.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A descriptor's status: the current limit when its window is one of Envoy's units.
+fn status(code: Code, check: Option<(&tollgate_quota::Policy, &Decision)>) -> DescriptorStatus {
+    let Some((policy, decision)) = check else {
+        return DescriptorStatus {
+            code: code as i32,
+            ..Default::default()
+        };
+    };
+    let limit = policy.limit();
+    let unit = match limit.window.as_secs() {
+        _ if limit.window.subsec_nanos() != 0 => None,
+        1 => Some(Unit::Second),
+        60 => Some(Unit::Minute),
+        3_600 => Some(Unit::Hour),
+        86_400 => Some(Unit::Day),
+        _ => None,
+    };
+    DescriptorStatus {
+        code: code as i32,
+        current_limit: unit.map(|unit| CurrentLimit {
+            name: policy.name().to_owned(),
+            requests_per_unit: u32::try_from(limit.requests).unwrap_or(u32::MAX),
+            unit: unit as i32,
+        }),
+        limit_remaining: u32::try_from(decision.remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(tollgate_proto::google::protobuf::Duration {
+            seconds: i64::try_from(decision.reset_after.as_secs()).unwrap_or(i64::MAX),
+            nanos: decision.reset_after.subsec_nanos() as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
