@@ -24,6 +24,7 @@
 pub mod jwks;
 pub mod remote;
 pub mod token;
+pub mod verified;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -592,12 +593,15 @@ impl<'c> Verification<'c> {
         {
             return Status::JwtAudienceNotAllowed;
         }
-        let verified = match &provider.jwks {
-            Jwks::Local(set) => verify_error(set.verify(&jwt)),
-            Jwks::Remote(remote) => self.verify_remote(remote, &jwt).await,
-        };
-        if verified != Status::Ok {
-            return verified;
+        if !provider.verified.contains(&found.token, self.now) {
+            let verified = match &provider.jwks {
+                Jwks::Local(set) => verify_error(set.verify(&jwt)),
+                Jwks::Remote(remote) => self.verify_remote(remote, &jwt).await,
+            };
+            if verified != Status::Ok {
+                return verified;
+            }
+            provider.verified.insert(&found.token, jwt.exp, self.now);
         }
         good_token(provider, &jwt, found, req);
         if let Some(key) = &provider.header_in_metadata {

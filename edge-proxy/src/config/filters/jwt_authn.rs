@@ -169,6 +169,8 @@ pub struct JwtProvider {
     pub header_in_metadata: Option<String>,
     /// Where the keys come from.
     pub jwks: Jwks,
+    /// Tokens whose signature was verified with these keys, for a while.
+    pub verified: crate::filter::jwt::verified::VerifiedTokens,
 }
 
 /// A provider's keys.
@@ -647,6 +649,7 @@ fn provider(name: &str, proto: &jwt_pb::JwtProvider) -> Result<JwtProvider, Reje
         space_delimited_claims,
         header_in_metadata: (!header_in_metadata.is_empty()).then(|| header_in_metadata.clone()),
         jwks,
+        verified: Default::default(),
     })
 }
 

@@ -1191,12 +1191,23 @@ async fn remote_keys_expire_after_cache_duration_and_fetch_failures_answer_401()
     );
     let before = server.hits();
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Another token: the one above is in the provider's cache of verified tokens and needs no
+    // keys until it expires.
+    let mut other_claims = claims();
+    other_claims["sub"] = json!("someone-else");
+    let other = keys.sign("RS256", "rsa-1", &other_claims);
+    assert!(
+        run_with(&config, None, &upstreams, &mut TestRequest::bearer(&other))
+            .await
+            .is_none()
+    );
+    assert_eq!(server.hits(), before + 1, "refetched after cache_duration");
     assert!(
         run_with(&config, None, &upstreams, &mut TestRequest::bearer(&token))
             .await
             .is_none()
     );
-    assert_eq!(server.hits(), before + 1, "refetched after cache_duration");
+    assert_eq!(server.hits(), before + 1, "a verified token needs no keys");
 
     // A cluster that does not exist fails the same way.
     let elsewhere = Upstreams::default();
