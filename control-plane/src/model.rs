@@ -23,7 +23,7 @@ pub use policy::{
     CONSUMER_TIER_HEADER, Cidr, CorsPolicy, IpFilterPolicy, JwksUri, JwtPolicy, KeyCase, KeyPart,
     MAX_JWKS_BYTES, MAX_KEY_PARTS, MAX_TIERS, MessageTransform, OnInvalidBody, PathRewrite, Policy,
     PolicyType, QuotaAlgorithm, QuotaFailureMode, QuotaLimit, QuotaMode, RateLimitPolicy,
-    RequestTransform, TemplatePart, TemplatedHeaders, TokenSource, TransformPolicy, parse_template,
+    RequestTransform, TemplatePart, TokenSource, TransformPolicy, parse_template,
 };
 pub use route::{
     DirectResponse, HeaderMatch, HeaderMutations, MAX_DIRECT_RESPONSE_BODY, QueryMatch,

@@ -4,29 +4,14 @@
 //! refused once the change has converged, and the key shows up in no log, no config dump and
 //! no admin response.
 
-use reqwest::Method;
 use serde_json::json;
-use support::{ControlPlane, EdgeProxy, Envoy, EnvoyOptions, Upstream, eventually, free_port};
+use support::{ControlPlane, Upstream, eventually, free_port};
 
-use crate::fixtures::CONVERGE;
+use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
 
 const HOST: &str = "keys.test";
 const ACME_KEY: &str = "acme-key-3b5d8f1a9c7e2046";
 const BETA_KEY: &str = "beta/key+7f1e9a2c4d6b8e05";
-
-struct Peer {
-    name: &'static str,
-    port: u16,
-}
-
-impl Peer {
-    async fn send(&self, path: &str, headers: &[(&str, &str)]) -> support::HttpResponse {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        support::client::request(Method::GET, &url, Some(HOST), headers, None)
-            .await
-            .unwrap_or_else(|e| panic!("{}: GET {path}: {e:#}", self.name))
-    }
-}
 
 #[tokio::test]
 async fn envoy_and_the_edge_proxy_check_api_keys_alike() {
@@ -96,32 +81,17 @@ async fn envoy_and_the_edge_proxy_check_api_keys_alike() {
         .await
         .expect("listener edge-l");
 
-    let (envoy, edge) = tokio::join!(
-        Envoy::start(
-            &cp,
-            EnvoyOptions {
-                node_id: "keys-envoy".to_owned(),
-                node_cluster: "envoy".to_owned(),
-                delta: false,
-            }
-        ),
-        EdgeProxy::start(&cp, "keys-edge"),
-    );
-    let (mut envoy, edge) = (
-        envoy.expect("envoy starts"),
-        edge.expect("edge proxy starts"),
-    );
-    cp.wait_converged(revision, CONVERGE)
-        .await
-        .expect("both proxies accept the API-key policy");
+    let (mut envoy, edge) = start_envoy_and_edge(&cp, "keys", revision).await;
     let peers = [
         Peer {
             name: "envoy",
             port: envoy_port,
+            host: HOST,
         },
         Peer {
             name: "edge",
             port: edge_port,
+            host: HOST,
         },
     ];
     for peer in &peers {

@@ -2,12 +2,11 @@
 //! `jwt_authn` and ext_authz found) and the edge proxy: claims, scopes, consumer groups and
 //! client addresses behind a trusted proxy hop give the same status on both.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use support::jwt::{SigningKey, jwks, now};
-use support::{ControlPlane, EdgeProxy, Envoy, EnvoyOptions, Upstream, eventually, free_port};
+use support::{ControlPlane, Upstream, eventually, free_port};
 
-use crate::fixtures::CONVERGE;
+use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
 
 const HOST: &str = "authz.test";
 const ISSUER: &str = "https://idp.authz.test";
@@ -15,17 +14,9 @@ const PARTNER_KEY: &str = "partner-key-5a1c9e3f7b2d";
 const PLAIN_KEY: &str = "plain-key-8d4f2b6a0c1e";
 const VIP_KEY: &str = "vip-key-1e3c5a7f9b0d2468";
 
-struct Peer {
-    name: &'static str,
-    port: u16,
-}
-
 impl Peer {
     async fn status(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let response = support::client::request(Method::GET, &url, Some(HOST), headers, None)
-            .await
-            .unwrap_or_else(|e| panic!("{}: GET {path}: {e:#}", self.name));
+        let response = self.send(path, headers).await;
         (response.status, response.body)
     }
 }
@@ -129,32 +120,17 @@ async fn envoy_and_the_edge_proxy_authorize_alike() {
         json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge", "trusted_proxy_hops": 1}),
     )
     .await;
-    let (envoy, edge) = tokio::join!(
-        Envoy::start(
-            &cp,
-            EnvoyOptions {
-                node_id: "authz-envoy".to_owned(),
-                node_cluster: "envoy".to_owned(),
-                delta: false,
-            }
-        ),
-        EdgeProxy::start(&cp, "authz-edge"),
-    );
-    let (_envoy, _edge) = (
-        envoy.expect("envoy starts"),
-        edge.expect("edge proxy starts"),
-    );
-    cp.wait_converged(revision, CONVERGE)
-        .await
-        .expect("both proxies accept the policies");
+    let (_envoy, _edge) = start_envoy_and_edge(&cp, "authz", revision).await;
     let peers = [
         Peer {
             name: "envoy",
             port: envoy_port,
+            host: HOST,
         },
         Peer {
             name: "edge",
             port: edge_port,
+            host: HOST,
         },
     ];
     for peer in &peers {

@@ -4,9 +4,9 @@
 
 use reqwest::Method;
 use serde_json::json;
-use support::{ControlPlane, EdgeProxy, Envoy, EnvoyOptions, Upstream, eventually, free_port};
+use support::{ControlPlane, Upstream, eventually, free_port};
 
-use crate::fixtures::CONVERGE;
+use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
 
 const HOST: &str = "cors.test";
 
@@ -20,11 +20,6 @@ const CORS_HEADERS: &[&str] = &[
     "access-control-allow-credentials",
     "access-control-allow-private-network",
 ];
-
-struct Peer {
-    name: &'static str,
-    port: u16,
-}
 
 /// What a proxy answered, as far as CORS goes.
 #[derive(Debug, PartialEq)]
@@ -43,10 +38,7 @@ impl Peer {
         headers: &[(&str, &str)],
     ) -> Answer {
         upstream.clear();
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let response = support::client::request(method, &url, Some(HOST), headers, None)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {path}: {e:#}", self.name));
+        let response = self.request(method, path, headers, None).await;
         Answer {
             status: response.status,
             headers: CORS_HEADERS
@@ -124,32 +116,17 @@ async fn envoy_and_the_edge_proxy_answer_cors_alike() {
         )
         .await
         .expect("listener edge-l");
-    let (envoy, edge) = tokio::join!(
-        Envoy::start(
-            &cp,
-            EnvoyOptions {
-                node_id: "cors-envoy".to_owned(),
-                node_cluster: "envoy".to_owned(),
-                delta: false,
-            }
-        ),
-        EdgeProxy::start(&cp, "cors-edge"),
-    );
-    let (_envoy, _edge) = (
-        envoy.expect("envoy starts"),
-        edge.expect("edge proxy starts"),
-    );
-    cp.wait_converged(revision, CONVERGE)
-        .await
-        .expect("both proxies accept the CORS policies");
+    let (_envoy, _edge) = start_envoy_and_edge(&cp, "cors", revision).await;
     let peers = [
         Peer {
             name: "envoy",
             port: envoy_port,
+            host: HOST,
         },
         Peer {
             name: "edge",
             port: edge_port,
+            host: HOST,
         },
     ];
     for peer in &peers {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{ControlPlane, Envoy, EnvoyOptions, Upstream, free_port, require_envoy};
+use support::{ControlPlane, EdgeProxy, Envoy, EnvoyOptions, Upstream, free_port, require_envoy};
 
 /// How long a change may take to reach Envoy before a test fails.
 pub(crate) const CONVERGE: Duration = Duration::from_secs(20);
@@ -94,4 +94,65 @@ impl Fleet {
             .cloned()
             .unwrap_or_else(|| panic!("{} not in /v1/nodes: {nodes}", self.envoy.node_id()))
     }
+}
+
+/// A proxy compared with another in the Envoy-and-edge-proxy tests: its name, the port of its
+/// listener and the `Host` the test's requests carry.
+pub(crate) struct Peer {
+    pub(crate) name: &'static str,
+    pub(crate) port: u16,
+    pub(crate) host: &'static str,
+}
+
+impl Peer {
+    /// Sends one request and reads the whole response; a transport error fails the test.
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> support::HttpResponse {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let body = body.map(<[u8]>::to_vec);
+        support::client::request(method, &url, Some(self.host), headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {path}: {e:#}", self.name))
+    }
+
+    /// `GET path` with `headers`.
+    pub(crate) async fn send(&self, path: &str, headers: &[(&str, &str)]) -> support::HttpResponse {
+        self.request(reqwest::Method::GET, path, headers, None)
+            .await
+    }
+}
+
+/// Starts an Envoy (node `<name>-envoy`, node cluster `envoy`, SotW) and an edge proxy (node
+/// `<name>-edge`, node cluster `edge`) on `cp`, and waits until both have taken up `revision`;
+/// the listeners of the test are for those node clusters.
+pub(crate) async fn start_envoy_and_edge(
+    cp: &ControlPlane,
+    name: &str,
+    revision: u64,
+) -> (Envoy, EdgeProxy) {
+    let edge_id = format!("{name}-edge");
+    let (envoy, edge) = tokio::join!(
+        Envoy::start(
+            cp,
+            EnvoyOptions {
+                node_id: format!("{name}-envoy"),
+                node_cluster: "envoy".to_owned(),
+                delta: false,
+            }
+        ),
+        EdgeProxy::start(cp, &edge_id),
+    );
+    let (envoy, edge) = (
+        envoy.expect("envoy starts"),
+        edge.expect("edge proxy starts"),
+    );
+    cp.wait_converged(revision, CONVERGE)
+        .await
+        .unwrap_or_else(|e| panic!("both proxies take up revision {revision}: {e:#}"));
+    (envoy, edge)
 }

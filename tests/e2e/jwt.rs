@@ -3,31 +3,15 @@
 //! upstream sees the claim headers and never the token, and a JWKS rotation is picked up
 //! without a restart.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use support::jwt::{JwksServer, SigningKey, jwks, now, sign_hs256, unsigned};
-use support::{ControlPlane, EdgeProxy, Envoy, EnvoyOptions, Upstream, eventually, free_port};
+use support::{ControlPlane, Upstream, eventually, free_port};
 
-use crate::fixtures::CONVERGE;
+use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
 
 const ISSUER: &str = "https://idp.tollgate.test";
 const AUDIENCE: &str = "orders-api";
 const HOST: &str = "jwt.test";
-
-/// A proxy under test: its name and listener port.
-struct Peer {
-    name: &'static str,
-    port: u16,
-}
-
-impl Peer {
-    async fn send(&self, path: &str, headers: &[(&str, &str)]) -> support::HttpResponse {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        support::client::request(Method::GET, &url, Some(HOST), headers, None)
-            .await
-            .unwrap_or_else(|e| panic!("{}: GET {path}: {e:#}", self.name))
-    }
-}
 
 fn claims(extra: Value) -> Value {
     let mut claims = json!({
@@ -135,32 +119,17 @@ async fn envoy_and_the_edge_proxy_enforce_the_same_jwt_policy() {
         .await
         .expect("listener edge-l");
 
-    let (envoy, edge) = tokio::join!(
-        Envoy::start(
-            &cp,
-            EnvoyOptions {
-                node_id: "jwt-envoy".to_owned(),
-                node_cluster: "envoy".to_owned(),
-                delta: false,
-            }
-        ),
-        EdgeProxy::start(&cp, "jwt-edge"),
-    );
-    let (_envoy, edge) = (
-        envoy.expect("envoy starts"),
-        edge.expect("edge proxy starts"),
-    );
-    cp.wait_converged(revision, CONVERGE)
-        .await
-        .expect("both proxies accept the JWT policy");
+    let (_envoy, edge) = start_envoy_and_edge(&cp, "jwt", revision).await;
     let peers = [
         Peer {
             name: "envoy",
             port: envoy_port,
+            host: HOST,
         },
         Peer {
             name: "edge",
             port: edge_port,
+            host: HOST,
         },
     ];
     for peer in &peers {

@@ -7,39 +7,15 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::jwt::{SigningKey, jwks, now};
-use support::{
-    ControlPlane, EdgeProxy, Envoy, EnvoyOptions, HttpResponse, RecordedRequest, Upstream,
-    eventually, free_port,
-};
+use support::{ControlPlane, RecordedRequest, Upstream, eventually, free_port};
 
-use crate::fixtures::CONVERGE;
+use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
 
 const ISSUER: &str = "https://idp.transform.test";
 const HOST: &str = "transform.test";
 const ACME_KEY: &str = "acme-key-5c1e7a9b3d2f4068";
 const SOAP: &[u8] = include_bytes!("../fixtures/transform/soap-request.xml");
 const SOAP_JSON: &[u8] = include_bytes!("../fixtures/transform/soap-request.json");
-
-/// A proxy under test: its name and listener port.
-struct Peer {
-    name: &'static str,
-    port: u16,
-}
-
-impl Peer {
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> HttpResponse {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        support::client::request(method, &url, Some(HOST), headers, body.map(<[u8]>::to_vec))
-            .await
-            .unwrap_or_else(|e| panic!("{}: {path}: {e:#}", self.name))
-    }
-}
 
 /// POSTs `body` as JSON in 64 KiB chunks (no length known in advance) over a raw HTTP/1.1
 /// connection, and returns the response's status.
@@ -231,38 +207,23 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     )
     .await;
 
-    let (envoy, edge) = tokio::join!(
-        Envoy::start(
-            &cp,
-            EnvoyOptions {
-                node_id: "transform-envoy".to_owned(),
-                node_cluster: "envoy".to_owned(),
-                delta: false,
-            }
-        ),
-        EdgeProxy::start(&cp, "transform-edge"),
-    );
-    let (_envoy, _edge) = (
-        envoy.expect("envoy starts"),
-        edge.expect("edge proxy starts"),
-    );
-    cp.wait_converged(revision, CONVERGE)
-        .await
-        .expect("both proxies accept the transform policies");
+    let (_envoy, _edge) = start_envoy_and_edge(&cp, "transform", revision).await;
     let envoy = Peer {
         name: "envoy",
         port: envoy_port,
+        host: HOST,
     };
     let edge = Peer {
         name: "edge",
         port: edge_port,
+        host: HOST,
     };
     for peer in [&envoy, &edge] {
         eventually(
             &format!("{} serves routes", peer.name),
             CONVERGE,
             || async {
-                let response = peer.send(Method::GET, "/bodies", &[], None).await;
+                let response = peer.request(Method::GET, "/bodies", &[], None).await;
                 anyhow::ensure!(response.status == 200, "status {}", response.status);
                 Ok(())
             },
@@ -285,7 +246,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     let mut seen = Vec::new();
     for peer in [&envoy, &edge] {
         let response = peer
-            .send(Method::GET, "/v1/orders/7?full=1", &headers, None)
+            .request(Method::GET, "/v1/orders/7?full=1", &headers, None)
             .await;
         assert_eq!(response.status, 200, "{}: {}", peer.name, response.body);
         assert_eq!(
@@ -342,9 +303,13 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
 
     // Behind a trusted proxy, the client address is the one x-forwarded-for names.
     for (name, port) in [("envoy", envoy_hop_port), ("edge", edge_hop_port)] {
-        let peer = Peer { name, port };
+        let peer = Peer {
+            name,
+            port,
+            host: HOST,
+        };
         let response = peer
-            .send(
+            .request(
                 Method::GET,
                 "/v1/orders/7",
                 &[
@@ -364,7 +329,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     let mut seen = Vec::new();
     for peer in [&envoy, &edge] {
         let response = peer
-            .send(Method::GET, "/keyed", &[("x-api-key", ACME_KEY)], None)
+            .request(Method::GET, "/keyed", &[("x-api-key", ACME_KEY)], None)
             .await;
         assert_eq!(response.status, 200, "{}: {}", peer.name, response.body);
         assert_eq!(
@@ -389,11 +354,11 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     let original =
         br#"{"userName":"ada","password":"secret","homeAddress":{"zipCode":"75001"},"score":1.50}"#;
     envoy
-        .send(Method::POST, "/bodies", &json_type, Some(original))
+        .request(Method::POST, "/bodies", &json_type, Some(original))
         .await;
     assert_eq!(&only(&upstream, "envoy body").body[..], &original[..]);
     let response = edge
-        .send(Method::POST, "/bodies", &json_type, Some(original))
+        .request(Method::POST, "/bodies", &json_type, Some(original))
         .await;
     assert_eq!(response.status, 200, "{}", response.body);
     let received = only(&upstream, "edge body");
@@ -410,11 +375,11 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     // A SOAP-like XML request becomes JSON.
     let xml_type = [("content-type", "text/xml; charset=utf-8")];
     envoy
-        .send(Method::POST, "/soap", &xml_type, Some(SOAP))
+        .request(Method::POST, "/soap", &xml_type, Some(SOAP))
         .await;
     assert_eq!(&only(&upstream, "envoy soap").body[..], SOAP);
     let response = edge
-        .send(Method::POST, "/soap", &xml_type, Some(SOAP))
+        .request(Method::POST, "/soap", &xml_type, Some(SOAP))
         .await;
     assert_eq!(response.status, 200, "{}", response.body);
     let received = only(&upstream, "edge soap");
@@ -425,12 +390,12 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
 
     // Invalid JSON: passed byte for byte, or refused with 400.
     let invalid = b"{\"userName\": \"ada\", oops";
-    edge.send(Method::POST, "/bodies", &json_type, Some(invalid))
+    edge.request(Method::POST, "/bodies", &json_type, Some(invalid))
         .await;
     assert_eq!(&only(&upstream, "edge invalid").body[..], &invalid[..]);
     for peer in [&envoy, &edge] {
         let response = peer
-            .send(Method::POST, "/strict", &json_type, Some(invalid))
+            .request(Method::POST, "/strict", &json_type, Some(invalid))
             .await;
         if peer.name == "envoy" {
             assert_eq!(response.status, 200);
@@ -470,7 +435,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
         "a refused body never goes upstream"
     );
     let response = edge
-        .send(Method::POST, "/strict", &json_type, Some(large.as_bytes()))
+        .request(Method::POST, "/strict", &json_type, Some(large.as_bytes()))
         .await;
     assert_eq!(response.status, 413);
     assert_eq!(
@@ -478,7 +443,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
         "body_too_large"
     );
     let response = edge
-        .send(
+        .request(
             Method::POST,
             "/xml-out/echo-body",
             &json_type,
@@ -491,12 +456,12 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     // Response bodies, from an upstream that returns what it is sent.
     let order = br#"{"order":{"id":7,"note":"a < b"}}"#;
     let response = envoy
-        .send(Method::POST, "/xml-out/echo-body", &json_type, Some(order))
+        .request(Method::POST, "/xml-out/echo-body", &json_type, Some(order))
         .await;
     assert_eq!(response.body.as_bytes(), order);
     assert_eq!(response.header("content-type"), Some("application/json"));
     let response = edge
-        .send(Method::POST, "/xml-out/echo-body", &json_type, Some(order))
+        .request(Method::POST, "/xml-out/echo-body", &json_type, Some(order))
         .await;
     assert_eq!(response.status, 200);
     let xml =
@@ -509,7 +474,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     );
     let snake = br#"{"user_id":1,"internal":true,"home_address":{"zip_code":"1"}}"#;
     let response = edge
-        .send(
+        .request(
             Method::POST,
             "/camel-out/echo-body",
             &json_type,
@@ -521,7 +486,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
         r#"{"userId":1,"homeAddress":{"zipCode":"1"}}"#
     );
     let response = edge
-        .send(
+        .request(
             Method::POST,
             "/camel-out/echo-body",
             &json_type,
@@ -535,7 +500,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     );
     // Another type is none of the transform's business.
     let response = edge
-        .send(
+        .request(
             Method::POST,
             "/camel-out/echo-body",
             &[("content-type", "text/plain")],

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
+use super::route::HeaderMutations;
 
 /// A named policy; its `type` says which fields it has.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -779,9 +780,9 @@ pub struct TransformPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestTransform {
-    /// Header changes.
-    #[serde(default, skip_serializing_if = "TemplatedHeaders::is_empty")]
-    pub headers: TemplatedHeaders,
+    /// Header changes; values are templates (see [`TransformPolicy`]).
+    #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
+    pub headers: HeaderMutations,
     /// Body changes (edge proxies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<BodyTransform>,
@@ -795,34 +796,12 @@ pub struct RequestTransform {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageTransform {
-    /// Header changes.
-    #[serde(default, skip_serializing_if = "TemplatedHeaders::is_empty")]
-    pub headers: TemplatedHeaders,
+    /// Header changes; values are templates (see [`TransformPolicy`]).
+    #[serde(default, skip_serializing_if = "HeaderMutations::is_empty")]
+    pub headers: HeaderMutations,
     /// Body changes (edge proxies only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<BodyTransform>,
-}
-
-/// Header changes whose values are templates (see [`TransformPolicy`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TemplatedHeaders {
-    /// Headers set, replacing any value the message had.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub set: BTreeMap<String, String>,
-    /// Headers appended to any existing values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub add: BTreeMap<String, String>,
-    /// Headers removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
-}
-
-impl TemplatedHeaders {
-    /// Whether nothing is changed.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
 }
 
 /// A path rewrite by regular expression.
@@ -993,7 +972,7 @@ impl TransformPolicy {
     }
 }
 
-fn validate_headers(headers: &TemplatedHeaders) -> Result<(), ValidationError> {
+fn validate_headers(headers: &HeaderMutations) -> Result<(), ValidationError> {
     for (field, map) in [("set", &headers.set), ("add", &headers.add)] {
         for (name, template) in map {
             let field = format!("{field}.{name}");
