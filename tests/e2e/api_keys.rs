@@ -82,29 +82,9 @@ async fn envoy_and_the_edge_proxy_check_api_keys_alike() {
         .expect("listener edge-l");
 
     let (mut envoy, edge) = start_envoy_and_edge(&cp, "keys", revision).await;
-    let peers = [
-        Peer {
-            name: "envoy",
-            port: envoy_port,
-            host: HOST,
-        },
-        Peer {
-            name: "edge",
-            port: edge_port,
-            host: HOST,
-        },
-    ];
+    let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
     for peer in &peers {
-        eventually(
-            &format!("{} serves routes", peer.name),
-            CONVERGE,
-            || async {
-                let response = peer.send("/status", &[]).await;
-                anyhow::ensure!(response.status == 200, "status {}", response.status);
-                Ok(())
-            },
-        )
-        .await;
+        peer.wait_serving("/status", &[]).await;
     }
 
     let beta_in_query = format!(

@@ -4,9 +4,9 @@
 
 use serde_json::{Value, json};
 use support::jwt::{SigningKey, jwks, now};
-use support::{ControlPlane, Upstream, eventually, free_port};
+use support::{ControlPlane, Upstream, free_port};
 
-use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
+use crate::fixtures::{Peer, start_envoy_and_edge};
 
 const HOST: &str = "authz.test";
 const ISSUER: &str = "https://idp.authz.test";
@@ -121,29 +121,9 @@ async fn envoy_and_the_edge_proxy_authorize_alike() {
     )
     .await;
     let (_envoy, _edge) = start_envoy_and_edge(&cp, "authz", revision).await;
-    let peers = [
-        Peer {
-            name: "envoy",
-            port: envoy_port,
-            host: HOST,
-        },
-        Peer {
-            name: "edge",
-            port: edge_port,
-            host: HOST,
-        },
-    ];
+    let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
     for peer in &peers {
-        eventually(
-            &format!("{} serves routes", peer.name),
-            CONVERGE,
-            || async {
-                let (status, _) = peer.status("/open", &[]).await;
-                anyhow::ensure!(status == 200, "status {status}");
-                Ok(())
-            },
-        )
-        .await;
+        peer.wait_serving("/open", &[]).await;
     }
 
     let token = |claims: Value| {

@@ -4,9 +4,9 @@
 
 use reqwest::Method;
 use serde_json::json;
-use support::{ControlPlane, Upstream, eventually, free_port};
+use support::{ControlPlane, Upstream, free_port};
 
-use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
+use crate::fixtures::{Peer, start_envoy_and_edge};
 
 const HOST: &str = "cors.test";
 
@@ -117,29 +117,9 @@ async fn envoy_and_the_edge_proxy_answer_cors_alike() {
         .await
         .expect("listener edge-l");
     let (_envoy, _edge) = start_envoy_and_edge(&cp, "cors", revision).await;
-    let peers = [
-        Peer {
-            name: "envoy",
-            port: envoy_port,
-            host: HOST,
-        },
-        Peer {
-            name: "edge",
-            port: edge_port,
-            host: HOST,
-        },
-    ];
+    let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
     for peer in &peers {
-        eventually(
-            &format!("{} serves routes", peer.name),
-            CONVERGE,
-            || async {
-                let answer = peer.answer(&upstream, Method::GET, "/api", &[]).await;
-                anyhow::ensure!(answer.status == 200, "status {}", answer.status);
-                Ok(())
-            },
-        )
-        .await;
+        peer.wait_serving("/api", &[]).await;
     }
 
     let options = Method::OPTIONS;

@@ -125,6 +125,37 @@ impl Peer {
         self.request(reqwest::Method::GET, path, headers, None)
             .await
     }
+
+    /// The Envoy and the edge proxy of a comparison, on their listeners' ports.
+    pub(crate) fn envoy_and_edge(envoy_port: u16, edge_port: u16, host: &'static str) -> [Peer; 2] {
+        [
+            Peer {
+                name: "envoy",
+                port: envoy_port,
+                host,
+            },
+            Peer {
+                name: "edge",
+                port: edge_port,
+                host,
+            },
+        ]
+    }
+
+    /// Waits until `GET path` with `headers` answers 200: an acked listener may take a moment
+    /// to accept connections.
+    pub(crate) async fn wait_serving(&self, path: &str, headers: &[(&str, &str)]) {
+        support::eventually(
+            &format!("{} serves routes", self.name),
+            CONVERGE,
+            || async {
+                let response = self.send(path, headers).await;
+                anyhow::ensure!(response.status == 200, "status {}", response.status);
+                Ok(())
+            },
+        )
+        .await;
+    }
 }
 
 /// Starts an Envoy (node `<name>-envoy`, node cluster `envoy`, SotW) and an edge proxy (node

@@ -120,37 +120,11 @@ async fn envoy_and_the_edge_proxy_enforce_the_same_jwt_policy() {
         .expect("listener edge-l");
 
     let (_envoy, edge) = start_envoy_and_edge(&cp, "jwt", revision).await;
-    let peers = [
-        Peer {
-            name: "envoy",
-            port: envoy_port,
-            host: HOST,
-        },
-        Peer {
-            name: "edge",
-            port: edge_port,
-            host: HOST,
-        },
-    ];
+    let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
+    let valid = format!("Bearer {}", rsa.sign(&claims(json!({}))));
     for peer in &peers {
-        eventually(
-            &format!("{} serves routes", peer.name),
-            CONVERGE,
-            || async {
-                let response = peer
-                    .send(
-                        "/private",
-                        &[(
-                            "authorization",
-                            &format!("Bearer {}", rsa.sign(&claims(json!({})))),
-                        )],
-                    )
-                    .await;
-                anyhow::ensure!(response.status == 200, "status {}", response.status);
-                Ok(())
-            },
-        )
-        .await;
+        peer.wait_serving("/private", &[("authorization", &valid)])
+            .await;
     }
 
     // Algorithm confusion: HS256 "signed" with the RSA public key, naming the RSA key's kid.

@@ -7,9 +7,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::jwt::{SigningKey, jwks, now};
-use support::{ControlPlane, RecordedRequest, Upstream, eventually, free_port};
+use support::{ControlPlane, RecordedRequest, Upstream, free_port};
 
-use crate::fixtures::{CONVERGE, Peer, start_envoy_and_edge};
+use crate::fixtures::{Peer, start_envoy_and_edge};
 
 const ISSUER: &str = "https://idp.transform.test";
 const HOST: &str = "transform.test";
@@ -208,27 +208,9 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     .await;
 
     let (_envoy, _edge) = start_envoy_and_edge(&cp, "transform", revision).await;
-    let envoy = Peer {
-        name: "envoy",
-        port: envoy_port,
-        host: HOST,
-    };
-    let edge = Peer {
-        name: "edge",
-        port: edge_port,
-        host: HOST,
-    };
+    let [envoy, edge] = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
     for peer in [&envoy, &edge] {
-        eventually(
-            &format!("{} serves routes", peer.name),
-            CONVERGE,
-            || async {
-                let response = peer.request(Method::GET, "/bodies", &[], None).await;
-                anyhow::ensure!(response.status == 200, "status {}", response.status);
-                Ok(())
-            },
-        )
-        .await;
+        peer.wait_serving("/bodies", &[]).await;
     }
     upstream.clear();
 
@@ -302,12 +284,7 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     assert_eq!(view(&seen[1]), expected);
 
     // Behind a trusted proxy, the client address is the one x-forwarded-for names.
-    for (name, port) in [("envoy", envoy_hop_port), ("edge", edge_hop_port)] {
-        let peer = Peer {
-            name,
-            port,
-            host: HOST,
-        };
+    for peer in Peer::envoy_and_edge(envoy_hop_port, edge_hop_port, HOST) {
         let response = peer
             .request(
                 Method::GET,
@@ -319,9 +296,14 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
                 None,
             )
             .await;
-        assert_eq!(response.status, 200, "{name}: {}", response.body);
-        let request = only(&upstream, name);
-        assert_eq!(request.header("x-client"), Some("203.0.113.9"), "{name}");
+        assert_eq!(response.status, 200, "{}: {}", peer.name, response.body);
+        let request = only(&upstream, peer.name);
+        assert_eq!(
+            request.header("x-client"),
+            Some("203.0.113.9"),
+            "{}",
+            peer.name
+        );
     }
 
     // The API key's consumer: Envoy reads it from the control plane's ext_authz answer, the
