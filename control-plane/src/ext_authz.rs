@@ -6,9 +6,11 @@
 //! store's current consumers, the same lookup the edge proxy makes locally, so a key revoked
 //! through the admin API stops working on Envoy as soon as the write commits.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tollgate_proto::api_key::query_key;
 use tollgate_proto::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
@@ -146,7 +148,7 @@ impl ApiKeyAuthorizer {
             let from_header = headers.and_then(|h| h.get(&policy.header));
             let (key, in_query) = match (from_header, &policy.query) {
                 (Some(key), _) => (Some(key.clone()), false),
-                (None, Some(param)) => (query_param(query, param), true),
+                (None, Some(param)) => (query_key(query, param).map(Cow::into_owned), true),
                 (None, None) => (None, false),
             };
             let Some(key) = key.filter(|k| !k.is_empty()) else {
@@ -179,39 +181,6 @@ impl Authorization for ApiKeyAuthorizer {
     ) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(self.decide(request.get_ref())))
     }
-}
-
-/// The value of query parameter `name`, percent-decoded; the first one wins.
-pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| percent_decode(value))
-}
-
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the request gets on its way upstream: the consumer's identity, replacing anything the
@@ -434,16 +403,5 @@ mod tests {
         // A policy deleted since the config was pushed cannot let anything through.
         let gone = authz.decide(&check(&[("x-api-key", KEY)], "/a", "deleted"));
         assert_eq!(denied_message(&gone), Some("missing API key"));
-    }
-
-    #[test]
-    fn query_parameters_are_found_and_decoded() {
-        assert_eq!(
-            query_param("a=1&key=x%2Fy&key=2", "key").as_deref(),
-            Some("x/y")
-        );
-        assert_eq!(query_param("key", "key").as_deref(), Some(""));
-        assert_eq!(query_param("akey=1", "key"), None);
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 }

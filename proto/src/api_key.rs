@@ -7,7 +7,48 @@
 //! The messages are declared with prost's derive rather than generated from `.proto` files:
 //! they are few and small, and this keeps `protoc` out of the build.
 
+use std::borrow::Cow;
+
 const PACKAGE: &str = "tollgate.filters.http.api_key.v1";
+
+/// The first value of query parameter `name` in `query` (names compared as sent), with `%XX`
+/// decoded and everything else, a malformed `%` included, kept as it is (`+` stays `+`), read
+/// as UTF-8 lossily. The control plane's ext_authz service and the edge proxy's API-key filter
+/// both read keys from a query this way, so that both hash the same bytes.
+pub fn query_key<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| percent_decode(value))
+}
+
+fn percent_decode(value: &str) -> Cow<'_, str> {
+    if !value.contains('%') {
+        return Cow::Borrowed(value);
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match decoded {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
 
 /// The filter's config, in the connection manager: the API-key policies its routes use.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -82,6 +123,18 @@ named!(PACKAGE; ApiKeyAuth,
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn query_keys_are_found_and_decoded() {
+        assert_eq!(
+            query_key("a=1&key=x%2Fy&key=2", "key").as_deref(),
+            Some("x/y")
+        );
+        assert_eq!(query_key("key", "key").as_deref(), Some(""));
+        assert_eq!(query_key("akey=1", "key"), None);
+        assert_eq!(query_key("key=%zz%41+", "key").as_deref(), Some("%zzA+"));
+        assert_eq!(query_key("key=%ff", "key").as_deref(), Some("\u{fffd}"));
+    }
 
     #[test]
     fn messages_round_trip_under_their_type_urls() {

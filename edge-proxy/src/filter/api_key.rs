@@ -130,48 +130,14 @@ fn header_key<'h>(headers: &'h http::HeaderMap, name: &http::HeaderName) -> Opti
     Some(Cow::Owned(all.join(&b","[..])))
 }
 
-/// The first value of query parameter `name` (compared as sent), percent-decoded; as the
-/// control plane's ext_authz service reads it.
+/// The first value of query parameter `name`, percent-decoded, exactly as the control plane's
+/// ext_authz service reads it ([`tollgate_proto::api_key::query_key`]).
 fn query_key<'p>(path_and_query: &'p str, name: &str) -> Option<Cow<'p, [u8]>> {
     let (_, query) = path_and_query.split_once('?')?;
-    query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| percent_decode(value))
-}
-
-/// `%XX` decoded; anything else, a malformed `%` included, as it is (`+` stays `+`). Byte for
-/// byte the control plane's ext_authz decoding, so that both hash the same bytes.
-fn percent_decode(value: &str) -> Cow<'_, [u8]> {
-    if !value.contains('%') {
-        return Cow::Borrowed(value.as_bytes());
-    }
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    // The service decodes into a `String`, lossily.
-    match String::from_utf8_lossy(&out) {
-        Cow::Borrowed(_) => Cow::Owned(out),
-        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-    }
+    tollgate_proto::api_key::query_key(query, name).map(|key| match key {
+        Cow::Borrowed(key) => Cow::Borrowed(key.as_bytes()),
+        Cow::Owned(key) => Cow::Owned(key.into_bytes()),
+    })
 }
 
 /// Removes every `name` parameter as Envoy's ext_authz filter removes
