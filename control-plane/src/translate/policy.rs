@@ -177,17 +177,11 @@ impl<'a> RoutePolicies<'a> {
         route.typed_per_filter_config = self.per_filter_config(node, filters, &route.name);
         for transform in &self.transform {
             if let Some(request) = &transform.request {
-                let headers = &request.headers;
-                route
-                    .request_headers_to_add
-                    .extend(super::route::header_options(
-                        &headers.set,
-                        &headers.add,
-                        envoy_format,
-                    ));
-                route
-                    .request_headers_to_remove
-                    .extend(headers.remove.iter().cloned());
+                append_templated(
+                    &request.headers,
+                    &mut route.request_headers_to_add,
+                    &mut route.request_headers_to_remove,
+                );
                 if let (Some(path), Some(route_pb::route::Action::Route(action))) =
                     (&request.path, route.action.as_mut())
                 {
@@ -196,17 +190,11 @@ impl<'a> RoutePolicies<'a> {
                 }
             }
             if let Some(response) = &transform.response {
-                let headers = &response.headers;
-                route
-                    .response_headers_to_add
-                    .extend(super::route::header_options(
-                        &headers.set,
-                        &headers.add,
-                        envoy_format,
-                    ));
-                route
-                    .response_headers_to_remove
-                    .extend(headers.remove.iter().cloned());
+                append_templated(
+                    &response.headers,
+                    &mut route.response_headers_to_add,
+                    &mut route.response_headers_to_remove,
+                );
             }
         }
     }
@@ -445,6 +433,20 @@ fn http_filter<M: prost::Name>(name: &str, config: &M) -> hcm_pb::HttpFilter {
         )),
         ..Default::default()
     }
+}
+
+/// Appends a transform's header changes, values as templates, after the route's own.
+fn append_templated(
+    headers: &crate::model::HeaderMutations,
+    to_add: &mut Vec<core_pb::HeaderValueOption>,
+    to_remove: &mut Vec<String>,
+) {
+    to_add.extend(super::route::header_options(
+        &headers.set,
+        &headers.add,
+        envoy_format,
+    ));
+    to_remove.extend(headers.remove.iter().cloned());
 }
 
 /// A header template in Envoy's substitution format, which the edge proxy reads too.
