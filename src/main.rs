@@ -130,7 +130,8 @@ struct ControlPlaneArgs {
     quota: QuotaArgs,
 }
 
-/// Where the rate-limit service for Envoy nodes keeps its counters.
+/// Where global rate-limit policies keep their counters: the control plane's rate-limit
+/// service (for Envoy nodes) and every edge proxy must name the same Redis to share them.
 #[derive(Debug, Args)]
 struct QuotaArgs {
     /// Redis for the global quota counters shared with edge proxies (`redis://`, `rediss://`,
@@ -153,6 +154,11 @@ impl QuotaArgs {
         let config = tollgate_quota::RedisConfig::new(url.clone()).with_timeout(self.redis_timeout);
         // The error names the URL with its password masked.
         let quota = tollgate_quota::Quota::redis(config).context("--redis")?;
+        tracing::info!(
+            redis = %tollgate_quota::redis::url::redact(url),
+            timeout = ?self.redis_timeout,
+            "global rate limits count in Redis"
+        );
         if !quota.wait_until_up(REDIS_START_WAIT).await {
             tracing::warn!(
                 wait = ?REDIS_START_WAIT,
@@ -210,6 +216,8 @@ struct EdgeProxyArgs {
     request_metrics: bool,
     #[command(flatten)]
     tracing: TracingArgs,
+    #[command(flatten)]
+    quota: QuotaArgs,
 }
 
 #[derive(Debug, Args)]
@@ -337,7 +345,12 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::EdgeProxy(args) => {
             let node_id = args.node_id.unwrap_or_else(default_node_id);
+            let global_quota = match args.quota.redis {
+                Some(_) => Some(args.quota.engine().await?),
+                None => None,
+            };
             let options = ProxyOptions {
+                global_quota,
                 tracing: args.tracing.config(&node_id),
                 xds: XdsConfig::new(args.xds, node_id, args.node_cluster),
                 admin_addr: args.admin_addr,
@@ -358,6 +371,7 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             ensure_default_listener(&store, args.proxy_addr).await?;
             let token = args.admin_token.unwrap_or_else(generate_token);
             let quota = args.quota.engine().await?;
+            let quota_for_proxy = quota.clone();
             let running = start_control_plane(ServeConfig {
                 store: store.clone(),
                 quota,
@@ -376,6 +390,9 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 drain_timeout: Duration::from_secs(2),
                 request_metrics: true,
                 tracing: args.tracing.config("dev"),
+                // One engine for the proxy and the rate-limit service: Envoy sidecars and the
+                // edge proxy share counters even without Redis.
+                global_quota: Some(quota_for_proxy),
             };
             let proxy = tokio::spawn(async move {
                 let mut stopped = proxy_stopped;

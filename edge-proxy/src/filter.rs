@@ -11,6 +11,8 @@
 //!   SDS, names the consumer to the upstream, and answers 401 for a missing or unknown key.
 //! - [`rbac`]: Envoy's RBAC filter: allows or denies (403) by client address and by what
 //!   authentication found out.
+//! - [`rate_limit`]: Tollgate's quota filter: counts requests per API key, consumer, claim,
+//!   client address, header or route, in process or in Redis, and answers 429 over the limit.
 //! - [`transform`]: Tollgate's body transform filter: JSON and XML request and response
 //!   bodies, buffered up to 1 MiB.
 //!
@@ -22,6 +24,7 @@
 pub mod api_key;
 pub mod cors;
 pub mod jwt;
+pub mod rate_limit;
 pub mod rbac;
 pub mod transform;
 
@@ -31,7 +34,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use crate::config::filters::api_key::Consumer;
+use crate::config::filters::api_key::{Consumer, KeyId};
 use crate::config::route::RequestHead;
 use crate::proxy::body::{DownstreamBody, full};
 use crate::proxy::headers::Addresses;
@@ -64,13 +67,15 @@ pub struct Metadata<'c> {
     /// Namespace `envoy.filters.http.ext_authz`: the consumer the API key belongs to
     /// (`consumer`, `tier`, `groups`, as the control plane's ext_authz service answers Envoy).
     pub consumer: Option<&'c Consumer>,
+    /// The same namespace's `api_key_hash`: which of the consumer's keys was presented.
+    pub api_key: Option<KeyId>,
 }
 
 impl crate::config::format::DynamicMetadata for Metadata<'_> {
     /// What Envoy's filters would hold under the same names: jwt_authn's payloads by
     /// `payload_in_metadata` key (a later one under the same key wins), and the identity
     /// the control plane's ext_authz service sets (`consumer`, `tier` when there is one,
-    /// `groups`).
+    /// `groups`, `api_key_hash`).
     fn get(&self, namespace: &str, path: &[String]) -> Option<Cow<'_, serde_json::Value>> {
         use crate::config::format::{EXT_AUTHZ_NAMESPACE, JWT_AUTHN_NAMESPACE, lookup};
         match namespace {
@@ -95,6 +100,9 @@ impl crate::config::format::DynamicMetadata for Metadata<'_> {
                 });
                 if let Some(tier) = &consumer.tier {
                     identity["tier"] = serde_json::Value::String(tier.clone());
+                }
+                if let Some(KeyId(id)) = self.api_key {
+                    identity["api_key_hash"] = serde_json::Value::String(hex::encode(id));
                 }
                 lookup(&identity, path).cloned().map(Cow::Owned)
             }
@@ -176,6 +184,7 @@ mod tests {
                 ("jwt_payload", json!({"sub": "new", "org": {"id": 7}})),
             ],
             consumer: Some(&consumer),
+            api_key: None,
         };
         let get = |namespace: &str, path: &[&str]| {
             let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();

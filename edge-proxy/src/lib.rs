@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
+use crate::filter::rate_limit::Quotas;
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
 use crate::proxy::{DataPlane, SharedDataPlane};
@@ -57,6 +58,10 @@ pub struct ProxyOptions {
     pub request_metrics: bool,
     /// Where spans go; `None` turns tracing off.
     pub tracing: Option<TracingConfig>,
+    /// The engine `global` rate-limit policies count with: Redis shared with the fleet and
+    /// the control plane's rate-limit service, or (`tollgate dev`) the control plane's own;
+    /// `None` counts them in this process.
+    pub global_quota: Option<tollgate_quota::Quota>,
 }
 
 /// A running proxy's handles, for embedding (`tollgate dev`) and tests.
@@ -88,6 +93,17 @@ pub async fn run(
         }
         None => None,
     };
+    let quotas = match options.global_quota {
+        Some(global) => Quotas {
+            global,
+            local: tollgate_quota::Quota::local(Default::default()),
+        },
+        None => Quotas::in_process(),
+    };
+    // Per-policy decisions in `/metrics`; an in-process `global` is the same engine as `local`.
+    quotas.global.set_observer(metrics.clone());
+    quotas.local.set_observer(metrics.clone());
+    metrics.observe_quotas(&quotas);
     let xds = xds::spawn(options.xds);
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
@@ -111,7 +127,7 @@ pub async fn run(
     loop {
         let latest = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = latest {
-            apply(&plane, &mut listeners, snapshot).await;
+            apply(&plane, &mut listeners, snapshot, &quotas).await;
             if let Some(applied) = plane.load_full() {
                 metrics.snapshot_applied(&applied.snapshot.version);
             }
@@ -139,12 +155,18 @@ pub async fn run(
 
 /// Makes `snapshot` the data path's config: upstreams first (reusing pools and health), then
 /// the pointer swap, then the listeners, so that a new listener never sees an older config.
-async fn apply(plane: &SharedDataPlane, listeners: &mut Listeners, snapshot: Arc<Snapshot>) {
+async fn apply(
+    plane: &SharedDataPlane,
+    listeners: &mut Listeners,
+    snapshot: Arc<Snapshot>,
+    quotas: &Quotas,
+) {
     let previous = plane.load_full();
     let upstreams = Upstreams::build(&snapshot, previous.as_deref().map(|p| &*p.upstreams));
     plane.store(Some(Arc::new(DataPlane {
         snapshot: Arc::clone(&snapshot),
         upstreams: Arc::new(upstreams),
+        quotas: quotas.clone(),
     })));
     // JWKS fetched in the background (`async_fetch`) go through the upstreams just stored.
     filter::jwt::start_background_fetches(&snapshot, plane);

@@ -37,6 +37,19 @@ struct RejectionLabels {
     reason: &'static str,
 }
 
+/// Labels of a quota decision: the rate-limit policy and what the engine decided.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    policy: String,
+    outcome: &'static str,
+}
+
+/// Labels naming a quota backend: `redis` or `local`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: &'static str,
+}
+
 /// Labels naming a route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
@@ -87,6 +100,12 @@ pub struct Metrics {
     handles: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
     upstream_handles: RwLock<HashMap<String, Histogram>>,
     connections: AtomicU64,
+    quota_decisions: Family<QuotaLabels, Counter>,
+    /// Handles by policy, in [`QUOTA_OUTCOMES`] order, so counting a decision allocates
+    /// nothing once the policy has been seen.
+    quota_handles: RwLock<HashMap<String, Arc<[Counter; 4]>>>,
+    /// The quota engines, for their backend's state at scrape time.
+    quotas: std::sync::OnceLock<crate::filter::rate_limit::Quotas>,
     /// The snapshot in use: its version, and when it was applied (Unix seconds).
     snapshot: RwLock<Option<(String, f64)>>,
 }
@@ -123,12 +142,52 @@ impl Metrics {
             handles: RwLock::new(HashMap::new()),
             upstream_handles: RwLock::new(HashMap::new()),
             connections: AtomicU64::new(0),
+            quota_decisions: Family::default(),
+            quota_handles: RwLock::new(HashMap::new()),
+            quotas: std::sync::OnceLock::new(),
             snapshot: RwLock::new(None),
         }
     }
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `outcome` label values of quota decisions, as [`tollgate_quota::Outcome`] orders them.
+const QUOTA_OUTCOMES: [&str; 4] = ["allowed", "limited", "failed_open", "failed_closed"];
+
+/// Every quota decision is counted by policy and outcome, whatever `--request-metrics` says:
+/// limits and failures are what operators alert on.
+impl tollgate_quota::QuotaObserver for Metrics {
+    fn on_decision(&self, policy: &tollgate_quota::Policy, decision: &tollgate_quota::Decision) {
+        use tollgate_quota::Outcome;
+        let index = match decision.outcome {
+            Outcome::Allowed => 0,
+            Outcome::Limited => 1,
+            Outcome::FailedOpen => 2,
+            Outcome::FailedClosed => 3,
+        };
+        let cached = self
+            .quota_handles
+            .read()
+            .ok()
+            .and_then(|map| map.get(policy.name()).cloned());
+        let handles = cached.unwrap_or_else(|| {
+            let handles = Arc::new(QUOTA_OUTCOMES.map(|outcome| {
+                self.quota_decisions
+                    .get_or_create(&QuotaLabels {
+                        policy: policy.name().to_owned(),
+                        outcome,
+                    })
+                    .clone()
+            }));
+            if let Ok(mut map) = self.quota_handles.write() {
+                map.insert(policy.name().to_owned(), Arc::clone(&handles));
+            }
+            handles
+        });
+        handles[index].inc();
+    }
+}
 
 impl Metrics {
     /// Counts a request whose response headers are leaving, and its time so far.
@@ -189,6 +248,11 @@ impl Metrics {
         if let Ok(mut snapshot) = self.snapshot.write() {
             *snapshot = Some((version.to_owned(), now));
         }
+    }
+
+    /// Reports the state of `quotas`' backends when scraped.
+    pub fn observe_quotas(&self, quotas: &crate::filter::rate_limit::Quotas) {
+        let _ = self.quotas.set(quotas.clone());
     }
 
     /// Downstream connections open now.
@@ -325,6 +389,38 @@ impl Metrics {
             };
             acks.get_or_create(&label).inc_by(status.acks);
             nacks.get_or_create(&label).inc_by(status.nacks);
+        }
+        registry.register(
+            "quota_decisions",
+            "Rate-limit decisions, by policy and outcome (allowed, limited, failed_open, \
+             failed_closed; a shadow policy's `limited` requests were let through)",
+            self.quota_decisions.clone(),
+        );
+        if let Some(quotas) = self.quotas.get() {
+            let up = Family::<BackendLabel, Gauge>::default();
+            let failures = Family::<BackendLabel, Counter>::default();
+            let mut engines = vec![(&quotas.local, "local")];
+            if quotas.global.is_redis() {
+                engines.push((&quotas.global, "redis"));
+            }
+            for (engine, backend) in engines {
+                let snapshot = engine.metrics().snapshot();
+                let label = BackendLabel { backend };
+                up.get_or_create(&label).set(i64::from(snapshot.backend_up));
+                failures
+                    .get_or_create(&label)
+                    .inc_by(snapshot.errors + snapshot.timeouts);
+            }
+            registry.register(
+                "quota_backend_up",
+                "Whether the rate-limit counters can be reached, by backend",
+                up,
+            );
+            registry.register(
+                "quota_backend_failures",
+                "Calls to the rate-limit counters that failed or timed out, by backend",
+                failures,
+            );
         }
         registry.register("xds_acks", "xDS responses accepted, by type", acks);
         registry.register("xds_nacks", "xDS responses rejected, by type", nacks);

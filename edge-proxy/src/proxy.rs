@@ -44,6 +44,8 @@ pub struct DataPlane {
     pub snapshot: Arc<Snapshot>,
     /// Its clusters, with pools and health.
     pub upstreams: Arc<Upstreams>,
+    /// The quota engines (process-wide: they outlive snapshots).
+    pub quotas: crate::filter::rate_limit::Quotas,
 }
 
 /// The current [`DataPlane`], swapped whole on every new snapshot; `None` before the first.

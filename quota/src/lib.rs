@@ -163,6 +163,11 @@ impl Quota {
         &self.inner.metrics
     }
 
+    /// Whether the counters are in Redis (false: in this process).
+    pub fn is_redis(&self) -> bool {
+        matches!(self.inner.backend, Backend::Redis(_))
+    }
+
     /// Whether the backend can be used now (always true for the in-process one).
     pub fn is_backend_up(&self) -> bool {
         match &self.inner.backend {

@@ -15,6 +15,7 @@ mod openapi;
 mod parity;
 mod proxy_metrics;
 mod quotas_envoy;
+mod quotas_fleet;
 mod tls;
 mod tracing;
 mod transform;

@@ -45,6 +45,17 @@ impl EdgeProxy {
 
     /// Starts the process without waiting for it to become ready.
     pub fn spawn(xds_port: u16, node_id: &str, extra_args: &[&str]) -> anyhow::Result<EdgeProxy> {
+        Self::spawn_in_cluster(xds_port, node_id, "edge", extra_args)
+    }
+
+    /// As [`EdgeProxy::spawn`], in node cluster `node_cluster` (listeners can be limited to
+    /// one: on one host, each proxy of a fleet needs its own port).
+    pub fn spawn_in_cluster(
+        xds_port: u16,
+        node_id: &str,
+        node_cluster: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<EdgeProxy> {
         let admin_port = free_port();
         let dir = tempfile::Builder::new()
             .prefix(&format!("tollgate-edge-{node_id}-"))
@@ -54,7 +65,7 @@ impl EdgeProxy {
         cmd.arg("edge-proxy")
             .args(["--xds", &format!("http://127.0.0.1:{xds_port}")])
             .args(["--node-id", node_id])
-            .args(["--node-cluster", "edge"])
+            .args(["--node-cluster", node_cluster])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(extra_args)
             .env("RUST_LOG", "info,tollgate_edge_proxy=debug");

@@ -7,6 +7,7 @@ pub mod client;
 pub mod control_plane;
 pub mod edge_proxy;
 pub mod envoy;
+pub mod haproxy;
 pub mod jwt;
 pub mod metrics;
 pub mod nginx;

@@ -44,6 +44,7 @@ impl ChildProcess {
     /// Spawns `cmd` with its output appended to `log_path` (created if missing), so several
     /// runs of one service (e.g. across a restart) can share one log.
     pub fn spawn_logged(name: &str, mut cmd: Command, log_path: &Path) -> anyhow::Result<Self> {
+        remember_panics();
         let mut log = open_log(log_path)?;
         // Restarts append to the same file: mark where each run starts and what it ran.
         writeln!(log, "===== spawning {name}: {cmd:?} =====").context("writing the log")?;
@@ -164,9 +165,41 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_log();
+            // CI shows a failing test's last lines: repeat why it failed after the logs.
+            if let Some(message) = LAST_PANIC.with(|last| last.borrow().clone()) {
+                eprintln!("===== the test failed: {message} =====");
+            }
         }
         self.kill();
     }
+}
+
+thread_local! {
+    /// The message and place of the latest panic on this thread, kept by [`remember_panics`].
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per test binary) a panic hook that keeps each thread's latest panic message
+/// for [`ChildProcess`]'s log dump, then runs the default hook.
+fn remember_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(format!("{message}{place}")));
+            default(info);
+        }));
+    });
 }
 
 /// Frames a child's log for an error message or stderr.

@@ -4,7 +4,8 @@
 //! In the request flow the filters run right after route matching and before the router
 //! (see [`crate::proxy`]), in the order the listener lists them; Tollgate's control plane
 //! sends CORS, then JWT authentication, then API keys, then RBAC (authorization reads what
-//! authentication found), then the body transforms (last before the router).
+//! authentication found), then quotas (counted per what authentication found, only for
+//! requests authorization let through), then the body transforms (last before the router).
 //! The listener says which filters run ([`HttpFilter`]); the matched route and its virtual host
 //! say how, per filter name ([`FilterOverrides`]). As in Envoy, per-filter config is found by
 //! the filter's configured `name`, the most specific level first.
@@ -17,6 +18,7 @@
 pub mod api_key;
 pub mod cors;
 pub mod jwt_authn;
+pub mod rate_limit;
 pub mod rbac;
 pub mod transform;
 
@@ -30,6 +32,7 @@ use tollgate_proto::envoy::extensions::filters::http::jwt_authn::v3 as jwt_pb;
 use tollgate_proto::envoy::extensions::filters::http::rbac::v3 as rbac_pb;
 use tollgate_proto::envoy::extensions::filters::http::router::v3 as router_pb;
 use tollgate_proto::google::protobuf as pb;
+use tollgate_proto::rate_limit as rate_limit_pb;
 use tollgate_proto::transform as transform_pb;
 
 use super::listener::{decode, is_type, unsupported_extension};
@@ -58,6 +61,8 @@ pub enum HttpFilterKind {
     ApiKey(Arc<api_key::ApiKeyAuth>),
     /// `envoy.filters.http.rbac`.
     Rbac(Arc<rbac::Rbac>),
+    /// `tollgate.filters.http.rate_limit`: the policies; routes say which count them.
+    RateLimit(Arc<rate_limit::RateLimit>),
     /// `tollgate.filters.http.transform`: its body changes come from the route's per-filter
     /// config.
     Transform,
@@ -96,6 +101,9 @@ pub(crate) fn http_filter_kind(
         let config: rbac_pb::Rbac = decode(any).within("typed_config")?;
         let config = rbac::filter_config(config).within("typed_config")?;
         Ok(HttpFilterKind::Rbac(Arc::new(config)))
+    } else if is_type::<rate_limit_pb::RateLimit>(any) {
+        let config = rate_limit::filter_config(any).within("typed_config")?;
+        Ok(HttpFilterKind::RateLimit(Arc::new(config)))
     } else if is_type::<transform_pb::Transform>(any) {
         transform::filter_config(any).within("typed_config")?;
         Ok(HttpFilterKind::Transform)
@@ -130,6 +138,8 @@ pub enum PerFilterConfig {
     ApiKey(api_key::ApiKeyPerRoute),
     /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute`.
     Rbac(rbac::RbacPerRoute),
+    /// `tollgate.filters.http.rate_limit.v1.RateLimitPerRoute`.
+    RateLimit(rate_limit::RateLimitPerRoute),
     /// `tollgate.filters.http.transform.v1.TransformPerRoute`.
     Transform(transform::TransformPerRoute),
 }
@@ -164,6 +174,14 @@ impl PerFilterConfig {
     pub fn as_rbac(&self) -> Option<&rbac::RbacPerRoute> {
         match self {
             Self::Rbac(per_route) => Some(per_route),
+            _ => None,
+        }
+    }
+
+    /// The route's rate-limit policies, when this is a rate-limit config.
+    pub fn as_rate_limit(&self) -> Option<&rate_limit::RateLimitPerRoute> {
+        match self {
+            Self::RateLimit(per_route) => Some(per_route),
             _ => None,
         }
     }
@@ -260,6 +278,7 @@ fn known_per_filter_type(any: &pb::Any) -> bool {
         || is_type::<jwt_pb::PerRouteConfig>(any)
         || is_type::<api_key_pb::ApiKeyPerRoute>(any)
         || is_type::<rbac_pb::RbacPerRoute>(any)
+        || is_type::<rate_limit_pb::RateLimitPerRoute>(any)
         || is_type::<transform_pb::TransformPerRoute>(any)
 }
 
@@ -275,6 +294,8 @@ fn per_filter_config(name: &str, any: &pb::Any) -> Result<PerFilterConfig, Rejec
     } else if is_type::<rbac_pb::RbacPerRoute>(any) {
         let proto = decode(any)?;
         Ok(PerFilterConfig::Rbac(rbac::per_route(&proto)?))
+    } else if is_type::<rate_limit_pb::RateLimitPerRoute>(any) {
+        Ok(PerFilterConfig::RateLimit(rate_limit::per_route(any)?))
     } else if is_type::<transform_pb::TransformPerRoute>(any) {
         Ok(PerFilterConfig::Transform(transform::per_route(any)?))
     } else {

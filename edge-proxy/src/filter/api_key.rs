@@ -71,7 +71,7 @@ pub(crate) fn on_request<'c>(
             continue;
         };
         presented = true;
-        let Some(consumer) = table.lookup(&key) else {
+        let Some((consumer, key_id)) = table.lookup(&key) else {
             continue;
         };
         req.headers
@@ -92,6 +92,7 @@ pub(crate) fn on_request<'c>(
             }
         }
         metadata.consumer = Some(consumer);
+        metadata.api_key = Some(key_id);
         return None;
     }
     if presented {

@@ -34,6 +34,8 @@ pub(crate) fn has_request_filters(filters: &[HttpFilter]) -> bool {
 pub(crate) struct ResponseWork<'t> {
     /// CORS latches, in filter order.
     cors: Vec<cors::CorsLatch>,
+    /// The quota filter's `RateLimit-Policy`, `RateLimit` (and legacy) fields.
+    rate_limit: filter::rate_limit::ResponseHeaders,
     /// The route's body transforms, when the transform filter ran: the caller transforms the
     /// request body before forwarding and the response body as it comes back.
     pub(crate) transform: Option<&'t TransformPerRoute>,
@@ -140,6 +142,29 @@ pub(crate) async fn on_request<'c>(
                     };
                 }
             }
+            HttpFilterKind::RateLimit(config) => {
+                let per_route = matched
+                    .filter_config(&filter.name)
+                    .and_then(|c| c.as_rate_limit());
+                let checked = filter::rate_limit::on_request(
+                    config,
+                    per_route,
+                    &plane.quotas,
+                    &matched.route.name,
+                    req,
+                    metadata,
+                );
+                match checked.await {
+                    Ok(headers) => work.rate_limit.extend(headers),
+                    // Envoy's ratelimit filter answers with a local reply too.
+                    Err(response) => {
+                        return Outcome::Respond {
+                            response,
+                            local_reply: true,
+                        };
+                    }
+                }
+            }
             HttpFilterKind::Transform => {
                 // Bodies are read later, once the request is through every filter.
                 work.transform = matched
@@ -153,6 +178,9 @@ pub(crate) async fn on_request<'c>(
 
 /// Applies the filters' response work, last filter first.
 pub(crate) fn on_response(work: &ResponseWork<'_>, headers: &mut HeaderMap) {
+    for (name, value) in &work.rate_limit {
+        headers.insert(name, value.clone());
+    }
     for latch in work.cors.iter().rev() {
         latch.apply(headers);
     }
@@ -304,6 +332,7 @@ mod tests {
                 api_key_tables: BTreeMap::new(),
             }),
             upstreams: Arc::new(Upstreams::default()),
+            quotas: filter::rate_limit::Quotas::in_process(),
         }
     }
 

@@ -238,7 +238,7 @@ fn an_api_key_listener_waits_for_its_key_table() {
     assert_eq!(snap.certificates.keys().collect::<Vec<_>>(), ["cert"]);
     let table = &snap.api_key_tables["tollgate:api-keys"];
     assert_eq!(table.summary(), (1, 1));
-    assert_eq!(table.lookup(b"acme-key-0123456789").unwrap().name, "acme");
+    assert_eq!(table.lookup(b"acme-key-0123456789").unwrap().0.name, "acme");
 
     // A secret of the wrong kind under a key table's name does not complete the snapshot.
     use prost::Message as _;

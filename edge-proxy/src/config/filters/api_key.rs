@@ -185,6 +185,11 @@ pub struct ApiKeyTable {
     by_digest: HashMap<[u8; 32], usize, BuildHasherDefault<DigestHasher>>,
 }
 
+/// The start of a key's keyed hash: what quotas per API key count by (as hex, the control
+/// plane's ext_authz `api_key_hash`), never the key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId(pub [u8; 16]);
+
 /// Who a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
@@ -201,11 +206,15 @@ pub struct Consumer {
 }
 
 impl ApiKeyTable {
-    /// The consumer whose key this is: one HMAC, one hash-map lookup, no allocation.
-    pub fn lookup(&self, key: &[u8]) -> Option<&Consumer> {
+    /// The consumer whose key this is, and the key's [`KeyId`]: one HMAC, one hash-map lookup,
+    /// no allocation.
+    pub fn lookup(&self, key: &[u8]) -> Option<(&Consumer, KeyId)> {
         let tag = ring::hmac::sign(&self.hmac, key);
         let digest: &[u8; 32] = tag.as_ref().try_into().ok()?;
-        self.by_digest.get(digest).map(|&i| &self.consumers[i])
+        let consumer = self.by_digest.get(digest).map(|&i| &self.consumers[i])?;
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest[..16]);
+        Some((consumer, KeyId(id)))
     }
 
     /// How many consumers, and how many keys, the table holds.

@@ -1308,6 +1308,7 @@ async fn async_fetch_loads_keys_before_the_first_request() {
                 api_key_tables: BTreeMap::new(),
             }),
             upstreams: Arc::clone(&upstreams),
+            quotas: crate::filter::rate_limit::Quotas::in_process(),
         },
     ));
     let Jwks::Remote(remote) = &config.providers[0].jwks else {

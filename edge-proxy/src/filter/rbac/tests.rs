@@ -157,6 +157,7 @@ fn claims_scopes_and_nested_combinations() {
         let metadata = Metadata {
             jwt: jwt(claims.clone()),
             consumer: None,
+            api_key: None,
         };
         assert_eq!(
             allowed(&rules, &input(&metadata, "10.0.0.1")),
@@ -182,7 +183,8 @@ fn consumers_and_groups_from_the_api_key() {
     for (key, expected) in [("acme-key-1", true), ("beta/key+1", true)] {
         let metadata = Metadata {
             jwt: Vec::new(),
-            consumer: table.lookup(key.as_bytes()),
+            consumer: table.lookup(key.as_bytes()).map(|(c, _)| c),
+            api_key: None,
         };
         assert_eq!(allowed(&rules, &input(&metadata, "10.0.0.1")), expected);
     }
@@ -198,11 +200,13 @@ fn consumers_and_groups_from_the_api_key() {
     };
     let acme = Metadata {
         jwt: Vec::new(),
-        consumer: table.lookup(b"acme-key-1"),
+        consumer: table.lookup(b"acme-key-1").map(|(c, _)| c),
+        api_key: None,
     };
     let beta = Metadata {
         jwt: Vec::new(),
-        consumer: table.lookup(b"beta/key+1"),
+        consumer: table.lookup(b"beta/key+1").map(|(c, _)| c),
+        api_key: None,
     };
     assert!(allowed(&present(&["tier"]), &input(&acme, "10.0.0.1")));
     assert!(!allowed(&present(&["tier"]), &input(&beta, "10.0.0.1")));
@@ -224,6 +228,7 @@ fn value_matchers_follow_envoys() {
             "tags": ["a", "b"], "nested": [["x"]],
         })),
         consumer: None,
+        api_key: None,
     };
     let check = |path: &str, matcher: matcher_pb::ValueMatcher, invert: bool| {
         let mut principal = md(JWT_AUTHN_NAMESPACE, &["jwt_payload", path], matcher);
@@ -294,6 +299,7 @@ fn value_matchers_follow_envoys() {
             ("jwt_payload", json!({"sub": "b"})),
         ],
         consumer: None,
+        api_key: None,
     };
     let rules = allow(md(JWT_AUTHN_NAMESPACE, &["jwt_payload", "sub"], exact("b")));
     assert!(allowed(&rules, &input(&metadata, "10.0.0.1")));

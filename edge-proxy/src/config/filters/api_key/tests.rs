@@ -215,12 +215,12 @@ pub(crate) fn table() -> ApiKeyTable {
 fn key_tables_index_consumers_by_keyed_hash() {
     let table = table();
     assert_eq!(table.summary(), (2, 3));
-    let acme = table.lookup(b"acme-key-2").unwrap();
+    let (acme, _) = table.lookup(b"acme-key-2").unwrap();
     assert_eq!(acme.name, "acme");
     assert_eq!(acme.tier.as_deref(), Some("pro"));
     assert_eq!(acme.groups, ["partners"]);
     assert_eq!(acme.tier_header.as_ref().unwrap(), "pro");
-    let beta = table.lookup(b"beta/key+1").unwrap();
+    let (beta, _) = table.lookup(b"beta/key+1").unwrap();
     assert_eq!((beta.name.as_str(), beta.tier.as_ref()), ("beta", None));
     assert!(table.lookup(b"acme-key-3").is_none());
     assert!(table.lookup(b"").is_none());

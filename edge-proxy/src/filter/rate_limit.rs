@@ -1,0 +1,206 @@
+//! Tollgate's quota filter (`tollgate.filters.http.rate_limit`), after authentication and
+//! authorization, before the body transforms: counts the request against every rate-limit
+//! policy of its route, in the proxy's memory or in Redis shared with the fleet
+//! ([`tollgate_quota`]). Envoy nodes get the same decisions from the control plane's
+//! rate-limit service (`control-plane/src/rls.rs`), over the same engine, key scheme and
+//! identities, so a client has one counter whichever proxy serves it.
+//!
+//! For each policy the route names, the key parts are read from the request and from what
+//! authentication found ([`Metadata`]): the API key (the start of its keyed hash, never the
+//! key), its consumer and tier, a string claim of the verified JWT, the client address (after
+//! the listener's trusted hops), a header's first value, the route's name. A part that finds
+//! nothing (no key, no such claim, no header) leaves the request uncounted by that policy,
+//! as Envoy drops a descriptor whose action finds nothing. The consumer's tier picks the
+//! tier's limit, else the policy's default; neither: not counted.
+//!
+//! Policies are checked concurrently: one Redis round trip per global policy, none for local
+//! ones. A request is refused if any non-shadow policy refuses it: 429 when over the limit,
+//! 503 when a fail-closed policy cannot reach its counters, with `Retry-After` and a JSON
+//! body. Allowed or refused, the response carries `RateLimit-Policy` and `RateLimit` for the
+//! non-shadow policies (and `X-RateLimit-*` for those asking for them), as the rate-limit
+//! service tells Envoy to add them.
+
+use std::borrow::Cow;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use tollgate_quota::{Decision, Outcome, Quota, RateLimitHeaders};
+
+use super::Metadata;
+use crate::config::filters::rate_limit::{
+    KeySource, RateLimit, RateLimitPerRoute, RateLimitPolicy,
+};
+use crate::config::format::{DynamicMetadata as _, JWT_AUTHN_NAMESPACE};
+use crate::proxy::body::DownstreamBody;
+
+/// Where the control plane has every JWT provider put the verified payload
+/// (`payload_in_metadata`), and where a policy's claim parts read it, on Envoy as here.
+pub const JWT_PAYLOAD_KEY: &str = "jwt_payload";
+
+/// The engines the filter counts with: process-wide, shared by every snapshot.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    /// For `global` policies: Redis with `--redis`, else this process.
+    pub global: Quota,
+    /// For `local` policies: this process.
+    pub local: Quota,
+}
+
+impl Quotas {
+    /// Engines counting everything in this process (no Redis).
+    pub fn in_process() -> Self {
+        let local = Quota::local(Default::default());
+        Self {
+            global: local.clone(),
+            local,
+        }
+    }
+}
+
+/// What the filter leaves for the response: the rate-limit header fields.
+pub(crate) type ResponseHeaders = Vec<(HeaderName, HeaderValue)>;
+
+/// One policy's check.
+struct Check<'c> {
+    config: &'c RateLimitPolicy,
+    policy: &'c tollgate_quota::Policy,
+    decision: Decision,
+}
+
+impl Check<'_> {
+    /// Whether this check refuses the request: shadow policies never do.
+    fn refuses(&self) -> bool {
+        !self.config.shadow && !self.decision.is_allowed()
+    }
+}
+
+/// The request side. `Ok`: continue, adding these headers to the response; `Err`: the answer
+/// (its headers already set). `route` is the matched route's name.
+pub(crate) async fn on_request(
+    config: &RateLimit,
+    per_route: Option<&RateLimitPerRoute>,
+    quotas: &Quotas,
+    route: &str,
+    req: &super::Request<'_, '_>,
+    metadata: &Metadata<'_>,
+) -> Result<ResponseHeaders, Response<DownstreamBody>> {
+    let Some(per_route) = per_route else {
+        return Ok(Vec::new());
+    };
+    let pending = per_route.policies.iter().filter_map(|name| {
+        let config = config.policies.get(name)?;
+        let tier = metadata.consumer.and_then(|c| c.tier.as_deref());
+        let policy = config.for_tier(tier)?;
+        let identity = identity(config, route, req, metadata)?;
+        let engine = if config.global {
+            &quotas.global
+        } else {
+            &quotas.local
+        };
+        Some(async move {
+            let decision = engine.check(policy, &identity).await;
+            Check {
+                config,
+                policy,
+                decision,
+            }
+        })
+    });
+    let checks: Vec<Check<'_>> = futures::future::join_all(pending).await;
+    if checks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let headers = response_headers(&checks);
+    if !checks.iter().any(Check::refuses) {
+        return Ok(headers);
+    }
+    let over_limit = checks
+        .iter()
+        .any(|c| c.refuses() && c.decision.outcome == Outcome::Limited);
+    let mut response = if over_limit {
+        super::json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "rate limit exceeded",
+        )
+    } else {
+        super::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limit_unavailable",
+            "rate limit cannot be checked; retry later",
+        )
+    };
+    response.headers_mut().extend(headers);
+    Err(response)
+}
+
+/// The identity `config` counts this request under; `None` when a key part finds nothing.
+fn identity(
+    config: &RateLimitPolicy,
+    route: &str,
+    req: &super::Request<'_, '_>,
+    metadata: &Metadata<'_>,
+) -> Option<String> {
+    let mut values: Vec<Cow<'_, str>> = Vec::with_capacity(config.key.len());
+    for part in &config.key {
+        let value = match &part.source {
+            KeySource::ApiKey => Cow::Owned(hex::encode(metadata.api_key?.0)),
+            KeySource::Consumer => Cow::Borrowed(metadata.consumer?.name.as_str()),
+            KeySource::ConsumerTier => Cow::Borrowed(metadata.consumer?.tier.as_deref()?),
+            KeySource::Claim(path) => {
+                let path: Vec<String> = std::iter::once(JWT_PAYLOAD_KEY.to_owned())
+                    .chain(path.iter().cloned())
+                    .collect();
+                // Envoy's metadata action takes strings only, and no empty one.
+                match metadata.get(JWT_AUTHN_NAMESPACE, &path)?.as_ref() {
+                    serde_json::Value::String(s) if !s.is_empty() => Cow::Owned(s.clone()),
+                    _ => return None,
+                }
+            }
+            KeySource::ClientIp => Cow::Owned(req.addresses.client(req.headers).to_string()),
+            KeySource::Header(name) => String::from_utf8_lossy(req.headers.get(name)?.as_bytes()),
+            KeySource::Route => Cow::Borrowed(route),
+        };
+        values.push(value);
+    }
+    let parts: Vec<(&str, &str)> = config
+        .key
+        .iter()
+        .zip(&values)
+        .map(|(part, value)| (part.label.as_str(), value.as_ref()))
+        .collect();
+    Some(tollgate_quota::identity(&parts))
+}
+
+/// The draft's fields for every non-shadow policy, the legacy ones for those asking for them.
+fn response_headers(checks: &[Check<'_>]) -> ResponseHeaders {
+    use tollgate_quota::headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+    let reported = || checks.iter().filter(|c| !c.config.shadow);
+    let draft = RateLimitHeaders::new(reported().map(|c| (c.policy, &c.decision)));
+    let legacy = RateLimitHeaders::new(
+        reported()
+            .filter(|c| c.config.legacy_headers)
+            .map(|c| (c.policy, &c.decision)),
+    );
+    let legacy_names = [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET];
+    draft
+        .iter()
+        .filter(|(name, _)| !legacy_names.contains(name))
+        .chain(
+            legacy
+                .iter()
+                .filter(|(name, _)| legacy_names.contains(name)),
+        )
+        .filter_map(|(name, value)| {
+            // Both are ASCII the engine wrote: names are its constants, values numbers and
+            // quoted policy names (which the control plane keeps to name characters).
+            Some((
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
