@@ -10,7 +10,9 @@
 //!
 //! The answer carries the `RateLimit-Policy`, `RateLimit` and (on refusals) `Retry-After`
 //! headers for Envoy to add to the response, allowed or not, plus the legacy `X-RateLimit-*`
-//! for policies that ask for them. A refusal is `OVER_LIMIT` with a JSON body; shadow
+//! for policies that ask for them. A refusal is `OVER_LIMIT` with a JSON body (or, for a
+//! fail-closed policy whose counters are unreachable, an `UNAVAILABLE` error that Envoy's
+//! fail-closed filter answers 503 for); shadow
 //! policies are counted but never refuse and stay out of the headers. Descriptors that name
 //! no current policy (deleted since Envoy's config was pushed) are allowed uncounted.
 
@@ -247,15 +249,17 @@ impl RateLimiter {
     }
 
     /// Decides one request: every descriptor is counted, and the request is refused if any
-    /// non-shadow policy refuses it. Never logs descriptor values.
-    pub async fn decide(&self, request: &RateLimitRequest) -> RateLimitResponse {
+    /// non-shadow policy refuses it: `OVER_LIMIT` when one is over its limit, else, when a
+    /// fail-closed policy cannot reach its counters, an `UNAVAILABLE` error, which Envoy's
+    /// fail-closed filter turns into a 503. Never logs descriptor values.
+    pub async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let ok = |n: usize| RateLimitResponse {
             overall_code: Code::Ok as i32,
             statuses: vec![status(Code::Ok, None); n],
             ..Default::default()
         };
         if request.domain != RATE_LIMIT_DOMAIN {
-            return ok(request.descriptors.len());
+            return Ok(ok(request.descriptors.len()));
         }
         let index = self.index();
         // Envoy's default cost is 1; `hits_addend` 0 means unset.
@@ -295,6 +299,15 @@ impl RateLimiter {
             metrics.rls_decision(check.policy.name(), check.outcome());
         }
         let refused = checks.iter().flatten().any(Check::refuses);
+        let limited = checks
+            .iter()
+            .flatten()
+            .any(|c| c.outcome() == RlsOutcome::Limited);
+        if refused && !limited {
+            return Err(Status::unavailable(
+                "rate limit counters unreachable for a fail-closed policy",
+            ));
+        }
         let mut response = RateLimitResponse {
             overall_code: if refused { Code::OverLimit } else { Code::Ok } as i32,
             statuses: checks
@@ -311,23 +324,16 @@ impl RateLimiter {
             ..Default::default()
         };
         if refused {
-            let limited = checks
-                .iter()
-                .flatten()
-                .any(|c| c.outcome() == RlsOutcome::Limited);
-            let message = if limited {
-                "rate limit exceeded"
-            } else {
-                "rate limit cannot be checked; retry later"
-            };
-            let body = serde_json::json!({"error": {"code": "rate_limited", "message": message}});
+            let body = serde_json::json!({
+                "error": {"code": "rate_limited", "message": "rate limit exceeded"}
+            });
             response.raw_body = body.to_string().into_bytes();
             // Envoy sets the local reply's content type from these headers.
             response
                 .response_headers_to_add
                 .push(header("content-type", "application/json"));
         }
-        response
+        Ok(response)
     }
 }
 
@@ -337,7 +343,7 @@ impl RateLimitService for RateLimiter {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        Ok(Response::new(self.decide(request.get_ref()).await))
+        self.decide(request.get_ref()).await.map(Response::new)
     }
 }
 

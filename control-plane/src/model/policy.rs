@@ -1332,6 +1332,11 @@ impl RateLimitPolicy {
         }
     }
 
+    /// Whether requests are refused when the counters cannot be reached.
+    pub fn fails_closed(&self) -> bool {
+        self.failure_mode == QuotaFailureMode::Closed
+    }
+
     /// The quota engine's failure mode.
     pub fn quota_failure_mode(&self) -> tollgate_quota::FailureMode {
         match self.failure_mode {

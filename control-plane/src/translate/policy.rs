@@ -289,20 +289,35 @@ impl<'a> RoutePolicies<'a> {
             out.insert(JWT_FILTER.to_owned(), tollgate_proto::pack_any(&per_route));
         }
         if !self.rate_limit.is_empty() {
-            let (name, config) = match node {
-                NodeKind::Tollgate => (
-                    super::rate_limit::RATE_LIMIT_FILTER,
-                    tollgate_proto::pack_any(&super::rate_limit::edge_per_route(&self.rate_limit)),
-                ),
-                NodeKind::Envoy | NodeKind::Other => (
-                    super::rate_limit::ENVOY_RATE_LIMIT_FILTER,
-                    tollgate_proto::pack_any(&super::rate_limit::envoy_per_route(
-                        &self.rate_limit,
-                        route_name,
-                    )),
-                ),
-            };
-            out.insert(name.to_owned(), config);
+            match node {
+                NodeKind::Tollgate => {
+                    out.insert(
+                        super::rate_limit::RATE_LIMIT_FILTER.to_owned(),
+                        tollgate_proto::pack_any(&super::rate_limit::edge_per_route(
+                            &self.rate_limit,
+                        )),
+                    );
+                }
+                // Each of Envoy's two rate-limit filters asks for its failure mode's policies.
+                NodeKind::Envoy | NodeKind::Other => {
+                    for fail_closed in [false, true] {
+                        let policies: Vec<&RateLimitPolicy> = self
+                            .rate_limit
+                            .iter()
+                            .copied()
+                            .filter(|p| p.fails_closed() == fail_closed)
+                            .collect();
+                        if !policies.is_empty() {
+                            out.insert(
+                                super::rate_limit::envoy_filter_name(fail_closed).to_owned(),
+                                tollgate_proto::pack_any(&super::rate_limit::envoy_per_route(
+                                    &policies, route_name,
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
         }
         super::stable_map(out)
     }
@@ -405,16 +420,27 @@ impl<'a> ListenerFilters<'a> {
         }
         // Quotas count requests that may pass, by the identity authentication found.
         if self.uses_rate_limits() {
-            filters.push(match node {
-                NodeKind::Tollgate => http_filter(
+            match node {
+                NodeKind::Tollgate => filters.push(http_filter(
                     super::rate_limit::RATE_LIMIT_FILTER,
                     &super::rate_limit::edge_filter(self.rate_limits.values().copied()),
-                ),
-                NodeKind::Envoy | NodeKind::Other => http_filter(
-                    super::rate_limit::ENVOY_RATE_LIMIT_FILTER,
-                    &super::rate_limit::envoy_filter(),
-                ),
-            });
+                )),
+                // One filter per failure mode: Envoy's is the filter's, not the descriptor's.
+                NodeKind::Envoy | NodeKind::Other => {
+                    for fail_closed in [false, true] {
+                        if self
+                            .rate_limits
+                            .values()
+                            .any(|p| p.fails_closed() == fail_closed)
+                        {
+                            filters.push(http_filter(
+                                super::rate_limit::envoy_filter_name(fail_closed),
+                                &super::rate_limit::envoy_filter(fail_closed),
+                            ));
+                        }
+                    }
+                }
+            }
         }
         // Bodies are transformed for requests that got through; Envoy has no such filter.
         if self.body_transforms && node == NodeKind::Tollgate {

@@ -19,8 +19,11 @@ use tollgate_proto::rate_limit as rate_limit_pb;
 
 use crate::model::{KeyPart, QuotaAlgorithm, QuotaLimit, QuotaMode, RateLimitPolicy};
 
-/// Envoy's rate-limit filter, calling the control plane's RLS.
+/// Envoy's rate-limit filter, calling the control plane's RLS for fail-open policies.
 pub(super) const ENVOY_RATE_LIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+/// The second instance of Envoy's rate-limit filter, for fail-closed policies.
+pub(super) const ENVOY_RATE_LIMIT_FAIL_CLOSED_FILTER: &str =
+    "envoy.filters.http.ratelimit.fail_closed";
 /// The edge proxy's quota filter.
 pub(super) const RATE_LIMIT_FILTER: &str = "tollgate.filters.http.rate_limit";
 /// The RLS domain Envoy sends.
@@ -34,25 +37,44 @@ pub(crate) const REMOTE_ADDRESS_KEY: &str = "remote_address";
 /// Where the control plane's ext_authz answer puts an API key's keyed hash (the first
 /// [`tollgate_quota::identity::API_KEY_HASH_HEX_LEN`] hex digits).
 pub(crate) const API_KEY_HASH_KEY: &str = "api_key_hash";
-/// How long Envoy waits for the RLS before letting the request through.
+/// How long Envoy waits for the RLS before the filter's failure mode applies.
 const RLS_TIMEOUT_MS: u32 = 500;
+/// What Envoy answers for a fail-closed policy whose counters (or the RLS) cannot be reached,
+/// as the edge proxy does.
+const FAILED_CLOSED_STATUS: i32 = 503;
 
 /// The dynamic metadata namespace of the JWT filter.
 const JWT_NAMESPACE: &str = super::policy::JWT_FILTER;
 /// The dynamic metadata namespace of ext_authz answers.
 const EXT_AUTHZ_NAMESPACE: &str = super::policy::EXT_AUTHZ_FILTER;
 
-/// Envoy's rate-limit filter. It lets requests through when the RLS cannot be reached or
-/// does not answer within the timeout (`failure_mode_deny: false`): the RLS applies each
-/// policy's own failure mode when its counters are unreachable, but an unreachable control
-/// plane fails every policy open. It sends no `x-envoy-ratelimited` (edge proxies do not
-/// either); every header comes from the RLS answer.
-pub(super) fn envoy_filter() -> ratelimit_pb::RateLimit {
+/// The name of the Envoy rate-limit filter for policies of one failure mode.
+pub(super) fn envoy_filter_name(fail_closed: bool) -> &'static str {
+    if fail_closed {
+        ENVOY_RATE_LIMIT_FAIL_CLOSED_FILTER
+    } else {
+        ENVOY_RATE_LIMIT_FILTER
+    }
+}
+
+/// Envoy's rate-limit filter for the policies of one failure mode: Envoy's failure mode
+/// belongs to the filter, so fail-open and fail-closed policies get one filter each.
+///
+/// The fail-open one lets requests through when the RLS cannot be reached, does not answer
+/// within the timeout, or answers with an error (`failure_mode_deny: false`). The fail-closed
+/// one answers 503 then (`status_on_error`): the RLS answers `UNAVAILABLE` when a fail-closed
+/// policy's counters cannot be reached, and an unreachable control plane is the same for it.
+/// Over the limit, both answer 429 with the RLS's headers and body. Neither sends
+/// `x-envoy-ratelimited` (edge proxies do not either).
+pub(super) fn envoy_filter(fail_closed: bool) -> ratelimit_pb::RateLimit {
     use core_pb::grpc_service::{EnvoyGrpc, TargetSpecifier};
     ratelimit_pb::RateLimit {
         domain: DOMAIN.to_owned(),
         timeout: Some(super::duration_ms(RLS_TIMEOUT_MS)),
-        failure_mode_deny: false,
+        failure_mode_deny: fail_closed,
+        status_on_error: fail_closed.then_some(tollgate_proto::envoy::r#type::v3::HttpStatus {
+            code: FAILED_CLOSED_STATUS,
+        }),
         rate_limit_service: Some(rls_config_pb::RateLimitServiceConfig {
             grpc_service: Some(core_pb::GrpcService {
                 timeout: Some(super::duration_ms(RLS_TIMEOUT_MS)),

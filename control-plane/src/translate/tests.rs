@@ -1075,12 +1075,20 @@ fn rate_limits_go_to_envoy_as_rls_descriptors() {
             "envoy.filters.http.ext_authz",
             "envoy.filters.http.rbac",
             "envoy.filters.http.ratelimit",
+            "envoy.filters.http.ratelimit.fail_closed",
             "envoy.filters.http.router"
         ]
     );
+    // Envoy's failure mode is the filter's: fail-closed policies get their own, which answers
+    // 503 when the RLS (or the control plane) cannot decide.
+    let closed: ratelimit_pb::RateLimit =
+        filter_config(&hcm, "envoy.filters.http.ratelimit.fail_closed");
+    assert!(closed.failure_mode_deny);
+    assert_eq!(closed.status_on_error.unwrap().code, 503);
     let filter: ratelimit_pb::RateLimit = filter_config(&hcm, "envoy.filters.http.ratelimit");
     assert_eq!(filter.domain, "tollgate");
     assert!(!filter.failure_mode_deny);
+    assert_eq!(filter.status_on_error, None);
     assert!(filter.disable_x_envoy_ratelimited_header);
     assert_eq!(filter.timeout.unwrap().nanos, 500_000_000);
     let service = filter.rate_limit_service.unwrap();
@@ -1101,12 +1109,22 @@ fn rate_limits_go_to_envoy_as_rls_descriptors() {
     );
 
     let routes = routes_by_name(&out);
-    let per_route = ratelimit_pb::RateLimitPerRoute::decode(
-        routes["users-api"].typed_per_filter_config["envoy.filters.http.ratelimit"]
-            .value
-            .as_slice(),
-    )
-    .unwrap();
+    let per_route = |filter: &str| {
+        ratelimit_pb::RateLimitPerRoute::decode(
+            routes["users-api"].typed_per_filter_config[filter]
+                .value
+                .as_slice(),
+        )
+        .unwrap()
+    };
+    // per-ip fails closed, per-key open.
+    let limits: Vec<route_pb::RateLimit> = [
+        "envoy.filters.http.ratelimit.fail_closed",
+        "envoy.filters.http.ratelimit",
+    ]
+    .into_iter()
+    .flat_map(|filter| per_route(filter).rate_limits)
+    .collect();
     // One descriptor per policy, in the route's order; each starts by naming its policy.
     let describe = |limit: &route_pb::RateLimit| -> Vec<String> {
         limit
@@ -1140,7 +1158,7 @@ fn rate_limits_go_to_envoy_as_rls_descriptors() {
             })
             .collect()
     };
-    let described: Vec<Vec<String>> = per_route.rate_limits.iter().map(describe).collect();
+    let described: Vec<Vec<String>> = limits.iter().map(describe).collect();
     assert_eq!(
         described,
         [
