@@ -4,6 +4,7 @@
 mod access_log;
 mod api_keys;
 mod authorization;
+mod compose;
 mod cors;
 mod declarative;
 mod dev;
