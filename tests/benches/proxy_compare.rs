@@ -49,8 +49,15 @@
 //! load sends a valid token and key with every request (`wrk -H`). It is reported as a ratio
 //! to `edge`.
 //!
-//! `BENCH_PEERS` (default `edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth`;
-//! leave the last four out to skip the observability and policy rows) chooses and orders the peers; `BENCH_PATH`
+//! The quota cost (issue 6: at least 0.8× with a global quota, at most 0.5 ms more at p99) is
+//! measured by `edge-quota`: an edge proxy with `--redis` whose listener puts a `rate_limit`
+//! policy per client address on every route, never exhausted, counted in a Redis this harness
+//! starts on the load CPU. Reported as a ratio to `edge`, with the Redis commands per request
+//! (from `INFO commandstats`).
+//!
+//! `BENCH_PEERS` (default
+//! `edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth,edge-quota`; leave the last
+//! five out to skip the observability and policy rows) chooses and orders the peers; `BENCH_PATH`
 //! changes the requested path (e.g. `/svc/0000/x` hits the first route instead). Before each
 //! run the harness waits (up to `BENCH_QUIET_WAIT` s, default 120) until both CPUs are idle, and
 //! it measures how much CPU other processes took during each run: a run where they took over
@@ -94,6 +101,13 @@ const DISTURBED: f64 = 0.1;
 const TARGET_LOGGED_VS_BARE: f64 = 0.95;
 /// Issue 5: the edge proxy with a JWT and an API-key policy against itself without policies.
 const TARGET_AUTH_VS_EDGE: f64 = 0.85;
+/// Issue 6: the edge proxy with a global quota against itself without policies.
+const TARGET_QUOTA_VS_EDGE: f64 = 0.8;
+/// Issue 6: what the global quota may add to the p99 latency.
+const TARGET_QUOTA_ADDED_P99: Duration = Duration::from_micros(500);
+/// The quota's Redis deadline in the benchmark: well above what a loaded 2-core machine takes,
+/// so that every request is counted (a timed-out check fails open, and would cost nothing).
+const BENCH_REDIS_TIMEOUT: &str = "100ms";
 
 /// A proxy (or the upstream itself) that the load is sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +125,9 @@ enum PeerKind {
     /// The edge proxy with a JWT policy (RS256, JWKS fetched once and cached) and an API-key
     /// policy on every route.
     EdgeAuth,
+    /// The edge proxy with a global rate-limit policy (counted in Redis, never exhausted) on
+    /// every route.
+    EdgeQuota,
 }
 
 impl PeerKind {
@@ -124,9 +141,10 @@ impl PeerKind {
             "edge-log" => Self::EdgeLog,
             "edge-trace" => Self::EdgeTrace,
             "edge-auth" => Self::EdgeAuth,
+            "edge-quota" => Self::EdgeQuota,
             other => anyhow::bail!(
                 "BENCH_PEERS: unknown peer {other:?} (known: edge, envoy, nginx, direct, \
-                 edge-bare, edge-log, edge-trace, edge-auth)"
+                 edge-bare, edge-log, edge-trace, edge-auth, edge-quota)"
             ),
         })
     }
@@ -141,6 +159,7 @@ impl PeerKind {
             Self::EdgeLog => "edge-log",
             Self::EdgeTrace => "edge-trace",
             Self::EdgeAuth => "edge-auth",
+            Self::EdgeQuota => "edge-quota",
         }
     }
 
@@ -148,7 +167,12 @@ impl PeerKind {
     fn is_edge(self) -> bool {
         matches!(
             self,
-            Self::Edge | Self::EdgeBare | Self::EdgeLog | Self::EdgeTrace | Self::EdgeAuth
+            Self::Edge
+                | Self::EdgeBare
+                | Self::EdgeLog
+                | Self::EdgeTrace
+                | Self::EdgeAuth
+                | Self::EdgeQuota
         )
     }
 
@@ -162,6 +186,7 @@ impl PeerKind {
             Self::EdgeLog => "edge proxy, metrics + access log to a file",
             Self::EdgeTrace => "edge proxy, metrics + tracing (OTLP, sampling 1.0)",
             Self::EdgeAuth => "edge proxy, JWT (RS256) + API key on every route",
+            Self::EdgeQuota => "edge proxy, a global rate limit (Redis) on every route",
         }
     }
 }
@@ -187,7 +212,8 @@ impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let peers = std::env::var("BENCH_PEERS")
             .unwrap_or_else(|_| {
-                "edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth".to_owned()
+                "edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth,edge-quota"
+                    .to_owned()
             })
             .split(',')
             .filter(|name| !name.trim().is_empty())
@@ -350,6 +376,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    // Redis for `edge-quota`, on the load CPU (this process's pin is inherited).
+    let redis = if needs(PeerKind::EdgeQuota) {
+        Some(
+            support::redis::start_redis()?
+                .context("redis-server not found; scripts/bench installs it")?,
+        )
+    } else {
+        None
+    };
     let cp = if listeners.is_empty() {
         None
     } else {
@@ -373,15 +408,22 @@ async fn main() -> anyhow::Result<()> {
             | PeerKind::EdgeBare
             | PeerKind::EdgeLog
             | PeerKind::EdgeTrace
-            | PeerKind::EdgeAuth => {
+            | PeerKind::EdgeAuth
+            | PeerKind::EdgeQuota => {
                 let cp = cp
                     .as_ref()
                     .context("the edge proxy needs the control plane")?;
                 let port = port_of(kind).context("no listener port")?;
                 let endpoint = receiver.as_ref().map(OtlpReceiver::endpoint);
-                let args: Vec<&str> = match (kind, &endpoint) {
-                    (PeerKind::EdgeBare, _) => vec!["--request-metrics", "false"],
-                    (PeerKind::EdgeTrace, Some(endpoint)) => vec!["--otlp-endpoint", endpoint],
+                let redis_url = redis.as_ref().map(support::redis::RedisServer::url);
+                let args: Vec<&str> = match (kind, &endpoint, &redis_url) {
+                    (PeerKind::EdgeBare, _, _) => vec!["--request-metrics", "false"],
+                    (PeerKind::EdgeTrace, Some(endpoint), _) => {
+                        vec!["--otlp-endpoint", endpoint]
+                    }
+                    (PeerKind::EdgeQuota, _, Some(url)) => {
+                        vec!["--redis", url, "--redis-timeout", BENCH_REDIS_TIMEOUT]
+                    }
                     _ => Vec::new(),
                 };
                 let headers = match (kind, &credentials) {
@@ -443,6 +485,10 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    // Redis commands before the measured rounds, to report commands per request.
+    let quota_peer = peers.iter().position(|p| p.kind == PeerKind::EdgeQuota);
+    let commands_before = redis.as_ref().map(redis_commands).transpose()?;
+    let sent_before = quota_peer.map(|i| sent[i]);
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(); peers.len()];
     for round in 1..=settings.rounds {
         for ((peer, runs), sent) in peers.iter().zip(&mut results).zip(&mut sent) {
@@ -519,7 +565,14 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let report = render_report(&settings, &machine, &rows, spans);
+    let quota_commands = match (&redis, commands_before, quota_peer, sent_before) {
+        (Some(redis), Some(before), Some(i), Some(sent_before)) => {
+            let requests = sent[i] - sent_before;
+            Some((redis_commands(redis)? - before) as f64 / requests.max(1) as f64)
+        }
+        _ => None,
+    };
+    let report = render_report(&settings, &machine, &rows, spans, quota_commands);
     println!("\n{report}");
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -532,6 +585,7 @@ async fn main() -> anyhow::Result<()> {
     drop(cp);
     drop(receiver);
     drop(credentials);
+    drop(redis);
     drop(upstream);
     drop(logs);
     Ok(())
@@ -641,6 +695,9 @@ async fn load_config(
             if kind == PeerKind::EdgeAuth {
                 listener["policies"] = json!(["bench-jwt", "bench-keys"]);
             }
+            if kind == PeerKind::EdgeQuota {
+                listener["policies"] = json!(["bench-quota"]);
+            }
             listener
         })
         .collect();
@@ -651,7 +708,16 @@ async fn load_config(
         }],
         "routes": routes,
         "listeners": listeners,
-        "policies": credentials.map_or_else(Vec::new, Credentials::policies),
+        "policies": credentials
+            .map_or_else(Vec::new, Credentials::policies)
+            .into_iter()
+            .chain(listeners.iter().any(|l| l["name"] == PeerKind::EdgeQuota.name()).then(|| {
+                // Per client address, a limit no benchmark reaches: every request is counted
+                // in Redis and allowed.
+                json!({"name": "bench-quota", "type": "rate_limit", "key": ["client_ip"],
+                       "limit": {"requests": 1_000_000_000, "window_s": 1}})
+            }))
+            .collect::<Vec<_>>(),
         "consumers": credentials.map_or_else(Vec::new, Credentials::consumers),
     });
     let (status, body) = cp
@@ -1265,6 +1331,7 @@ fn render_report(
     machine: &str,
     rows: &[Row],
     spans: Option<SpanCount>,
+    quota_commands: Option<f64>,
 ) -> String {
     let mut out = String::new();
     let mut line = |text: String| {
@@ -1391,7 +1458,7 @@ fn render_report(
         .map(|row| row.kind.name())
         .collect();
     render_observability(rows, spans, &mut line);
-    render_policy_cost(rows, &mut line);
+    render_policy_cost(rows, quota_commands, &mut line);
     line(format!(
         "\n`others' CPU`: the share of the peer CPU / the load CPU that processes other than the \
          peer, wrk, the upstream and this harness (which hosts the OTLP receiver) took (some kernel network work is counted there too). A run \
@@ -1513,33 +1580,75 @@ fn render_observability(rows: &[Row], spans: Option<SpanCount>, line: &mut impl 
 
 /// The policy section: the edge proxy with a JWT and an API-key policy on every route, as a
 /// ratio to the same proxy without policies, with the issue's target.
-fn render_policy_cost(rows: &[Row], line: &mut impl FnMut(String)) {
+fn render_policy_cost(rows: &[Row], quota_commands: Option<f64>, line: &mut impl FnMut(String)) {
     let find = |kind| rows.iter().find(|row| row.kind == kind);
-    let (Some(auth), Some(edge)) = (find(PeerKind::EdgeAuth), find(PeerKind::Edge)) else {
+    let Some(edge) = find(PeerKind::Edge) else {
         return;
     };
-    let ratio = auth.median.requests_per_sec / edge.median.requests_per_sec;
-    let normalised = per_peer_cpu(&auth.median) / per_peer_cpu(&edge.median);
+    let (auth, quota) = (find(PeerKind::EdgeAuth), find(PeerKind::EdgeQuota));
+    if auth.is_none() && quota.is_none() {
+        return;
+    }
+    let yes = |met: bool| if met { "yes" } else { "**no**" };
     line("\n## Policy cost\n".to_owned());
     line(
-        "The edge proxy with a JWT policy (RS256, JWKS fetched once and cached; `sub` copied to \
-         a header) and an API-key policy on every route, every request carrying a valid token \
-         and key, as a ratio to the same proxy without policies (`edge`), in the same rounds.\n"
+        "The edge proxy with policies on every route, as a ratio to the same proxy without \
+         policies (`edge`), in the same rounds. `JWT + API key`: a JWT policy (RS256, JWKS \
+         fetched once and cached; `sub` copied to a header) and an API-key policy, every request \
+         carrying a valid token and key. `global quota`: a `rate_limit` policy per client \
+         address in Redis (on the load CPU), never exhausted, so every request is counted and \
+         allowed.\n"
             .to_owned(),
     );
     line("| edge proxy with | requests/s | × edge | per peer CPU × edge | p99 | added p99 | target |".to_owned());
     line("|---|---:|---:|---:|---:|---:|---|".to_owned());
-    line(format!(
-        "| JWT + API key | {:.0} | {ratio:.3}× | {normalised:.3}× | {} | {} | ≥ {TARGET_AUTH_VS_EDGE}×: {} |",
-        auth.median.requests_per_sec,
-        fmt_latency(auth.median.p99),
-        fmt_latency(auth.median.p99.saturating_sub(edge.median.p99)),
-        if ratio >= TARGET_AUTH_VS_EDGE {
-            "yes"
+    for (name, row) in [("JWT + API key", auth), ("global quota", quota)] {
+        let Some(row) = row else { continue };
+        let ratio = row.median.requests_per_sec / edge.median.requests_per_sec;
+        let normalised = per_peer_cpu(&row.median) / per_peer_cpu(&edge.median);
+        let added = row.median.p99.saturating_sub(edge.median.p99);
+        let target = if row.kind == PeerKind::EdgeQuota {
+            format!(
+                "≥ {TARGET_QUOTA_VS_EDGE}×, added p99 ≤ {}: {}",
+                fmt_latency(TARGET_QUOTA_ADDED_P99),
+                yes(ratio >= TARGET_QUOTA_VS_EDGE && added <= TARGET_QUOTA_ADDED_P99)
+            )
         } else {
-            "**no**"
-        },
-    ));
+            format!(
+                "≥ {TARGET_AUTH_VS_EDGE}×: {}",
+                yes(ratio >= TARGET_AUTH_VS_EDGE)
+            )
+        };
+        line(format!(
+            "| {name} | {:.0} | {ratio:.3}× | {normalised:.3}× | {} | {} | {target} |",
+            row.median.requests_per_sec,
+            fmt_latency(row.median.p99),
+            fmt_latency(added),
+        ));
+    }
+    if let Some(commands) = quota_commands {
+        line(format!(
+            "\nRedis commands per request with the global quota: {commands:.3} (`EVALSHA` and \
+             `EVAL` calls in `INFO commandstats` over the measured rounds, divided by the \
+             requests sent)."
+        ));
+    }
+}
+
+/// `EVALSHA` and `EVAL` calls Redis has served, from `INFO commandstats`.
+fn redis_commands(redis: &support::redis::RedisServer) -> anyhow::Result<u64> {
+    let stats = redis
+        .command(&["INFO", "commandstats"])
+        .context("redis INFO commandstats")?;
+    Ok(stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split([':', ','])
+                .find_map(|field| field.strip_prefix("calls="))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum())
 }
 
 /// CPU model, core count, kernel and the versions of the programs compared.

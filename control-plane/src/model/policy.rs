@@ -1074,7 +1074,7 @@ pub struct RateLimitPolicy {
     #[serde(default)]
     pub shadow: bool,
     /// When the counters cannot be reached (Redis down): `open` (default) lets requests
-    /// through uncounted, `closed` refuses them with 429.
+    /// through uncounted, `closed` refuses them with 503.
     #[serde(default)]
     pub failure_mode: QuotaFailureMode,
     /// Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
@@ -1129,7 +1129,7 @@ pub enum QuotaFailureMode {
     /// Let requests through, uncounted.
     #[default]
     Open,
-    /// Refuse requests with 429.
+    /// Refuse requests with 503.
     Closed,
 }
 
