@@ -101,14 +101,7 @@ struct Compiled {
 impl Compiled {
     fn build(policy: &RateLimitPolicy) -> Option<Self> {
         // The store validated every limit with the engine's own checks: these cannot fail.
-        let engine = |limit| {
-            tollgate_quota::Policy::new(
-                policy.name.clone(),
-                policy.quota_limit(limit),
-                policy.quota_failure_mode(),
-            )
-            .ok()
-        };
+        let engine = |limit| policy.quota_policy(limit).ok();
         let default = match &policy.limit {
             Some(limit) => Some(engine(limit)?),
             None => None,

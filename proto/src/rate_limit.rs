@@ -41,6 +41,9 @@ pub struct RateLimitPolicy {
     /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
     #[prost(bool, tag = "8")]
     pub legacy_headers: bool,
+    /// Batched mode for hot keys: tokens taken from Redis per call and spent locally (0: off).
+    #[prost(uint64, tag = "9")]
+    pub lease: u64,
 }
 
 /// A limit: `requests` per `window_ms`, with a token bucket's `burst`.

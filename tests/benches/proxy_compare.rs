@@ -292,6 +292,9 @@ struct Peer {
     access_log: Option<PathBuf>,
     /// Headers every request carries (the credentials of `edge-auth`).
     headers: Vec<(String, String)>,
+    /// A process on the load CPU that the peer's requests make work (Redis for `edge-quota`):
+    /// its CPU is part of the run, not a disturbance.
+    helper_pid: Option<u32>,
     _guard: Guard,
 }
 
@@ -434,6 +437,9 @@ async fn main() -> anyhow::Result<()> {
                 if kind == PeerKind::EdgeLog {
                     peer.access_log = Some(access_log.clone());
                 }
+                if kind == PeerKind::EdgeQuota {
+                    peer.helper_pid = redis.as_ref().and_then(support::redis::RedisServer::pid);
+                }
                 peer
             }
             PeerKind::Envoy => {
@@ -449,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
                 pid: upstream.pid(),
                 access_log: None,
                 headers: Vec::new(),
+                helper_pid: None,
                 _guard: Guard::Borrowed,
             },
         };
@@ -715,7 +722,7 @@ async fn load_config(
                 // Per client address, a limit no benchmark reaches: every request is counted
                 // in Redis and allowed.
                 json!({"name": "bench-quota", "type": "rate_limit", "key": ["client_ip"],
-                       "limit": {"requests": 1_000_000_000, "window_s": 1}})
+                       "limit": {"requests": 1_000_000_000, "window_s": 3600}})
             }))
             .collect::<Vec<_>>(),
         "consumers": credentials.map_or_else(Vec::new, Credentials::consumers),
@@ -854,6 +861,7 @@ async fn ready_peer(
         pid: process.pid(),
         access_log: None,
         headers,
+        helper_pid: None,
         _guard: Guard::Process {
             _process: process,
             _dir: dir,
@@ -924,6 +932,7 @@ async fn start_nginx(settings: &Settings, upstream_port: u16) -> anyhow::Result<
         pid: nginx.pid(),
         access_log: None,
         headers: Vec::new(),
+        helper_pid: None,
         _guard: Guard::Nginx { _nginx: nginx },
     })
 }
@@ -983,6 +992,8 @@ fn temp_dir(name: &str) -> anyhow::Result<TempDir> {
 /// CPU counters read before and after a run, in clock ticks.
 #[derive(Debug, Clone, Copy)]
 struct CpuSample {
+    /// CPU time of the peer's helper process (Redis for `edge-quota`), 0 without one.
+    helper: u64,
     peer: u64,
     upstream: u64,
     /// CPU time of this harness: the OTLP receiver runs in it.
@@ -995,8 +1006,14 @@ struct CpuSample {
 }
 
 impl CpuSample {
-    fn take(settings: &Settings, peer_pid: u32, upstream_pid: u32) -> anyhow::Result<Self> {
+    fn take(
+        settings: &Settings,
+        peer_pid: u32,
+        upstream_pid: u32,
+        helper_pid: Option<u32>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
+            helper: helper_pid.map_or(Ok(0), |pid| process_ticks(pid, false))?,
             peer: process_ticks(peer_pid, false)?,
             upstream: process_ticks(upstream_pid, false)?,
             harness: process_ticks(std::process::id(), false)?,
@@ -1071,13 +1088,13 @@ async fn run_wrk(
             .with_context(|| format!("emptying {}", path.display()))?;
     }
     wait_quiet(settings).await?;
-    let before = CpuSample::take(settings, peer.pid, upstream_pid)?;
+    let before = CpuSample::take(settings, peer.pid, upstream_pid, peer.helper_pid)?;
     let output = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .output()
         .await
         .context("running wrk")?;
-    let after = CpuSample::take(settings, peer.pid, upstream_pid)?;
+    let after = CpuSample::take(settings, peer.pid, upstream_pid, peer.helper_pid)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(
         output.status.success(),
@@ -1097,6 +1114,7 @@ async fn run_wrk(
     let wrk_share = after.children.saturating_sub(before.children) as f64 / load_total;
     let upstream_share = after.upstream.saturating_sub(before.upstream) as f64 / load_total;
     let harness_share = after.harness.saturating_sub(before.harness) as f64 / load_total;
+    let helper_share = after.helper.saturating_sub(before.helper) as f64 / load_total;
     let peer_ticks = after.peer.saturating_sub(before.peer) as f64;
     if peer.kind == PeerKind::Direct {
         // The peer is the upstream, on the load CPU. The peer CPU plays no part (and the
@@ -1108,7 +1126,8 @@ async fn run_wrk(
         result.other_peer_cpu = (peer_busy - result.peer_cpu).max(0.0);
     }
     result.load_cpu_busy = load_busy;
-    result.other_load_cpu = (load_busy - wrk_share - upstream_share - harness_share).max(0.0);
+    result.other_load_cpu =
+        (load_busy - wrk_share - upstream_share - harness_share - helper_share).max(0.0);
     if result.errors > 0 {
         eprintln!(
             "warning: {} answered {} errors (non-2xx/3xx or socket errors) in one run:\n{stdout}",

@@ -1080,6 +1080,14 @@ pub struct RateLimitPolicy {
     /// Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
     #[serde(default)]
     pub legacy_headers: bool,
+    /// Batched mode for keys too hot for one Redis call per request (global policies): each
+    /// edge proxy (and the control plane's rate-limit service) takes this many tokens per call
+    /// and spends them locally. Windows never admit more than without it; a token bucket
+    /// admits at most `lease` more over any interval, fleet-wide. Each proxy may leave up to
+    /// `lease - 1` tokens unspent when a lease ends. From 2 to the smallest limit's capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2)]
+    pub lease: Option<u64>,
 }
 
 /// `requests` per `window_s` seconds.
@@ -1263,6 +1271,27 @@ impl RateLimitPolicy {
             super::validate_name(tier).map_err(|e| ValidationError::new(&field, e.message))?;
             self.validate_limit(limit).map_err(|e| e.within(&field))?;
         }
+        if let Some(lease) = self.lease {
+            if self.mode != QuotaMode::Global {
+                return Err(ValidationError::new(
+                    "lease",
+                    "only global policies count in Redis; a local one needs no lease",
+                ));
+            }
+            let smallest = self
+                .limit
+                .iter()
+                .chain(self.tiers.values())
+                .map(|l| self.quota_limit(l).capacity())
+                .min()
+                .unwrap_or_default();
+            if lease < 2 || lease > smallest {
+                return Err(ValidationError::new(
+                    "lease",
+                    format!("must be between 2 and the smallest limit's capacity ({smallest})"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1335,6 +1364,23 @@ impl RateLimitPolicy {
     /// Whether requests are refused when the counters cannot be reached.
     pub fn fails_closed(&self) -> bool {
         self.failure_mode == QuotaFailureMode::Closed
+    }
+
+    /// The quota engine's policy for `limit`: this policy's name, algorithm, failure mode and
+    /// lease. Valid after validation.
+    pub fn quota_policy(
+        &self,
+        limit: &QuotaLimit,
+    ) -> Result<tollgate_quota::Policy, tollgate_quota::PolicyError> {
+        let policy = tollgate_quota::Policy::new(
+            self.name.clone(),
+            self.quota_limit(limit),
+            self.quota_failure_mode(),
+        )?;
+        match self.lease {
+            Some(tokens) => policy.with_lease(tokens),
+            None => Ok(policy),
+        }
     }
 
     /// The quota engine's failure mode.
@@ -1575,6 +1621,9 @@ mod tests {
                     "limit": {"requests": 10, "window_s": 1, "burst": 20}}),
                 "limit.burst",
             ),
+            (serde_json::json!({"lease": 1}), "lease"),
+            (serde_json::json!({"lease": 101}), "lease"),
+            (serde_json::json!({"lease": 10, "mode": "local"}), "lease"),
             (
                 serde_json::json!({"limit": {"requests": 2_000_000, "window_s": 1}}),
                 "limit.requests",
@@ -1590,6 +1639,13 @@ mod tests {
         ];
         for (patch, field) in cases {
             assert_eq!(with(patch.clone()), field, "{patch}");
+        }
+        // Batched mode: from 2 tokens to the limit's capacity, for global policies.
+        for lease in [2, 10] {
+            let mut json = base();
+            json["lease"] = lease.into();
+            let policy: Policy = serde_json::from_value(json).unwrap();
+            assert_eq!(policy.validate(), Ok(()), "lease {lease}");
         }
         // Unknown fields and values are refused, not ignored.
         for patch in [

@@ -245,6 +245,7 @@ fn edge_policy(policy: &RateLimitPolicy) -> rate_limit_pb::RateLimitPolicy {
         shadow: policy.shadow,
         fail_closed: policy.failure_mode == crate::model::QuotaFailureMode::Closed,
         legacy_headers: policy.legacy_headers,
+        lease: policy.lease.unwrap_or_default(),
     }
 }
 

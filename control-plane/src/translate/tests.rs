@@ -1006,7 +1006,7 @@ fn rate_limit_snapshot() -> StoreSnapshot {
         {"type": "transform", "name": "shape", "request": {"body": {"remove": ["password"]}}},
         {"type": "rate_limit", "name": "per-key", "key": ["api_key", "route"],
          "algorithm": "sliding_window", "limit": {"requests": 100, "window_s": 60},
-         "tiers": {"pro": {"requests": 1000, "window_s": 60}}},
+         "tiers": {"pro": {"requests": 1000, "window_s": 60}}, "lease": 10},
         {"type": "rate_limit", "name": "per-ip", "key": ["client_ip", "header:x-tenant"],
          "limit": {"requests": 5, "window_s": 1, "burst": 10}, "mode": "local",
          "shadow": true, "failure_mode": "closed", "legacy_headers": true}
@@ -1253,6 +1253,7 @@ fn rate_limits_go_to_edge_proxies_as_their_quota_filter() {
             shadow: false,
             fail_closed: false,
             legacy_headers: false,
+            lease: 10,
         }
     );
     assert_eq!(
@@ -1277,6 +1278,7 @@ fn rate_limits_go_to_edge_proxies_as_their_quota_filter() {
             shadow: true,
             fail_closed: true,
             legacy_headers: true,
+            lease: 0,
         }
     );
     let routes = routes_by_name(&out);

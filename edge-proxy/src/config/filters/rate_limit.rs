@@ -127,6 +127,7 @@ fn policy(
         shadow,
         fail_closed,
         legacy_headers,
+        lease,
     } = proto;
     if name.is_empty() {
         return Err(Rejection::here(Reason::Invalid(
@@ -160,8 +161,14 @@ fn policy(
             }
             Algorithm::FixedWindow => tollgate_quota::Limit::fixed_window(limit.requests, window),
         };
-        tollgate_quota::Policy::new(name.to_owned(), quota_limit, failure_mode)
-            .map_err(|e| Rejection::here(Reason::Invalid(e.to_string())))
+        let policy = tollgate_quota::Policy::new(name.to_owned(), quota_limit, failure_mode)
+            .map_err(|e| Rejection::here(Reason::Invalid(e.to_string())))?;
+        match *lease {
+            0 => Ok(policy),
+            tokens => policy
+                .with_lease(tokens)
+                .map_err(|e| Rejection::here(Reason::Invalid(format!("lease: {e}")))),
+        }
     };
     let default = limit.as_ref().map(engine).transpose().within("limit")?;
     let mut tiers = HashMap::with_capacity(tier_limits.len());
@@ -278,6 +285,7 @@ const POLICY: Schema = Schema {
         (6, "shadow", None),
         (7, "fail_closed", None),
         (8, "legacy_headers", None),
+        (9, "lease", None),
     ],
 };
 /// A `map<string, RateLimitPolicy>` entry.
@@ -353,6 +361,7 @@ mod tests {
             shadow: false,
             fail_closed: true,
             legacy_headers: true,
+            lease: 20,
         });
         let config = filter_config(&any).unwrap();
         let policy = &config.policies["per-key"];
@@ -372,6 +381,8 @@ mod tests {
         );
         assert_eq!(default.failure_mode(), tollgate_quota::FailureMode::Closed);
         assert!(policy.global && policy.legacy_headers && !policy.shadow);
+        // Batched mode: 20 tokens per Redis call.
+        assert_eq!(default.lease(), Some(20));
         assert_eq!(filter_config(&any).unwrap(), config);
     }
 
