@@ -4,9 +4,11 @@
 //! into `127.0.0.1:<a free port>`. A change to `compose.yaml` or `deploy/` that breaks the
 //! fleet breaks this test.
 //!
-//! Two things differ because processes on one host share its ports: each edge proxy gets its
-//! own node cluster, and the fleet's listener (for node cluster `edge`) becomes one listener
-//! per proxy, on that proxy's own port; and named volumes are temp dirs.
+//! What differs: processes on one host share its ports, so each edge proxy gets its own node
+//! cluster, and the fleet's listener (for node cluster `edge`) becomes one listener per proxy,
+//! on that proxy's own port; named volumes are temp dirs; and `--redis-timeout` is raised to
+//! 2 s, because this host runs other tests at the same time and a check slower than the
+//! production 5 ms would fail open and let an extra request through.
 //!
 //! Then traffic: through HAProxy the fleet lets 10 requests of the free tier's key through and
 //! refuses the 11th with 429, spreading requests over both demo upstreams and all three
@@ -165,6 +167,9 @@ fn local_args(
     service.command[1..]
         .iter()
         .map(|arg| {
+            if arg.starts_with("--redis-timeout=") {
+                return "--redis-timeout=2s".to_owned();
+            }
             let mut arg = network.rewrite(arg, name);
             for (host, target) in mounts {
                 arg = arg.replace(&format!("{target}/"), &format!("{}/", host.display()));
@@ -327,6 +332,22 @@ async fn compose_yaml_runs_as_local_processes() {
         proxies.push((name.to_string(), admin, process));
     }
 
+    // As `depends_on` orders them: the proxies serve their listener before HAProxy starts
+    // (HAProxy would mark a proxy that is still starting down, and take seconds to return).
+    for (name, admin, _) in &proxies {
+        let url = format!("http://127.0.0.1:{admin}/ready");
+        let listener = network.port(name, 8080);
+        eventually(&format!("{name} serves its listener"), CONVERGE, || {
+            let url = url.clone();
+            async move {
+                support::wait::http_ok(&url).await?;
+                tokio::net::TcpStream::connect(("127.0.0.1", listener)).await?;
+                Ok(())
+            }
+        })
+        .await;
+    }
+
     // HAProxy on its mounted config.
     let (cfg_host, _) = haproxy
         .mounts(scratch.path())
@@ -364,15 +385,6 @@ async fn compose_yaml_runs_as_local_processes() {
         &[],
     );
 
-    // The fleet serves through HAProxy once every proxy has its listener.
-    for (name, admin, _) in &proxies {
-        let url = format!("http://127.0.0.1:{admin}/ready");
-        eventually(&format!("{name} ready"), CONVERGE, || {
-            let url = url.clone();
-            async move { support::wait::http_ok(&url).await }
-        })
-        .await;
-    }
     let fleet = format!("http://127.0.0.1:{haproxy_port}/hello");
     let envoy_url = format!("http://127.0.0.1:{}/hello", network.port(envoy_name, 10000));
     eventually("envoy serves the sidecar listener", CONVERGE, || {
