@@ -341,33 +341,16 @@ impl RateLimitService for RateLimiter {
 }
 
 /// The response headers for the checks of one request: the draft fields for every non-shadow
-/// policy, the legacy ones for those that ask for them.
-fn headers<'a>(checks: impl Iterator<Item = &'a Check<'a>> + Clone) -> Vec<HeaderValue> {
-    use tollgate_quota::headers::{
-        RATELIMIT, RATELIMIT_POLICY, RETRY_AFTER, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-        X_RATELIMIT_RESET,
-    };
-    let reported = checks.filter(|c| !c.compiled.shadow);
-    let draft = RateLimitHeaders::new(reported.clone().map(|c| (c.policy, &c.decision)));
-    let legacy = RateLimitHeaders::new(
-        reported
-            .filter(|c| c.compiled.legacy_headers)
-            .map(|c| (c.policy, &c.decision)),
-    );
-    let mut out: Vec<HeaderValue> = draft
-        .iter()
-        .filter(|(name, _)| [RATELIMIT_POLICY, RATELIMIT, RETRY_AFTER].contains(name))
-        .map(|(name, value)| header(name, value))
+/// policy, the legacy ones for those that ask for them (as edge proxies send them).
+fn headers<'a>(checks: impl Iterator<Item = &'a Check<'a>>) -> Vec<HeaderValue> {
+    let reported: Vec<(&tollgate_quota::Policy, &Decision, bool)> = checks
+        .filter(|c| !c.compiled.shadow)
+        .map(|c| (c.policy, &c.decision, c.compiled.legacy_headers))
         .collect();
-    out.extend(
-        legacy
-            .iter()
-            .filter(|(name, _)| {
-                [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET].contains(name)
-            })
-            .map(|(name, value)| header(name, value)),
-    );
-    out
+    RateLimitHeaders::for_response(&reported)
+        .iter()
+        .map(|(name, value)| header(name, value))
+        .collect()
 }
 
 fn header(name: &str, value: &str) -> HeaderValue {

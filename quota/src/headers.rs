@@ -99,6 +99,36 @@ impl RateLimitHeaders {
         Self { fields }
     }
 
+    /// The fields a proxy sends for one request's checks, as (policy, decision, whether the
+    /// policy asks for the legacy fields): the draft's `RateLimit-Policy`, `RateLimit` and
+    /// `Retry-After` for all of them, and the legacy `X-RateLimit-*` describing those that ask
+    /// for it. The edge proxy's quota filter and the control plane's rate-limit service (for
+    /// Envoy) both answer with these. Leave shadow policies out: they never show.
+    pub fn for_response(checks: &[(&Policy, &Decision, bool)]) -> Self {
+        let draft = Self::new(checks.iter().map(|(p, d, _)| (*p, *d)));
+        let legacy = Self::new(
+            checks
+                .iter()
+                .filter(|(_, _, legacy)| *legacy)
+                .map(|(p, d, _)| (*p, *d)),
+        );
+        let is_legacy = |name: &str| {
+            [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET].contains(&name)
+        };
+        let fields = draft
+            .fields
+            .into_iter()
+            .filter(|(name, _)| !is_legacy(name))
+            .chain(
+                legacy
+                    .fields
+                    .into_iter()
+                    .filter(|(name, _)| is_legacy(name)),
+            )
+            .collect();
+        Self { fields }
+    }
+
     /// The fields as (lowercase name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.fields.iter().map(|(n, v)| (*n, v.as_str()))
@@ -223,6 +253,31 @@ mod tests {
                 ("x-ratelimit-reset", "30"),
             ]
         );
+    }
+
+    #[test]
+    fn proxies_send_legacy_fields_only_for_policies_asking_for_them() {
+        let minute = policy("minute", Limit::fixed_window(100, Duration::from_secs(60)));
+        let hour = policy("hour", Limit::fixed_window(100, Duration::from_secs(3600)));
+        let (d_minute, d_hour) = (
+            decision(Outcome::Allowed, 42, 29_001, None),
+            decision(Outcome::Allowed, 7, 1_000_000, None),
+        );
+        let names = |h: &RateLimitHeaders| h.iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let neither =
+            RateLimitHeaders::for_response(&[(&minute, &d_minute, false), (&hour, &d_hour, false)]);
+        assert_eq!(names(&neither), ["ratelimit-policy", "ratelimit"]);
+        // The legacy trio describes the policies asking for it (here the hour, though the
+        // minute has more left), the draft fields describe both.
+        let hourly =
+            RateLimitHeaders::for_response(&[(&minute, &d_minute, false), (&hour, &d_hour, true)]);
+        assert_eq!(
+            hourly.get("ratelimit-policy"),
+            Some(r#""minute";q=100;w=60, "hour";q=100;w=3600"#)
+        );
+        assert_eq!(hourly.get("x-ratelimit-remaining"), Some("7"));
+        assert_eq!(hourly.get("x-ratelimit-reset"), Some("1000"));
+        assert!(RateLimitHeaders::for_response(&[]).is_empty());
     }
 
     #[test]

@@ -172,25 +172,16 @@ fn identity(
     Some(tollgate_quota::identity(&parts))
 }
 
-/// The draft's fields for every non-shadow policy, the legacy ones for those asking for them.
+/// The draft's fields for every non-shadow policy, the legacy ones for those asking for them,
+/// as the control plane's rate-limit service has Envoy send them.
 fn response_headers(checks: &[Check<'_>]) -> ResponseHeaders {
-    use tollgate_quota::headers::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
-    let reported = || checks.iter().filter(|c| !c.config.shadow);
-    let draft = RateLimitHeaders::new(reported().map(|c| (c.policy, &c.decision)));
-    let legacy = RateLimitHeaders::new(
-        reported()
-            .filter(|c| c.config.legacy_headers)
-            .map(|c| (c.policy, &c.decision)),
-    );
-    let legacy_names = [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET];
-    draft
+    let reported: Vec<(&tollgate_quota::Policy, &Decision, bool)> = checks
         .iter()
-        .filter(|(name, _)| !legacy_names.contains(name))
-        .chain(
-            legacy
-                .iter()
-                .filter(|(name, _)| legacy_names.contains(name)),
-        )
+        .filter(|c| !c.config.shadow)
+        .map(|c| (c.policy, &c.decision, c.config.legacy_headers))
+        .collect();
+    RateLimitHeaders::for_response(&reported)
+        .iter()
         .filter_map(|(name, value)| {
             // Both are ASCII the engine wrote: names are its constants, values numbers and
             // quoted policy names (which the control plane keeps to name characters).
