@@ -254,6 +254,8 @@ async fn route<'p>(
     // decoder filters run before the router; they may change the head, or answer.
     let mut path_and_query = path_and_query;
     let mut work = filters::ResponseWork::default();
+    // A filter's own answer, and whether it is a local reply.
+    let mut answered = None;
     if filters::has_request_filters(&http.http_filters) {
         let mut req = crate::filter::Request {
             method: &method,
@@ -280,7 +282,7 @@ async fn route<'p>(
             log.path_and_query = Some(path_and_query.clone().into_owned());
         }
         if let filters::Outcome::Respond {
-            mut response,
+            response,
             local_reply,
         } = outcome
         {
@@ -291,20 +293,7 @@ async fn route<'p>(
                     rejection.reason,
                 );
             }
-            // Envoy 1.40 gives a filter's local reply the route's response headers on
-            // forwarding routes (checked against it), not on redirect or direct-response ones.
-            if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
-                let format = FormatContext {
-                    authority: &authority,
-                    method: method.as_str(),
-                    scheme,
-                    client,
-                    metadata: &metadata,
-                };
-                matched.apply_response_headers(response.headers_mut(), request.headers(), &format);
-            }
-            filters::on_response(&work, response.headers_mut());
-            return with_request_id(response, &request_id, http);
+            answered = Some((response, local_reply));
         }
     }
     // What the route's header templates read besides the headers.
@@ -315,6 +304,15 @@ async fn route<'p>(
         client,
         metadata: &metadata,
     };
+    if let Some((mut response, local_reply)) = answered {
+        // Envoy 1.40 gives a filter's local reply the route's response headers on forwarding
+        // routes (checked against it), not on redirect or direct-response ones.
+        if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
+            matched.apply_response_headers(response.headers_mut(), request.headers(), &format);
+        }
+        filters::on_response(&work, response.headers_mut());
+        return with_request_id(response, &request_id, http);
+    }
     let head = RequestHead {
         method: method.as_str(),
         scheme,
