@@ -81,27 +81,11 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
     let envoy_log = dir.path().join("envoy-access.log");
     let edge_log = dir.path().join("edge-access.log");
 
-    cp.put_ok(
-        "clusters",
-        "main",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .expect("cluster");
-    cp.put_ok(
-        "routes",
-        "fwd",
-        json!({"match": {"path_prefix": "/fwd"}, "cluster": "main"}),
-    )
-    .await
-    .expect("route fwd");
-    cp.put_ok(
-        "routes",
-        "direct",
-        json!({"match": {"path_exact": "/direct"}, "direct_response": {"status": 200, "body": "ok"}}),
-    )
-    .await
-    .expect("route direct");
+    cp.put_all([
+        ("clusters", "main", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("routes", "fwd", json!({"match": {"path_prefix": "/fwd"}, "cluster": "main"})),
+        ("routes", "direct", json!({"match": {"path_exact": "/direct"}, "direct_response": {"status": 200, "body": "ok"}})),
+    ]).await;
     let mut revision = 0;
     for (name, port, node_cluster, log) in [
         ("envoy-l", envoy_port, "envoy", &envoy_log),

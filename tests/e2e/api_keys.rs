@@ -21,65 +21,22 @@ async fn envoy_and_the_edge_proxy_check_api_keys_alike() {
     let cp = ControlPlane::start().await.expect("control plane starts");
     let upstream = Upstream::start("billing").await;
     let (envoy_port, edge_port) = (free_port(), free_port());
-    cp.put_ok(
-        "clusters",
-        "billing",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .expect("cluster");
-    cp.put_ok(
-        "consumers",
-        "acme",
-        json!({"tier": "pro", "api_keys": [ACME_KEY]}),
-    )
-    .await
-    .expect("consumer acme");
-    cp.put_ok("consumers", "beta", json!({"api_keys": [BETA_KEY]}))
-        .await
-        .expect("consumer beta");
-    cp.put_ok(
-        "policies",
-        "keys",
-        json!({"type": "api_key", "query": "apikey"}),
-    )
-    .await
-    .expect("api_key policy");
-    cp.put_ok(
-        "routes",
-        "billing",
-        json!({"match": {"path_prefix": "/billing"}, "cluster": "billing", "policies": ["keys"]}),
-    )
-    .await
-    .expect("route billing");
-    cp.put_ok(
-        "routes",
-        "status",
-        json!({"match": {"path_prefix": "/status"}, "cluster": "billing"}),
-    )
-    .await
-    .expect("route status");
     // Access logs on both listeners, so the test can look for the key in them.
     let log_dir = tempfile::tempdir().expect("temp dir");
     let envoy_log = log_dir.path().join("envoy-access.log");
     let edge_log = log_dir.path().join("edge-access.log");
-    cp.put_ok(
-        "listeners",
-        "envoy-l",
-        json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy",
-               "access_log": {"path": envoy_log, "include_query": true}}),
-    )
-    .await
-    .expect("listener envoy-l");
-    let revision = cp
-        .put_ok(
-            "listeners",
-            "edge-l",
-            json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge",
-                   "access_log": {"path": edge_log, "include_query": true}}),
-        )
-        .await
-        .expect("listener edge-l");
+    let revision = cp.put_all([
+        ("clusters", "billing", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("consumers", "acme", json!({"tier": "pro", "api_keys": [ACME_KEY]})),
+        ("consumers", "beta", json!({"api_keys": [BETA_KEY]})),
+        ("policies", "keys", json!({"type": "api_key", "query": "apikey"})),
+        ("routes", "billing", json!({"match": {"path_prefix": "/billing"}, "cluster": "billing", "policies": ["keys"]})),
+        ("routes", "status", json!({"match": {"path_prefix": "/status"}, "cluster": "billing"})),
+        ("listeners", "envoy-l", json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy",
+               "access_log": {"path": envoy_log, "include_query": true}})),
+        ("listeners", "edge-l", json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge",
+               "access_log": {"path": edge_log, "include_query": true}})),
+    ]).await;
 
     let (mut envoy, edge) = start_envoy_and_edge(&cp, "keys", revision).await;
     let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);

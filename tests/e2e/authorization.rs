@@ -30,96 +30,25 @@ async fn envoy_and_the_edge_proxy_authorize_alike() {
     let cp = ControlPlane::start().await.expect("control plane starts");
     let upstream = Upstream::start("internal").await;
     let (envoy_port, edge_port) = (free_port(), free_port());
-    let put = |kind: &'static str, name: &'static str, spec: Value| {
-        let cp = &cp;
-        async move {
-            cp.put_ok(kind, name, spec)
-                .await
-                .unwrap_or_else(|e| panic!("{kind} {name}: {e:#}"))
-        }
-    };
-    put(
-        "clusters",
-        "internal",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await;
-    put(
-        "consumers",
-        "partner",
-        json!({"groups": ["partners"], "api_keys": [PARTNER_KEY]}),
-    )
-    .await;
-    put("consumers", "plain", json!({"api_keys": [PLAIN_KEY]})).await;
-    put(
-        "consumers",
-        "vip",
-        json!({"groups": ["press"], "api_keys": [VIP_KEY]}),
-    )
-    .await;
-    put(
-        "policies",
-        "idp",
-        json!({"type": "jwt", "issuer": ISSUER, "jwks": jwks(&[&key])}),
-    )
-    .await;
-    put("policies", "keys", json!({"type": "api_key"})).await;
-    put(
-        "policies",
-        "admins",
-        json!({"type": "authorization", "require_claims": {"role": ["admin", "ops"], "org.id": ["acme"]},
-               "require_scopes": ["orders:write"]}),
-    )
-    .await;
-    put(
-        "policies",
-        "partners-only",
-        json!({"type": "authorization", "allow_consumer_groups": ["partners"], "allow_consumers": ["vip"]}),
-    )
-    .await;
-    put(
-        "policies",
-        "office",
-        json!({"type": "ip_filter", "allow": ["10.1.0.0/16", "2001:db8::/32"], "deny": ["10.1.2.0/24"]}),
-    )
-    .await;
-    put(
-        "routes",
-        "admin",
-        json!({"match": {"path_prefix": "/admin"}, "cluster": "internal", "policies": ["idp", "admins"]}),
-    )
-    .await;
-    put(
-        "routes",
-        "partners",
-        json!({"match": {"path_prefix": "/partners"}, "cluster": "internal", "policies": ["keys", "partners-only"]}),
-    )
-    .await;
-    put(
-        "routes",
-        "office",
-        json!({"match": {"path_prefix": "/office"}, "cluster": "internal", "policies": ["office"]}),
-    )
-    .await;
-    put(
-        "routes",
-        "open",
-        json!({"match": {"path_prefix": "/open"}, "cluster": "internal"}),
-    )
-    .await;
-    // One trusted hop: the client address is the last `x-forwarded-for` entry.
-    put(
-        "listeners",
-        "envoy-l",
-        json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy", "trusted_proxy_hops": 1}),
-    )
-    .await;
-    let revision = put(
-        "listeners",
-        "edge-l",
-        json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge", "trusted_proxy_hops": 1}),
-    )
-    .await;
+    let revision = cp.put_all([
+        ("clusters", "internal", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("consumers", "partner", json!({"groups": ["partners"], "api_keys": [PARTNER_KEY]})),
+        ("consumers", "plain", json!({"api_keys": [PLAIN_KEY]})),
+        ("consumers", "vip", json!({"groups": ["press"], "api_keys": [VIP_KEY]})),
+        ("policies", "idp", json!({"type": "jwt", "issuer": ISSUER, "jwks": jwks(&[&key])})),
+        ("policies", "keys", json!({"type": "api_key"})),
+        ("policies", "admins", json!({"type": "authorization", "require_claims": {"role": ["admin", "ops"], "org.id": ["acme"]},
+               "require_scopes": ["orders:write"]})),
+        ("policies", "partners-only", json!({"type": "authorization", "allow_consumer_groups": ["partners"], "allow_consumers": ["vip"]})),
+        ("policies", "office", json!({"type": "ip_filter", "allow": ["10.1.0.0/16", "2001:db8::/32"], "deny": ["10.1.2.0/24"]})),
+        ("routes", "admin", json!({"match": {"path_prefix": "/admin"}, "cluster": "internal", "policies": ["idp", "admins"]})),
+        ("routes", "partners", json!({"match": {"path_prefix": "/partners"}, "cluster": "internal", "policies": ["keys", "partners-only"]})),
+        ("routes", "office", json!({"match": {"path_prefix": "/office"}, "cluster": "internal", "policies": ["office"]})),
+        ("routes", "open", json!({"match": {"path_prefix": "/open"}, "cluster": "internal"})),
+        // One trusted hop: the client address is the last `x-forwarded-for` entry.
+        ("listeners", "envoy-l", json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy", "trusted_proxy_hops": 1})),
+        ("listeners", "edge-l", json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge", "trusted_proxy_hops": 1})),
+    ]).await;
     let (_envoy, _edge) = start_envoy_and_edge(&cp, "authz", revision).await;
     let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
     for peer in &peers {

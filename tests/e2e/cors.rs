@@ -62,60 +62,19 @@ async fn envoy_and_the_edge_proxy_answer_cors_alike() {
     let cp = ControlPlane::start().await.expect("control plane starts");
     let upstream = Upstream::start("app").await;
     let (envoy_port, edge_port) = (free_port(), free_port());
-    cp.put_ok(
-        "clusters",
-        "app",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .expect("cluster");
-    cp.put_ok(
-        "policies",
-        "site",
-        json!({"type": "cors", "allow_origins": ["https://app.example.com"],
+    let revision = cp.put_all([
+        ("clusters", "app", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("policies", "site", json!({"type": "cors", "allow_origins": ["https://app.example.com"],
                "allow_origin_regexes": ["https://[a-z]+\\.example\\.org"],
                "allow_methods": ["GET", "PUT", "DELETE"], "allow_headers": ["content-type", "x-trace"],
-               "expose_headers": ["x-request-id"], "max_age_s": 600, "allow_credentials": true}),
-    )
-    .await
-    .expect("cors policy site");
-    cp.put_ok(
-        "policies",
-        "anyone",
-        json!({"type": "cors", "allow_origins": ["*"], "allow_methods": ["GET"]}),
-    )
-    .await
-    .expect("cors policy anyone");
-    cp.put_ok(
-        "routes",
-        "api",
-        json!({"match": {"path_prefix": "/api"}, "cluster": "app"}),
-    )
-    .await
-    .expect("route api");
-    cp.put_ok(
-        "routes",
-        "public",
-        json!({"match": {"path_prefix": "/public"}, "cluster": "app", "policies": ["anyone"]}),
-    )
-    .await
-    .expect("route public");
-    // The listener's policy covers /api; /public has its own, which replaces it.
-    cp.put_ok(
-        "listeners",
-        "envoy-l",
-        json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy", "policies": ["site"]}),
-    )
-    .await
-    .expect("listener envoy-l");
-    let revision = cp
-        .put_ok(
-            "listeners",
-            "edge-l",
-            json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge", "policies": ["site"]}),
-        )
-        .await
-        .expect("listener edge-l");
+               "expose_headers": ["x-request-id"], "max_age_s": 600, "allow_credentials": true})),
+        ("policies", "anyone", json!({"type": "cors", "allow_origins": ["*"], "allow_methods": ["GET"]})),
+        ("routes", "api", json!({"match": {"path_prefix": "/api"}, "cluster": "app"})),
+        ("routes", "public", json!({"match": {"path_prefix": "/public"}, "cluster": "app", "policies": ["anyone"]})),
+        // The listener's policy covers /api; /public has its own, which replaces it.
+        ("listeners", "envoy-l", json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy", "policies": ["site"]})),
+        ("listeners", "edge-l", json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge", "policies": ["site"]})),
+    ]).await;
     let (_envoy, _edge) = start_envoy_and_edge(&cp, "cors", revision).await;
     let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);
     for peer in &peers {

@@ -38,23 +38,18 @@ impl EdgeFleet {
         let upstream_a = Upstream::start("a").await;
         let upstream_b = Upstream::start("b").await;
         let port = free_port();
-        cp.put_ok("clusters", "a", cluster_json(&[&upstream_a]))
-            .await
-            .unwrap();
-        cp.put_ok("clusters", "b", cluster_json(&[&upstream_b]))
-            .await
-            .unwrap();
-        cp.put_ok("routes", "api", api_route("a", None))
-            .await
-            .unwrap();
         let revision = cp
-            .put_ok(
-                "listeners",
-                "public",
-                json!({"address": "127.0.0.1", "port": port}),
-            )
-            .await
-            .unwrap();
+            .put_all([
+                ("clusters", "a", cluster_json(&[&upstream_a])),
+                ("clusters", "b", cluster_json(&[&upstream_b])),
+                ("routes", "api", api_route("a", None)),
+                (
+                    "listeners",
+                    "public",
+                    json!({"address": "127.0.0.1", "port": port}),
+                ),
+            ])
+            .await;
         // The config is in place first, so the proxy's first snapshot is complete.
         let proxy = EdgeProxy::start(&cp, node_id)
             .await

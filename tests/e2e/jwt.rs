@@ -45,17 +45,9 @@ async fn envoy_and_the_edge_proxy_enforce_the_same_jwt_policy() {
     let upstream = Upstream::start("orders").await;
     let (envoy_port, edge_port) = (free_port(), free_port());
 
-    cp.put_ok(
-        "clusters",
-        "orders",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .expect("cluster");
-    cp.put_ok(
-        "policies",
-        "idp",
-        json!({
+    let revision = cp.put_all([
+        ("clusters", "orders", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("policies", "idp", json!({
             "type": "jwt",
             "issuer": ISSUER,
             "audiences": [AUDIENCE],
@@ -64,60 +56,21 @@ async fn envoy_and_the_edge_proxy_enforce_the_same_jwt_policy() {
             // within the test; the edge proxy refetches on an unknown kid.
             "jwks_cache_duration_s": 2,
             "claims_to_headers": {"sub": "x-user-id", "tenant.id": "x-tenant"},
-        }),
-    )
-    .await
-    .expect("jwt policy");
-    cp.put_ok(
-        "policies",
-        "idp-optional",
-        json!({
+        })),
+        ("policies", "idp-optional", json!({
             "type": "jwt",
             "issuer": ISSUER,
             "jwks": jwks(&[&rsa]),
             "optional": true,
             "token_from": [{"header": "x-token"}, {"query": "token"}, {"cookie": "session"}],
             "claims_to_headers": {"sub": "x-user-id"},
-        }),
-    )
-    .await
-    .expect("optional jwt policy");
-    cp.put_ok(
-        "routes",
-        "private",
-        json!({"match": {"path_prefix": "/private"}, "cluster": "orders", "policies": ["idp"]}),
-    )
-    .await
-    .expect("route private");
-    cp.put_ok(
-        "routes",
-        "maybe",
-        json!({"match": {"path_prefix": "/maybe"}, "cluster": "orders", "policies": ["idp-optional"]}),
-    )
-    .await
-    .expect("route maybe");
-    cp.put_ok(
-        "routes",
-        "public",
-        json!({"match": {"path_prefix": "/public"}, "cluster": "orders"}),
-    )
-    .await
-    .expect("route public");
-    cp.put_ok(
-        "listeners",
-        "envoy-l",
-        json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy"}),
-    )
-    .await
-    .expect("listener envoy-l");
-    let revision = cp
-        .put_ok(
-            "listeners",
-            "edge-l",
-            json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge"}),
-        )
-        .await
-        .expect("listener edge-l");
+        })),
+        ("routes", "private", json!({"match": {"path_prefix": "/private"}, "cluster": "orders", "policies": ["idp"]})),
+        ("routes", "maybe", json!({"match": {"path_prefix": "/maybe"}, "cluster": "orders", "policies": ["idp-optional"]})),
+        ("routes", "public", json!({"match": {"path_prefix": "/public"}, "cluster": "orders"})),
+        ("listeners", "envoy-l", json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy"})),
+        ("listeners", "edge-l", json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge"})),
+    ]).await;
 
     let (_envoy, edge) = start_envoy_and_edge(&cp, "jwt", revision).await;
     let peers = Peer::envoy_and_edge(envoy_port, edge_port, HOST);

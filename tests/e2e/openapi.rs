@@ -14,20 +14,19 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
     };
     let cp = ControlPlane::start().await.unwrap();
     // Some data, so reads and deletes of existing names are exercised too.
-    cp.put_ok(
-        "clusters",
-        "web",
-        serde_json::json!({"endpoints": [{"address": "127.0.0.1", "port": 8080}]}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "web",
-        serde_json::json!({"match": {"path_prefix": "/"}, "cluster": "web"}),
-    )
-    .await
-    .unwrap();
+    cp.put_all([
+        (
+            "clusters",
+            "web",
+            serde_json::json!({"endpoints": [{"address": "127.0.0.1", "port": 8080}]}),
+        ),
+        (
+            "routes",
+            "web",
+            serde_json::json!({"match": {"path_prefix": "/"}, "cluster": "web"}),
+        ),
+    ])
+    .await;
     let examples = std::env::var("SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "40".to_owned());
     // schemathesis keeps a cache in its working directory; keep it out of the source tree.
     let scratch = tempfile::tempdir().unwrap();

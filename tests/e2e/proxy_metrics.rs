@@ -12,35 +12,12 @@ async fn metrics_count_requests_by_route_cluster_and_status_class() {
     let cp = ControlPlane::start().await.unwrap();
     let upstream = Upstream::start("a").await;
     let port = free_port();
-    cp.put_ok(
-        "clusters",
-        "a",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "api",
-        json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "teapot",
-        json!({"match": {"path_exact": "/teapot"}, "direct_response": {"status": 418, "body": "short and stout"}}),
-    )
-    .await
-    .unwrap();
-    let revision = cp
-        .put_ok(
-            "listeners",
-            "public",
-            json!({"address": "127.0.0.1", "port": port}),
-        )
-        .await
-        .unwrap();
+    let revision = cp.put_all([
+        ("clusters", "a", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("routes", "api", json!({"match": {"path_prefix": "/api"}, "cluster": "a"})),
+        ("routes", "teapot", json!({"match": {"path_exact": "/teapot"}, "direct_response": {"status": 418, "body": "short and stout"}})),
+        ("listeners", "public", json!({"address": "127.0.0.1", "port": port})),
+    ]).await;
     let proxy = EdgeProxy::start(&cp, "edge-metrics").await.unwrap();
     cp.wait_converged(revision, CONVERGE).await.unwrap();
 
@@ -148,28 +125,25 @@ async fn request_metrics_can_be_turned_off() {
     let cp = ControlPlane::start().await.unwrap();
     let upstream = Upstream::start("a").await;
     let port = free_port();
-    cp.put_ok(
-        "clusters",
-        "a",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "api",
-        json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
-    )
-    .await
-    .unwrap();
     let revision = cp
-        .put_ok(
-            "listeners",
-            "public",
-            json!({"address": "127.0.0.1", "port": port}),
-        )
-        .await
-        .unwrap();
+        .put_all([
+            (
+                "clusters",
+                "a",
+                json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
+            ),
+            (
+                "routes",
+                "api",
+                json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
+            ),
+            (
+                "listeners",
+                "public",
+                json!({"address": "127.0.0.1", "port": port}),
+            ),
+        ])
+        .await;
     let proxy = EdgeProxy::start_with_args(
         &cp,
         "edge-no-request-metrics",

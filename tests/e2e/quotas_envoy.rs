@@ -120,13 +120,7 @@ async fn envoy_counts_quotas_in_redis_through_the_rls() {
             json!({"address": "127.0.0.1", "port": port}),
         ),
     ];
-    let mut revision = 0;
-    for (kind, name, body) in writes {
-        revision = cp
-            .put_ok(kind, name, body)
-            .await
-            .unwrap_or_else(|e| panic!("PUT {kind}/{name}: {e:#}"));
-    }
+    let revision = cp.put_all(writes).await;
     let mut envoy = Envoy::start(&cp, EnvoyOptions::new("quotas-envoy"))
         .await
         .expect("envoy starts");

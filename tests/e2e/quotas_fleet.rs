@@ -93,13 +93,7 @@ impl Fleet {
                 .into_iter()
                 .map(|(kind, name, body)| (kind, name.to_owned(), body)),
         );
-        let mut revision = 0;
-        for (kind, name, body) in writes {
-            revision = cp
-                .put_ok(kind, &name, body)
-                .await
-                .unwrap_or_else(|e| panic!("PUT {kind}/{name}: {e:#}"));
-        }
+        let revision = cp.put_all(writes).await;
         let mut proxies = Vec::new();
         for i in 0..PROXIES {
             let node = format!("{name}-{i}");

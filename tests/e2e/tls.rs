@@ -158,20 +158,19 @@ async fn edge_proxy_terminates_tls_with_sds_certificates_chosen_by_sni() {
     let cp = support::ControlPlane::start().await.unwrap();
     let upstream = support::Upstream::start("a").await;
     let proxy = support::EdgeProxy::start(&cp, "edge-tls").await.unwrap();
-    cp.put_ok(
-        "clusters",
-        "a",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "api",
-        json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
-    )
-    .await
-    .unwrap();
+    cp.put_all([
+        (
+            "clusters",
+            "a",
+            json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
+        ),
+        (
+            "routes",
+            "api",
+            json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
+        ),
+    ])
+    .await;
     let (a, b) = (
         self_signed(&["a.example.com"]),
         self_signed(&["b.example.com"]),

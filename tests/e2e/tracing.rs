@@ -66,35 +66,13 @@ async fn send(port: u16, path: &str, headers: &[(&str, &str)], status: u16) {
 /// Clusters, routes and a listener on `port`: `api` forwards, `retry` retries a 5xx once,
 /// `teapot` answers itself. Returns the last revision.
 async fn configure(cp: &ControlPlane, upstream: &Upstream, port: u16) -> u64 {
-    cp.put_ok(
-        "clusters",
-        "a",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "api",
-        json!({"match": {"path_prefix": "/api"}, "cluster": "a"}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "retry",
-        json!({"match": {"path_prefix": "/retry"}, "cluster": "a",
-               "retries": {"attempts": 1, "retry_on": ["5xx"]}}),
-    )
-    .await
-    .unwrap();
-    cp.put_ok(
-        "routes",
-        "teapot",
-        json!({"match": {"path_exact": "/teapot"}, "direct_response": {"status": 418, "body": "short and stout"}}),
-    )
-    .await
-    .unwrap();
+    cp.put_all([
+        ("clusters", "a", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
+        ("routes", "api", json!({"match": {"path_prefix": "/api"}, "cluster": "a"})),
+        ("routes", "retry", json!({"match": {"path_prefix": "/retry"}, "cluster": "a",
+               "retries": {"attempts": 1, "retry_on": ["5xx"]}})),
+        ("routes", "teapot", json!({"match": {"path_exact": "/teapot"}, "direct_response": {"status": 418, "body": "short and stout"}})),
+    ]).await;
     cp.put_ok(
         "listeners",
         "public",

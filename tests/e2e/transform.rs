@@ -68,144 +68,130 @@ async fn envoy_and_the_edge_proxy_apply_the_same_transforms() {
     // Listeners behind one trusted proxy: the client address comes from x-forwarded-for.
     let (envoy_hop_port, edge_hop_port) = (free_port(), free_port());
 
-    let put = |kind: &'static str, name: &'static str, body: Value| {
-        let cp = &cp;
-        async move {
-            cp.put_ok(kind, name, body)
-                .await
-                .unwrap_or_else(|e| panic!("{kind} {name}: {e:#}"))
-        }
-    };
-    put(
-        "clusters",
-        "shop",
-        json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
-    )
-    .await;
-    put(
-        "policies",
-        "idp",
-        json!({"type": "jwt", "issuer": ISSUER, "jwks": jwks(&[&key])}),
-    )
-    .await;
-    put(
-        "policies",
-        "shape",
-        json!({
-            "type": "transform",
-            "request": {
-                "headers": {
-                    "set": {
-                        "x-user": "user={claim.sub}",
-                        "x-tenant": "{claim.tenant.id}",
-                        "x-level": "{claim.level}",
-                        "x-roles": "{claim.roles}",
-                        "x-source": "from {header.x-origin-app}",
-                        "x-client": "{client_ip}",
-                        "x-absent": "{header.x-not-sent}",
-                        "x-host": "{header.host}",
+    cp.put_all([
+        (
+            "clusters",
+            "shop",
+            json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]}),
+        ),
+        (
+            "policies",
+            "idp",
+            json!({"type": "jwt", "issuer": ISSUER, "jwks": jwks(&[&key])}),
+        ),
+        (
+            "policies",
+            "shape",
+            json!({
+                "type": "transform",
+                "request": {
+                    "headers": {
+                        "set": {
+                            "x-user": "user={claim.sub}",
+                            "x-tenant": "{claim.tenant.id}",
+                            "x-level": "{claim.level}",
+                            "x-roles": "{claim.roles}",
+                            "x-source": "from {header.x-origin-app}",
+                            "x-client": "{client_ip}",
+                            "x-absent": "{header.x-not-sent}",
+                            "x-host": "{header.host}",
+                        },
+                        "add": {"x-note": "100% {{literal}}"},
+                        "remove": ["x-debug"],
                     },
-                    "add": {"x-note": "100% {{literal}}"},
-                    "remove": ["x-debug"],
+                    "path": {"regex": "^/v1/(.*)", "substitution": "/api/\\1"},
                 },
-                "path": {"regex": "^/v1/(.*)", "substitution": "/api/\\1"},
-            },
-            "response": {"headers": {"set": {"x-echo-origin": "{header.x-origin-app}",
-                                             "x-echo-user": "{claim.sub}"}}},
+                "response": {"headers": {"set": {"x-echo-origin": "{header.x-origin-app}",
+                                                 "x-echo-user": "{claim.sub}"}}},
+            }),
+        ),
+        (
+            "consumers",
+            "acme",
+            json!({"tier": "gold", "api_keys": [ACME_KEY], "groups": ["partners", "beta"]}),
+        ),
+        ("policies", "keys", json!({"type": "api_key"})),
+        (
+            "policies",
+            "who",
+            json!({"type": "transform", "request": {"headers": {"set": {
+            "x-who": "{consumer.name}/{consumer.tier}"}}},
+            "response": {"headers": {"set": {"x-served-for": "{consumer.name}"}}}}),
+        ),
+        (
+            "policies",
+            "reshape",
+            json!({"type": "transform", "request": {"body": {
+            "rename_keys": "snake_case", "remove": ["password"],
+            "add": {"meta.source": "gateway", "meta.version": 2}}}}),
+        ),
+        (
+            "policies",
+            "strict",
+            json!({"type": "transform", "request": {"body": {
+            "rename_keys": "snake_case", "on_invalid": "reject"}}}),
+        ),
+        (
+            "policies",
+            "soap",
+            json!({"type": "transform", "request": {"body": {"convert": "xml_to_json"}}}),
+        ),
+        (
+            "policies",
+            "to-xml",
+            json!({"type": "transform", "response": {"body": {"convert": "json_to_xml"}}}),
+        ),
+        (
+            "policies",
+            "camel-out",
+            json!({"type": "transform", "response": {"body": {"rename_keys": "camel_case",
+            "remove": ["internal"], "on_invalid": "reject"}}}),
+        ),
+    ])
+    .await;
+    cp.put_all(
+        [
+            ("shaped", "/v1", json!(["idp", "shape"])),
+            ("keyed", "/keyed", json!(["keys", "who"])),
+            ("bodies", "/bodies", json!(["reshape"])),
+            ("strict", "/strict", json!(["strict"])),
+            ("soap", "/soap", json!(["soap"])),
+            ("xml-out", "/xml-out", json!(["to-xml"])),
+            ("camel-out", "/camel-out", json!(["camel-out"])),
+        ]
+        .map(|(name, prefix, policies)| {
+            let route =
+                json!({"match": {"path_prefix": prefix}, "cluster": "shop", "policies": policies});
+            ("routes", name, route)
         }),
     )
     .await;
-    put(
-        "consumers",
-        "acme",
-        json!({"tier": "gold", "api_keys": [ACME_KEY], "groups": ["partners", "beta"]}),
-    )
-    .await;
-    put("policies", "keys", json!({"type": "api_key"})).await;
-    put(
-        "policies",
-        "who",
-        json!({"type": "transform", "request": {"headers": {"set": {
-            "x-who": "{consumer.name}/{consumer.tier}"}}},
-            "response": {"headers": {"set": {"x-served-for": "{consumer.name}"}}}}),
-    )
-    .await;
-    put(
-        "policies",
-        "reshape",
-        json!({"type": "transform", "request": {"body": {
-            "rename_keys": "snake_case", "remove": ["password"],
-            "add": {"meta.source": "gateway", "meta.version": 2}}}}),
-    )
-    .await;
-    put(
-        "policies",
-        "strict",
-        json!({"type": "transform", "request": {"body": {
-            "rename_keys": "snake_case", "on_invalid": "reject"}}}),
-    )
-    .await;
-    put(
-        "policies",
-        "soap",
-        json!({"type": "transform", "request": {"body": {"convert": "xml_to_json"}}}),
-    )
-    .await;
-    put(
-        "policies",
-        "to-xml",
-        json!({"type": "transform", "response": {"body": {"convert": "json_to_xml"}}}),
-    )
-    .await;
-    put(
-        "policies",
-        "camel-out",
-        json!({"type": "transform", "response": {"body": {"rename_keys": "camel_case",
-            "remove": ["internal"], "on_invalid": "reject"}}}),
-    )
-    .await;
-    for (name, prefix, policies) in [
-        ("shaped", "/v1", json!(["idp", "shape"])),
-        ("keyed", "/keyed", json!(["keys", "who"])),
-        ("bodies", "/bodies", json!(["reshape"])),
-        ("strict", "/strict", json!(["strict"])),
-        ("soap", "/soap", json!(["soap"])),
-        ("xml-out", "/xml-out", json!(["to-xml"])),
-        ("camel-out", "/camel-out", json!(["camel-out"])),
-    ] {
-        put(
-            "routes",
-            name,
-            json!({"match": {"path_prefix": prefix}, "cluster": "shop", "policies": policies}),
-        )
+    let revision = cp
+        .put_all([
+            (
+                "listeners",
+                "envoy-hop",
+                json!({"address": "127.0.0.1", "port": envoy_hop_port, "node_cluster": "envoy",
+               "trusted_proxy_hops": 1}),
+            ),
+            (
+                "listeners",
+                "edge-hop",
+                json!({"address": "127.0.0.1", "port": edge_hop_port, "node_cluster": "edge",
+               "trusted_proxy_hops": 1}),
+            ),
+            (
+                "listeners",
+                "envoy-l",
+                json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy"}),
+            ),
+            (
+                "listeners",
+                "edge-l",
+                json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge"}),
+            ),
+        ])
         .await;
-    }
-    put(
-        "listeners",
-        "envoy-hop",
-        json!({"address": "127.0.0.1", "port": envoy_hop_port, "node_cluster": "envoy",
-               "trusted_proxy_hops": 1}),
-    )
-    .await;
-    put(
-        "listeners",
-        "edge-hop",
-        json!({"address": "127.0.0.1", "port": edge_hop_port, "node_cluster": "edge",
-               "trusted_proxy_hops": 1}),
-    )
-    .await;
-    put(
-        "listeners",
-        "envoy-l",
-        json!({"address": "127.0.0.1", "port": envoy_port, "node_cluster": "envoy"}),
-    )
-    .await;
-    let revision = put(
-        "listeners",
-        "edge-l",
-        json!({"address": "127.0.0.1", "port": edge_port, "node_cluster": "edge"}),
-    )
-    .await;
 
     let (_envoy, _edge) = start_envoy_and_edge(&cp, "transform", revision).await;
     let [envoy, edge] = Peer::envoy_and_edge(envoy_port, edge_port, HOST);

@@ -123,15 +123,16 @@ impl TlsUpstream {
 
 /// Sets `cluster` and a route `/<cluster>` to it, and waits until the proxy has them.
 async fn route_to(cp: &ControlPlane, cluster: &str, body: serde_json::Value) {
-    cp.put_ok("clusters", cluster, body).await.unwrap();
     let revision = cp
-        .put_ok(
-            "routes",
-            cluster,
-            json!({"match": {"path_prefix": format!("/{cluster}")}, "cluster": cluster}),
-        )
-        .await
-        .unwrap();
+        .put_all([
+            ("clusters", cluster, body),
+            (
+                "routes",
+                cluster,
+                json!({"match": {"path_prefix": format!("/{cluster}")}, "cluster": cluster}),
+            ),
+        ])
+        .await;
     cp.wait_converged(revision, CONVERGE).await.unwrap();
 }
 

@@ -177,6 +177,27 @@ impl ControlPlane {
         revision_of(&json).with_context(|| format!("PUT {path}"))
     }
 
+    /// A test's set-up: `PUT`s each `(kind_path, name, body)` in order, requiring a 2xx, and
+    /// returns the last revision.
+    ///
+    /// # Panics
+    ///
+    /// On the first write that fails, naming it.
+    pub async fn put_all<'a, N: AsRef<str>>(
+        &self,
+        writes: impl IntoIterator<Item = (&'a str, N, Value)>,
+    ) -> u64 {
+        let mut revision = 0;
+        for (kind_path, name, body) in writes {
+            let name = name.as_ref();
+            revision = self
+                .put_ok(kind_path, name, body)
+                .await
+                .unwrap_or_else(|e| panic!("PUT {kind_path}/{name}: {e:#}"));
+        }
+        revision
+    }
+
     /// `DELETE /v1/{kind_path}/{name}`, requiring a 2xx; returns the response's `revision`.
     pub async fn delete_ok(&self, kind_path: &str, name: &str) -> anyhow::Result<u64> {
         let path = resource_path(kind_path, name);
