@@ -252,37 +252,19 @@ impl RedisCluster {
     pub fn start(masters: usize) -> io::Result<Self> {
         let mut nodes = Vec::with_capacity(masters);
         for i in 0..masters {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("tollgate-redis-cluster-{i}-"))
-                .tempdir()?;
             // The cluster bus listens on port + 10000: that must be free too.
             let port = reserve_port(true)?;
-            let args = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir.path().display().to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            nodes.push(RedisServer::spawn_in(
+            nodes.push(RedisServer::start_on(
                 &format!("redis-cluster-{i}"),
-                dir,
                 port,
-                args,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
             )?);
         }
         let cli = redis_cli_bin().ok_or_else(|| io::Error::other("redis-cli not found"))?;

@@ -8,7 +8,8 @@ use crate::store::Change;
 const KEY_A: &str = "0123456789abcdef0123456789abcdef";
 const KEY_B: &str = "fedcba9876543210fedcba9876543210";
 
-async fn limiter(policies: serde_json::Value) -> RateLimiter {
+/// A store holding `policies`.
+async fn store_with(policies: serde_json::Value) -> Store {
     let store = Store::in_memory();
     let policies: Vec<Policy> = serde_json::from_value(policies).unwrap();
     store
@@ -20,7 +21,11 @@ async fn limiter(policies: serde_json::Value) -> RateLimiter {
         )
         .await
         .unwrap();
-    RateLimiter::in_process(store)
+    store
+}
+
+async fn limiter(policies: serde_json::Value) -> RateLimiter {
+    RateLimiter::in_process(store_with(policies).await)
 }
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
@@ -245,23 +250,12 @@ async fn unknown_policies_domains_and_descriptors_are_allowed_uncounted() {
 
 #[tokio::test]
 async fn unreachable_counters_follow_each_policys_failure_mode() {
-    let store = Store::in_memory();
-    let policies: Vec<Policy> = serde_json::from_value(serde_json::json!([
+    let store = store_with(serde_json::json!([
         {"type": "rate_limit", "name": "lenient", "key": [], "limit": {"requests": 1, "window_s": 60}},
         {"type": "rate_limit", "name": "strict", "key": [], "failure_mode": "closed",
          "limit": {"requests": 1, "window_s": 60}},
         {"type": "rate_limit", "name": "nearby", "key": [], "mode": "local",
-         "limit": {"requests": 1, "window_s": 60}}]))
-    .unwrap();
-    store
-        .write(
-            policies
-                .into_iter()
-                .map(|p| Change::Put(Resource::Policy(p)))
-                .collect(),
-        )
-        .await
-        .unwrap();
+         "limit": {"requests": 1, "window_s": 60}}])).await;
     // A port nothing listens on: Redis is never reached.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
