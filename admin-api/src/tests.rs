@@ -1047,6 +1047,9 @@ fn sample_document() -> Value {
             {"name": "web", "endpoints": [], "lb_policy": "round_robin", "connect_timeout_ms": 5000, "http2": true}
         ],
         "routes": [
+            {"name": "partners", "match": {"path_prefix": "/partners"}, "cluster": "users",
+             "priority": 0,
+             "policies": ["partner-keys", "partners-only", "office", "per-key", "legacy-xml"]},
             {"name": "users", "match": {"hosts": ["api.example.com"], "path_prefix": "/users"},
              "cluster": "users", "timeout_ms": 1500, "priority": 5, "policies": ["users-jwt"]}
         ],
@@ -1056,6 +1059,17 @@ fn sample_document() -> Value {
         "policies": [
             {"type": "cors", "name": "browser", "allow_origins": ["https://app.example.com"],
              "allow_methods": ["GET", "POST"], "max_age_s": 600, "allow_credentials": true},
+            {"type": "transform", "name": "legacy-xml",
+             "request": {"headers": {"set": {"x-consumer": "{consumer.name}"}, "remove": ["x-debug"]},
+                         "body": {"convert": "json_to_xml", "on_invalid": "reject"}}},
+            {"type": "ip_filter", "name": "office", "allow": ["10.0.0.0/8"], "deny": ["10.9.0.0/16"]},
+            {"type": "api_key", "name": "partner-keys", "header": "x-api-key", "query": "apikey",
+             "forward_key": false},
+            {"type": "authorization", "name": "partners-only", "allow_consumer_groups": ["partners"]},
+            {"type": "rate_limit", "name": "per-key", "key": ["api_key"],
+             "limit": {"requests": 100, "window_s": 60, "burst": 20}, "algorithm": "token_bucket",
+             "tiers": {"pro": {"requests": 1000, "window_s": 60}}, "mode": "global",
+             "shadow": false, "failure_mode": "closed", "legacy_headers": true, "lease": 10},
             {"type": "jwt", "name": "users-jwt", "issuer": "https://idp.example.com",
              "audiences": ["users"], "jwks_uri": "http://10.0.0.2:8080/jwks",
              "jwks_cache_duration_s": 300, "clock_skew_s": 30,
@@ -1072,7 +1086,7 @@ async fn config_apply_then_export_round_trips_in_json_and_yaml() {
     let (status, body) = put(&app, "/v1/config", document.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["revision"], 1);
-    assert_eq!(body["changes"].as_array().unwrap().len(), 7);
+    assert_eq!(body["changes"].as_array().unwrap().len(), 13);
     assert_eq!(store.history(None, 1).await.unwrap()[0].origin, "config");
 
     let (status, headers, exported) =
