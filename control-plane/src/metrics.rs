@@ -14,7 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::rls::RlsOutcome;
 use crate::xds::nodes::NodeStatus;
 
 /// Labels naming an xDS resource type.
@@ -214,7 +213,7 @@ impl Metrics {
     }
 
     /// The RLS decided one descriptor of `policy`.
-    pub fn rls_decision(&self, policy: &str, outcome: RlsOutcome) {
+    pub fn rls_decision(&self, policy: &str, outcome: tollgate_quota::PolicyOutcome) {
         self.rls_decisions
             .get_or_create(&DecisionLabel {
                 policy: policy.to_owned(),

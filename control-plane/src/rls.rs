@@ -12,9 +12,10 @@
 //! headers for Envoy to add to the response, allowed or not, plus the legacy `X-RateLimit-*`
 //! for policies that ask for them. A refusal is `OVER_LIMIT` with a JSON body (or, for a
 //! fail-closed policy whose counters are unreachable, an `UNAVAILABLE` error that Envoy's
-//! fail-closed filter answers 503 for); shadow
-//! policies are counted but never refuse and stay out of the headers. Descriptors that name
-//! no current policy (deleted since Envoy's config was pushed) are allowed uncounted.
+//! fail-closed filter answers 503 for); shadow policies are counted but never refuse and stay
+//! out of the headers. Its dynamic metadata names the request's quota decision for Envoy's
+//! access log. Descriptors that name no current policy (deleted since Envoy's config was
+//! pushed) are allowed uncounted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,42 +29,16 @@ use tollgate_proto::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use tollgate_proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use tollgate_quota::{Decision, Outcome, Quota, RateLimitHeaders};
+use tollgate_proto::google::protobuf::{Struct, Value, value::Kind};
+use tollgate_quota::{Decision, PolicyOutcome, Quota, RateLimitHeaders};
 use tonic::{Request, Response, Status};
 
 use crate::model::{Policy, QuotaMode, RateLimitPolicy};
 use crate::store::{Store, StoreSnapshot};
 use crate::translate::{
-    RATE_LIMIT_DOMAIN, RATE_LIMIT_POLICY_KEY, RATE_LIMIT_TIER_KEY, REMOTE_ADDRESS_KEY,
+    QUOTA_OUTCOME_KEY, RATE_LIMIT_DOMAIN, RATE_LIMIT_POLICY_KEY, RATE_LIMIT_TIER_KEY,
+    REMOTE_ADDRESS_KEY,
 };
-
-/// What the RLS did with one descriptor, as the metrics name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RlsOutcome {
-    /// Counted, within the limit.
-    Allowed,
-    /// Counted, over the limit: refused.
-    Limited,
-    /// Counters unreachable, the policy fails open: allowed uncounted.
-    FailedOpen,
-    /// Counters unreachable, the policy fails closed: refused.
-    FailedClosed,
-    /// A shadow policy's request over the limit: allowed all the same.
-    ShadowLimited,
-}
-
-impl RlsOutcome {
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::Limited => "limited",
-            Self::FailedOpen => "failed_open",
-            Self::FailedClosed => "failed_closed",
-            Self::ShadowLimited => "shadow_limited",
-        }
-    }
-}
 
 /// The rate-limit service for Envoy nodes.
 #[derive(Clone)]
@@ -94,7 +69,6 @@ struct Compiled {
     default: Option<tollgate_quota::Policy>,
     tiers: HashMap<String, tollgate_quota::Policy>,
     global: bool,
-    shadow: bool,
     legacy_headers: bool,
 }
 
@@ -114,7 +88,6 @@ impl Compiled {
             default,
             tiers,
             global: policy.mode == QuotaMode::Global,
-            shadow: policy.shadow,
             legacy_headers: policy.legacy_headers,
         })
     }
@@ -178,21 +151,12 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn outcome(&self) -> RlsOutcome {
-        match (self.decision.outcome, self.compiled.shadow) {
-            (Outcome::Allowed, _) => RlsOutcome::Allowed,
-            (Outcome::Limited, false) => RlsOutcome::Limited,
-            (Outcome::Limited, true) => RlsOutcome::ShadowLimited,
-            (Outcome::FailedOpen, _) | (Outcome::FailedClosed, true) => RlsOutcome::FailedOpen,
-            (Outcome::FailedClosed, false) => RlsOutcome::FailedClosed,
-        }
+    fn outcome(&self) -> PolicyOutcome {
+        PolicyOutcome::of(self.policy, &self.decision)
     }
 
     fn refuses(&self) -> bool {
-        matches!(
-            self.outcome(),
-            RlsOutcome::Limited | RlsOutcome::FailedClosed
-        )
+        self.outcome().refuses()
     }
 }
 
@@ -295,7 +259,7 @@ impl RateLimiter {
         let limited = checks
             .iter()
             .flatten()
-            .any(|c| c.outcome() == RlsOutcome::Limited);
+            .any(|c| c.outcome() == PolicyOutcome::Limited);
         if refused && !limited {
             return Err(Status::unavailable(
                 "rate limit counters unreachable for a fail-closed policy",
@@ -314,6 +278,10 @@ impl RateLimiter {
                 })
                 .collect(),
             response_headers_to_add: headers(checks.iter().flatten()),
+            dynamic_metadata: PolicyOutcome::of_request(
+                checks.iter().flatten().map(Check::outcome),
+            )
+            .map(quota_metadata),
             ..Default::default()
         };
         if refused {
@@ -344,13 +312,24 @@ impl RateLimitService for RateLimiter {
 /// policy, the legacy ones for those that ask for them (as edge proxies send them).
 fn headers<'a>(checks: impl Iterator<Item = &'a Check<'a>>) -> Vec<HeaderValue> {
     let reported: Vec<(&tollgate_quota::Policy, &Decision, bool)> = checks
-        .filter(|c| !c.compiled.shadow)
+        .filter(|c| !c.policy.is_shadow())
         .map(|c| (c.policy, &c.decision, c.compiled.legacy_headers))
         .collect();
     RateLimitHeaders::for_response(&reported)
         .iter()
         .map(|(name, value)| header(name, value))
         .collect()
+}
+
+/// The answer's dynamic metadata: the request's quota decision, which Envoy keeps under
+/// `envoy.filters.http.ratelimit` for its access log (as edge proxies log theirs).
+fn quota_metadata(outcome: PolicyOutcome) -> Struct {
+    let value = Value {
+        kind: Some(Kind::StringValue(outcome.as_str().to_owned())),
+    };
+    Struct {
+        fields: [(QUOTA_OUTCOME_KEY.to_owned(), value)].into(),
+    }
 }
 
 fn header(name: &str, value: &str) -> HeaderValue {

@@ -33,6 +33,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tollgate_quota::PolicyOutcome;
 
 use crate::config::listener::{AccessLogConfig, AccessLogField, AccessLogSink};
 use crate::proxy::body::DownstreamBody;
@@ -236,6 +237,10 @@ pub struct RequestLog {
     pub cluster: Option<String>,
     /// The endpoint of the last upstream attempt.
     pub upstream: Option<SocketAddr>,
+    /// The API key's consumer.
+    pub consumer: Option<String>,
+    /// What the quota filter decided.
+    pub quota: Option<PolicyOutcome>,
     /// Request body bytes read from the client, counted as the body is forwarded.
     pub bytes_in: Arc<AtomicU64>,
     status: u16,
@@ -261,6 +266,8 @@ impl RequestLog {
             route: None,
             cluster: None,
             upstream: None,
+            consumer: None,
+            quota: None,
             bytes_in: Arc::default(),
             status: 0,
         }
@@ -309,6 +316,8 @@ impl RequestLog {
                 }
                 AccessLogField::RouteName => json_opt(line, self.route.as_deref()),
                 AccessLogField::UpstreamCluster => json_opt(line, self.cluster.as_deref()),
+                AccessLogField::Consumer => json_opt(line, self.consumer.as_deref()),
+                AccessLogField::Quota => json_opt(line, self.quota.map(PolicyOutcome::as_str)),
             }
         }
         line.extend_from_slice(b"}\n");

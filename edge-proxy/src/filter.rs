@@ -69,6 +69,10 @@ pub struct Metadata<'c> {
     pub consumer: Option<&'c Consumer>,
     /// The same namespace's `api_key_hash`: which of the consumer's keys was presented.
     pub api_key: Option<KeyId>,
+    /// Namespace `envoy.filters.http.ratelimit`, `quota`: what the quota filter decided (as
+    /// the control plane's rate-limit service tells Envoy), for the access log; `None` when no
+    /// policy counted the request.
+    pub quota: Option<tollgate_quota::PolicyOutcome>,
 }
 
 impl crate::config::format::DynamicMetadata for Metadata<'_> {
@@ -185,6 +189,7 @@ mod tests {
             ],
             consumer: Some(&consumer),
             api_key: None,
+            quota: None,
         };
         let get = |namespace: &str, path: &[&str]| {
             let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();

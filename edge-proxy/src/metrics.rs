@@ -103,7 +103,7 @@ pub struct Metrics {
     quota_decisions: Family<QuotaLabels, Counter>,
     /// Handles by policy, in [`QUOTA_OUTCOMES`] order, so counting a decision allocates
     /// nothing once the policy has been seen.
-    quota_handles: RwLock<HashMap<String, Arc<[Counter; 4]>>>,
+    quota_handles: RwLock<HashMap<String, Arc<[Counter; 5]>>>,
     /// The quota engines, for their backend's state at scrape time.
     quotas: std::sync::OnceLock<crate::filter::rate_limit::Quotas>,
     /// The snapshot in use: its version, and when it was applied (Unix seconds).
@@ -152,31 +152,27 @@ impl Metrics {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The `outcome` label values of quota decisions, as [`tollgate_quota::Outcome`] orders them.
-const QUOTA_OUTCOMES: [&str; 4] = ["allowed", "limited", "failed_open", "failed_closed"];
-
 /// Every quota decision is counted by policy and outcome, whatever `--request-metrics` says:
 /// limits and failures are what operators alert on.
 impl tollgate_quota::QuotaObserver for Metrics {
     fn on_decision(&self, policy: &tollgate_quota::Policy, decision: &tollgate_quota::Decision) {
-        use tollgate_quota::Outcome;
-        let index = match decision.outcome {
-            Outcome::Allowed => 0,
-            Outcome::Limited => 1,
-            Outcome::FailedOpen => 2,
-            Outcome::FailedClosed => 3,
-        };
+        use tollgate_quota::PolicyOutcome;
+        let outcome = PolicyOutcome::of(policy, decision);
+        let index = PolicyOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or_default();
         let cached = self
             .quota_handles
             .read()
             .ok()
             .and_then(|map| map.get(policy.name()).cloned());
         let handles = cached.unwrap_or_else(|| {
-            let handles = Arc::new(QUOTA_OUTCOMES.map(|outcome| {
+            let handles = Arc::new(PolicyOutcome::ALL.map(|outcome| {
                 self.quota_decisions
                     .get_or_create(&QuotaLabels {
                         policy: policy.name().to_owned(),
-                        outcome,
+                        outcome: outcome.as_str(),
                     })
                     .clone()
             }));
@@ -393,7 +389,7 @@ impl Metrics {
         registry.register(
             "quota_decisions",
             "Rate-limit decisions, by policy and outcome (allowed, limited, failed_open, \
-             failed_closed; a shadow policy's `limited` requests were let through)",
+             failed_closed, shadow_limited)",
             self.quota_decisions.clone(),
         );
         if let Some(quotas) = self.quotas.get() {
@@ -491,5 +487,61 @@ fn process_metrics(registry: &mut Registry) {
         let open = Gauge::<i64>::default();
         open.set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
         registry.register("process_open_fds", "Open file descriptors", open);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tollgate_quota::{Decision, FailureMode, Limit, Outcome, Policy, QuotaObserver as _};
+
+    use super::*;
+
+    #[test]
+    fn quota_decisions_are_counted_by_policy_and_outcome_shadow_apart() {
+        let metrics = Metrics::new(false);
+        let limit = Limit::fixed_window(1, Duration::from_secs(60));
+        let enforced = Policy::new("enforced", limit, FailureMode::Closed).unwrap();
+        let shadow = Policy::new("trial", limit, FailureMode::Closed)
+            .unwrap()
+            .with_shadow(true);
+        let decided = |outcome| Decision {
+            outcome,
+            limit: 1,
+            window: Duration::from_secs(60),
+            remaining: 0,
+            reset_after: Duration::ZERO,
+            retry_after: None,
+        };
+        for (policy, outcome) in [
+            (&enforced, Outcome::Allowed),
+            (&enforced, Outcome::Limited),
+            (&enforced, Outcome::Limited),
+            (&enforced, Outcome::FailedClosed),
+            (&shadow, Outcome::Limited),
+            (&shadow, Outcome::FailedClosed),
+        ] {
+            metrics.on_decision(policy, &decided(outcome));
+        }
+        let text = metrics.render(None, &XdsStatus::default());
+        let count = |policy: &str, outcome: &str| {
+            let series = format!(
+                "tollgate_proxy_quota_decisions_total{{policy=\"{policy}\",outcome=\"{outcome}\"}} "
+            );
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .map(|value| value.parse::<u64>().unwrap())
+        };
+        assert_eq!(count("enforced", "allowed"), Some(1));
+        assert_eq!(count("enforced", "limited"), Some(2));
+        assert_eq!(count("enforced", "failed_closed"), Some(1));
+        assert_eq!(count("enforced", "shadow_limited"), Some(0));
+        // A shadow policy refuses nothing: over its limit it is `shadow_limited`, and with its
+        // counters unreachable it lets the request through.
+        assert_eq!(count("trial", "limited"), Some(0));
+        assert_eq!(count("trial", "shadow_limited"), Some(1));
+        assert_eq!(count("trial", "failed_open"), Some(1));
+        assert_eq!(count("trial", "failed_closed"), Some(0));
     }
 }

@@ -163,7 +163,9 @@ pub async fn handle(
         None => response.map(LoggedBody::plain),
         Some(mut log) => {
             log.route = served.route.map(str::to_owned);
-            log.cluster = served.cluster.map(str::to_owned);
+            if let Some(cluster) = served.cluster {
+                log.cluster = Some(cluster.to_owned());
+            }
             log.upstream = served.upstream;
             response.map(|body| LoggedBody::logged(body, log, status))
         }
@@ -275,11 +277,13 @@ async fn route<'p>(
         );
         let outcome = outcome.await;
         // The path as filters left it (without the API key or token they removed) is the one
-        // logged, as Envoy logs `:path` after its filters.
-        if let Some(log) = &mut served.log
-            && log.path_and_query.as_deref() != Some(&*path_and_query)
-        {
-            log.path_and_query = Some(path_and_query.clone().into_owned());
+        // logged, as Envoy logs `:path` after its filters; so is what they found out.
+        if let Some(log) = &mut served.log {
+            if log.path_and_query.as_deref() != Some(&*path_and_query) {
+                log.path_and_query = Some(path_and_query.clone().into_owned());
+            }
+            log.consumer = metadata.consumer.map(|c| c.name.clone());
+            log.quota = metadata.quota;
         }
         if let filters::Outcome::Respond {
             response,
@@ -305,6 +309,12 @@ async fn route<'p>(
         metadata: &metadata,
     };
     if let Some((mut response, local_reply)) = answered {
+        // Envoy resolves a forwarding route's cluster (picking a weighted one) as it routes,
+        // so its access log names it for a filter's answer too; metrics count no cluster.
+        if let (Some(log), RouteAction::Forward(forward)) = (&mut served.log, &matched.route.action)
+        {
+            log.cluster = Some(forward.pick_cluster(rand::random()).to_owned());
+        }
         // Envoy 1.40 gives a filter's local reply the route's response headers on forwarding
         // routes (checked against it), not on redirect or direct-response ones.
         if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {

@@ -53,7 +53,7 @@ pub mod testing;
 use std::sync::{Arc, OnceLock};
 
 pub use crate::clock::{Clock, ManualClock, MonotonicClock};
-pub use crate::decision::{Decision, FAILED_CLOSED_RETRY_AFTER, Outcome};
+pub use crate::decision::{Decision, FAILED_CLOSED_RETRY_AFTER, Outcome, PolicyOutcome};
 pub use crate::headers::RateLimitHeaders;
 pub use crate::identity::identity;
 pub use crate::key::KeyScheme;

@@ -177,6 +177,8 @@ struct PolicyInner {
     limit: Limit,
     failure_mode: FailureMode,
     lease: Option<u64>,
+    /// Counted and reported, never refusing.
+    shadow: bool,
 }
 
 impl Policy {
@@ -200,6 +202,7 @@ impl Policy {
             limit,
             failure_mode,
             lease: None,
+            shadow: false,
         })))
     }
 
@@ -220,13 +223,33 @@ impl Policy {
         if tokens < 2 || tokens > self.0.limit.capacity() {
             return Err(PolicyError::Lease(tokens));
         }
-        Ok(Self(Arc::new(PolicyInner {
+        Ok(self.with(|inner| inner.lease = Some(tokens)))
+    }
+
+    /// The same policy in shadow mode (or not): requests are counted and decisions reported as
+    /// usual, but a proxy never refuses a request for it ([`crate::PolicyOutcome`] tells its
+    /// refusals apart). Counters and keys are the same either way.
+    pub fn with_shadow(self, shadow: bool) -> Self {
+        self.with(|inner| inner.shadow = shadow)
+    }
+
+    /// A copy of this policy, changed by `change`.
+    fn with(self, change: impl FnOnce(&mut PolicyInner)) -> Self {
+        let mut inner = PolicyInner {
             name: self.0.name.clone(),
             key_part: self.0.key_part.clone(),
             limit: self.0.limit,
             failure_mode: self.0.failure_mode,
-            lease: Some(tokens),
-        })))
+            lease: self.0.lease,
+            shadow: self.0.shadow,
+        };
+        change(&mut inner);
+        Self(Arc::new(inner))
+    }
+
+    /// Whether the policy is in shadow mode: counted, never refusing.
+    pub fn is_shadow(&self) -> bool {
+        self.0.shadow
     }
 
     /// Tokens taken per Redis call in batched mode, if enabled.
@@ -261,6 +284,7 @@ impl fmt::Debug for Policy {
             .field("limit", &self.0.limit)
             .field("failure_mode", &self.0.failure_mode)
             .field("lease", &self.0.lease)
+            .field("shadow", &self.0.shadow)
             .finish()
     }
 }
@@ -271,6 +295,7 @@ impl PartialEq for Policy {
             && self.0.limit == other.0.limit
             && self.0.failure_mode == other.0.failure_mode
             && self.0.lease == other.0.lease
+            && self.0.shadow == other.0.shadow
     }
 }
 

@@ -1,5 +1,6 @@
 //! Access logs: the same listener config gives Envoy and the edge proxy each a file access log;
-//! the same requests must produce the same JSON lines, and no secret may reach any log.
+//! the same requests must produce the same JSON lines (the API key's consumer and the quota
+//! decision included), and no secret may reach any log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +14,16 @@ use crate::fixtures::CONVERGE;
 
 const HOST: &str = "shop.example.com";
 
+/// The API key of consumer `acme`, sent on the metered route.
+const API_KEY: &str = "secret-apikey-0123456789";
+
 /// Secrets sent in headers and the query; none may be logged.
-const SECRETS: [&str; 3] = ["secret-token-123", "secret-cookie-456", "secret-key-789"];
+const SECRETS: [&str; 4] = [
+    "secret-token-123",
+    "secret-cookie-456",
+    "secret-key-789",
+    API_KEY,
+];
 
 /// One request: what is sent and what its line must say.
 struct Case {
@@ -26,6 +35,10 @@ struct Case {
     route: Option<&'static str>,
     /// Whether it went to the upstream (cluster `main`).
     forwarded: bool,
+    /// The API key's consumer.
+    consumer: Option<&'static str>,
+    /// The quota decision.
+    quota: Option<&'static str>,
 }
 
 fn cases() -> Vec<Case> {
@@ -36,6 +49,8 @@ fn cases() -> Vec<Case> {
         status: 200,
         route: Some("fwd"),
         forwarded: true,
+        consumer: None,
+        quota: None,
     };
     vec![
         forwarded("/fwd/plain", "/fwd/plain", &[]),
@@ -46,6 +61,8 @@ fn cases() -> Vec<Case> {
             status: 404,
             route: None,
             forwarded: false,
+            consumer: None,
+            quota: None,
         },
         Case {
             path_and_query: "/direct",
@@ -54,6 +71,8 @@ fn cases() -> Vec<Case> {
             status: 200,
             route: Some("direct"),
             forwarded: false,
+            consumer: None,
+            quota: None,
         },
         forwarded(
             "/fwd/auth",
@@ -66,6 +85,28 @@ fn cases() -> Vec<Case> {
             &[("cookie", "session=secret-cookie-456")],
         ),
         forwarded("/fwd/key?api_key=secret-key-789", "/fwd/key", &[]),
+        // One request a minute per API key: the first passes, the second is refused by the
+        // quota, and both name the key's consumer.
+        Case {
+            path_and_query: "/metered/first",
+            headers: &[("x-api-key", API_KEY)],
+            logged_path: "/metered/first",
+            status: 200,
+            route: Some("metered"),
+            forwarded: true,
+            consumer: Some("acme"),
+            quota: Some("allowed"),
+        },
+        Case {
+            path_and_query: "/metered/second",
+            headers: &[("x-api-key", API_KEY)],
+            logged_path: "/metered/second",
+            status: 429,
+            route: Some("metered"),
+            forwarded: false,
+            consumer: Some("acme"),
+            quota: Some("limited"),
+        },
     ]
 }
 
@@ -85,6 +126,12 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
         ("clusters", "main", json!({"endpoints": [{"address": "127.0.0.1", "port": upstream.port()}]})),
         ("routes", "fwd", json!({"match": {"path_prefix": "/fwd"}, "cluster": "main"})),
         ("routes", "direct", json!({"match": {"path_exact": "/direct"}, "direct_response": {"status": 200, "body": "ok"}})),
+        ("consumers", "acme", json!({"api_keys": [API_KEY]})),
+        ("policies", "keys", json!({"type": "api_key"})),
+        ("policies", "per-key", json!({"type": "rate_limit", "key": ["api_key"],
+                                       "limit": {"requests": 1, "window_s": 60}})),
+        ("routes", "metered", json!({"match": {"path_prefix": "/metered"}, "cluster": "main",
+                                     "policies": ["keys", "per-key"]})),
     ]).await;
     let mut revision = 0;
     for (name, port, node_cluster, log) in [
@@ -186,6 +233,8 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
             assert_eq!(line["protocol"], "HTTP/1.1", "{what}");
             assert_eq!(line["bytes_in"], 0, "{what}");
             assert_eq!(line["route"], json!(case.route), "{what}");
+            assert_eq!(line["consumer"], json!(case.consumer), "{what}");
+            assert_eq!(line["quota"], json!(case.quota), "{what}");
             let request_id = line["request_id"].as_str().unwrap_or_default();
             assert_eq!(request_id.len(), 36, "{what}");
             let time = line["time"].as_str().unwrap_or_default();
@@ -200,7 +249,9 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
                 );
                 assert!(line["bytes_out"].as_u64().unwrap_or_default() > 0, "{what}");
             } else {
-                assert_eq!(line["cluster"], Value::Null, "{what}");
+                // A filter's answer on a forwarding route names the route's cluster.
+                let cluster = (case.route == Some("metered")).then_some("main");
+                assert_eq!(line["cluster"], json!(cluster), "{what}");
                 assert_eq!(line["upstream"], Value::Null, "{what}");
             }
             if case.route == Some("direct") {
@@ -216,7 +267,7 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
         assert_eq!(keys(envoy), keys(edge), "{path}");
         for key in [
             "method", "host", "path", "protocol", "status", "bytes_in", "upstream", "route",
-            "cluster",
+            "cluster", "consumer", "quota",
         ] {
             assert_eq!(envoy[key], edge[key], "{path}: {key}");
         }

@@ -1366,8 +1366,8 @@ impl RateLimitPolicy {
         self.failure_mode == QuotaFailureMode::Closed
     }
 
-    /// The quota engine's policy for `limit`: this policy's name, algorithm, failure mode and
-    /// lease. Valid after validation.
+    /// The quota engine's policy for `limit`: this policy's name, algorithm, failure mode,
+    /// shadow mode and lease. Valid after validation.
     pub fn quota_policy(
         &self,
         limit: &QuotaLimit,
@@ -1377,6 +1377,7 @@ impl RateLimitPolicy {
             self.quota_limit(limit),
             self.quota_failure_mode(),
         )?;
+        let policy = policy.with_shadow(self.shadow);
         match self.lease {
             Some(tokens) => policy.with_lease(tokens),
             None => Ok(policy),

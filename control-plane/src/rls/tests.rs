@@ -61,6 +61,21 @@ fn over_limit(response: &RateLimitResponse) -> bool {
     response.overall_code == Code::OverLimit as i32
 }
 
+/// The request's quota decision in the answer's dynamic metadata, for Envoy's access log.
+fn quota_metadata(response: &RateLimitResponse) -> Option<&str> {
+    use tollgate_proto::google::protobuf::value::Kind;
+    match &response
+        .dynamic_metadata
+        .as_ref()?
+        .fields
+        .get("quota")?
+        .kind
+    {
+        Some(Kind::StringValue(outcome)) => Some(outcome),
+        _ => None,
+    }
+}
+
 #[test]
 fn descriptors_are_read_back_as_the_translator_shapes_them() {
     let d = descriptor(&[
@@ -121,9 +136,11 @@ async fn each_key_gets_its_quota_then_a_429_with_the_headers() {
             Unit::Minute as i32
         );
         assert!(response.raw_body.is_empty());
+        assert_eq!(quota_metadata(&response), Some("allowed"));
     }
     let refused = rls.decide(&for_key(KEY_A)).await.unwrap();
     assert!(over_limit(&refused));
+    assert_eq!(quota_metadata(&refused), Some("limited"));
     assert_eq!(refused.statuses[0].code, Code::OverLimit as i32);
     let body: serde_json::Value = serde_json::from_slice(&refused.raw_body).unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
@@ -200,9 +217,11 @@ async fn shadow_policies_count_but_never_refuse_nor_show() {
             descriptor(&[("policy", "legacy")]),
         ])
     };
-    for _ in 0..3 {
+    for n in 0..3 {
         let response = rls.decide(&both()).await.unwrap();
         assert!(!over_limit(&response), "{response:?}");
+        let decision = if n == 0 { "allowed" } else { "shadow_limited" };
+        assert_eq!(quota_metadata(&response), Some(decision));
         assert_eq!(
             header(&response, "ratelimit-policy"),
             Some(r#""legacy";q=10;w=60"#),
@@ -236,6 +255,7 @@ async fn unknown_policies_domains_and_descriptors_are_allowed_uncounted() {
         assert!(!over_limit(&response));
         assert_eq!(response.statuses.len(), 2);
         assert!(response.response_headers_to_add.is_empty());
+        assert_eq!(quota_metadata(&response), None, "nothing was counted");
     }
     let mut foreign = request(vec![descriptor(&[("policy", "one")])]);
     foreign.domain = "other".to_owned();
@@ -275,6 +295,7 @@ async fn unreachable_counters_follow_each_policys_failure_mode() {
         // Nothing is claimed about counters nobody could read.
         assert_eq!(header(&lenient, "ratelimit"), None);
         assert!(header(&lenient, "ratelimit-policy").is_some());
+        assert_eq!(quota_metadata(&lenient), Some("failed_open"));
     }
     // Envoy's fail-closed filter answers 503 for the error.
     let strict = rls.decide(&one("strict")).await.unwrap_err();

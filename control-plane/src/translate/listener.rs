@@ -163,7 +163,11 @@ pub(super) fn translate(
 /// The path is the one routing saw: normalised, before any route rewrite (Envoy keeps the
 /// pre-rewrite path in `x-envoy-original-path`, which it strips from external requests so a
 /// client cannot forge it). `%PATH(NQ)%` reads that header, else `:path`, and drops the query.
-const ACCESS_LOG_FIELDS: [(&str, &str); 13] = [
+///
+/// The consumer is the API key's, from the control plane's ext_authz answer; the quota
+/// decision is the one the RLS answered ([`crate::rls`]), both read from Envoy's dynamic
+/// metadata (`null` when the request had no such policy).
+const ACCESS_LOG_FIELDS: [(&str, &str); 15] = [
     ("time", "%START_TIME%"),
     ("request_id", "%REQ(X-REQUEST-ID)%"),
     ("method", "%REQ(:METHOD)%"),
@@ -177,6 +181,14 @@ const ACCESS_LOG_FIELDS: [(&str, &str); 13] = [
     ("upstream", "%UPSTREAM_HOST%"),
     ("route", "%ROUTE_NAME%"),
     ("cluster", "%UPSTREAM_CLUSTER%"),
+    (
+        "consumer",
+        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:consumer)%",
+    ),
+    (
+        "quota",
+        "%DYNAMIC_METADATA(envoy.filters.http.ratelimit:quota)%",
+    ),
 ];
 
 /// The original path without its query string.
@@ -284,5 +296,42 @@ pub(super) fn socket_address(address: &str, port: u16) -> core_pb::Address {
                 ..Default::default()
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ACCESS_LOG_FIELDS;
+
+    #[test]
+    fn access_log_metadata_operators_read_where_the_answers_write() {
+        let operator =
+            |namespace: &str, key: &str| format!("%DYNAMIC_METADATA({namespace}:{key})%");
+        let field = |name: &str| {
+            ACCESS_LOG_FIELDS
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, operator)| *operator)
+        };
+        assert_eq!(
+            field("consumer"),
+            Some(
+                operator(
+                    super::super::policy::EXT_AUTHZ_FILTER,
+                    super::super::CONSUMER_KEY
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(
+            field("quota"),
+            Some(
+                operator(
+                    "envoy.filters.http.ratelimit",
+                    super::super::QUOTA_OUTCOME_KEY
+                )
+                .as_str()
+            )
+        );
     }
 }

@@ -37,6 +37,10 @@ pub(crate) const REMOTE_ADDRESS_KEY: &str = "remote_address";
 /// Where the control plane's ext_authz answer puts an API key's keyed hash (the first
 /// [`tollgate_quota::identity::API_KEY_HASH_HEX_LEN`] hex digits).
 pub(crate) const API_KEY_HASH_KEY: &str = "api_key_hash";
+/// The RLS answer's dynamic metadata entry holding the request's quota decision
+/// ([`tollgate_quota::PolicyOutcome::as_str`]), which access logs read. Envoy keeps it under
+/// `envoy.filters.http.ratelimit`, whatever the filter's name.
+pub(crate) const QUOTA_OUTCOME_KEY: &str = "quota";
 /// How long Envoy waits for the RLS before the filter's failure mode applies.
 const RLS_TIMEOUT_MS: u32 = 500;
 /// What Envoy answers for a fail-closed policy whose counters (or the RLS) cannot be reached,

@@ -24,7 +24,7 @@ use std::borrow::Cow;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use tollgate_quota::{Decision, Outcome, Quota, RateLimitHeaders};
+use tollgate_quota::{Decision, PolicyOutcome, Quota, RateLimitHeaders};
 
 use super::Metadata;
 use crate::config::filters::rate_limit::{
@@ -68,30 +68,36 @@ struct Check<'c> {
 }
 
 impl Check<'_> {
+    fn outcome(&self) -> PolicyOutcome {
+        PolicyOutcome::of(self.policy, &self.decision)
+    }
+
     /// Whether this check refuses the request: shadow policies never do.
     fn refuses(&self) -> bool {
-        !self.config.shadow && !self.decision.is_allowed()
+        self.outcome().refuses()
     }
 }
 
 /// The request side. `Ok`: continue, adding these headers to the response; `Err`: the answer
-/// (its headers already set). `route` is the matched route's name.
+/// (its headers already set). `route` is the matched route's name. The request's decision is
+/// left in `metadata` for the access log.
 pub(crate) async fn on_request(
     config: &RateLimit,
     per_route: Option<&RateLimitPerRoute>,
     quotas: &Quotas,
     route: &str,
     req: &super::Request<'_, '_>,
-    metadata: &Metadata<'_>,
+    metadata: &mut Metadata<'_>,
 ) -> Result<ResponseHeaders, Response<DownstreamBody>> {
     let Some(per_route) = per_route else {
         return Ok(Vec::new());
     };
+    let known: &Metadata<'_> = metadata;
     let pending = per_route.policies.iter().filter_map(|name| {
         let config = config.policies.get(name)?;
-        let tier = metadata.consumer.and_then(|c| c.tier.as_deref());
+        let tier = known.consumer.and_then(|c| c.tier.as_deref());
         let policy = config.for_tier(tier)?;
-        let identity = identity(config, route, req, metadata)?;
+        let identity = identity(config, route, req, known)?;
         let engine = if config.global {
             &quotas.global
         } else {
@@ -110,13 +116,18 @@ pub(crate) async fn on_request(
     if checks.is_empty() {
         return Ok(Vec::new());
     }
+    // Another quota filter on the listener may have decided already; the worse one stays.
+    metadata.quota = PolicyOutcome::of_request(
+        metadata
+            .quota
+            .into_iter()
+            .chain(checks.iter().map(Check::outcome)),
+    );
     let headers = response_headers(&checks);
     if !checks.iter().any(Check::refuses) {
         return Ok(headers);
     }
-    let over_limit = checks
-        .iter()
-        .any(|c| c.refuses() && c.decision.outcome == Outcome::Limited);
+    let over_limit = checks.iter().any(|c| c.outcome() == PolicyOutcome::Limited);
     let mut response = if over_limit {
         super::json_error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -177,7 +188,7 @@ fn identity(
 fn response_headers(checks: &[Check<'_>]) -> ResponseHeaders {
     let reported: Vec<(&tollgate_quota::Policy, &Decision, bool)> = checks
         .iter()
-        .filter(|c| !c.config.shadow)
+        .filter(|c| !c.policy.is_shadow())
         .map(|c| (c.policy, &c.decision, c.config.legacy_headers))
         .collect();
     RateLimitHeaders::for_response(&reported)

@@ -162,7 +162,8 @@ fn policy(
             Algorithm::FixedWindow => tollgate_quota::Limit::fixed_window(limit.requests, window),
         };
         let policy = tollgate_quota::Policy::new(name.to_owned(), quota_limit, failure_mode)
-            .map_err(|e| Rejection::here(Reason::Invalid(e.to_string())))?;
+            .map_err(|e| Rejection::here(Reason::Invalid(e.to_string())))?
+            .with_shadow(*shadow);
         match *lease {
             0 => Ok(policy),
             tokens => policy

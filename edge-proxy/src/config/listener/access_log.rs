@@ -62,11 +62,16 @@ pub enum AccessLogField {
     RouteName,
     /// `%UPSTREAM_CLUSTER%`.
     UpstreamCluster,
+    /// `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:consumer)%`: the API key's consumer.
+    Consumer,
+    /// `%DYNAMIC_METADATA(envoy.filters.http.ratelimit:quota)%`: the request's quota decision
+    /// ([`tollgate_quota::PolicyOutcome`]).
+    Quota,
 }
 
 impl AccessLogField {
     /// Every field, for lookups by operator.
-    const ALL: [AccessLogField; 14] = [
+    const ALL: [AccessLogField; 16] = [
         Self::StartTime,
         Self::RequestId,
         Self::Method,
@@ -81,6 +86,8 @@ impl AccessLogField {
         Self::UpstreamHost,
         Self::RouteName,
         Self::UpstreamCluster,
+        Self::Consumer,
+        Self::Quota,
     ];
 
     /// The command operator, exactly as the control plane writes it.
@@ -100,6 +107,8 @@ impl AccessLogField {
             Self::UpstreamHost => "%UPSTREAM_HOST%",
             Self::RouteName => "%ROUTE_NAME%",
             Self::UpstreamCluster => "%UPSTREAM_CLUSTER%",
+            Self::Consumer => "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:consumer)%",
+            Self::Quota => "%DYNAMIC_METADATA(envoy.filters.http.ratelimit:quota)%",
         }
     }
 

@@ -80,7 +80,7 @@ async fn check(
     route: &RateLimitPerRoute,
     quotas: &Quotas,
     headers: &[(&'static str, &str)],
-    metadata: &Metadata<'_>,
+    metadata: &mut Metadata<'_>,
 ) -> Result<ResponseHeaders, Response<DownstreamBody>> {
     let mut header_map = HeaderMap::new();
     for (name, value) in headers {
@@ -117,7 +117,9 @@ async fn counts_each_api_key_apart_and_refuses_over_the_limit() {
         ..Default::default()
     };
     for remaining in ["1", "0"] {
-        let headers = check(&config, &route, &quotas, &[], &key(1)).await.unwrap();
+        let headers = check(&config, &route, &quotas, &[], &mut key(1))
+            .await
+            .unwrap();
         assert_eq!(
             header(&headers, "ratelimit-policy"),
             Some(r#""per-key";q=2;w=60"#)
@@ -130,7 +132,7 @@ async fn counts_each_api_key_apart_and_refuses_over_the_limit() {
         assert_eq!(header(&headers, "retry-after"), None);
         assert_eq!(header(&headers, "x-ratelimit-limit"), None);
     }
-    let refused = check(&config, &route, &quotas, &[], &key(1))
+    let refused = check(&config, &route, &quotas, &[], &mut key(1))
         .await
         .unwrap_err();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -143,9 +145,13 @@ async fn counts_each_api_key_apart_and_refuses_over_the_limit() {
             .starts_with(r#""per-key";r=0;"#)
     );
     // Another key of the same consumer has its own counter.
-    assert!(check(&config, &route, &quotas, &[], &key(2)).await.is_ok());
+    assert!(
+        check(&config, &route, &quotas, &[], &mut key(2))
+            .await
+            .is_ok()
+    );
     // No key: the policy does not count the request, and says nothing.
-    let anonymous = check(&config, &route, &quotas, &[], &Metadata::default())
+    let anonymous = check(&config, &route, &quotas, &[], &mut Metadata::default())
         .await
         .unwrap();
     assert!(anonymous.is_empty(), "{anonymous:?}");
@@ -174,6 +180,7 @@ async fn identities_match_the_rate_limit_services() {
         jwt: vec![(JWT_PAYLOAD_KEY, serde_json::json!({"org": {"id": "o-1"}}))],
         consumer: Some(&acme),
         api_key: Some(KeyId([0xab; 16])),
+        quota: None,
     };
     let mut headers = HeaderMap::new();
     headers.append("x-tenant", HeaderValue::from_static("t 1"));
@@ -225,39 +232,45 @@ async fn tiers_pick_their_limit_and_shadow_policies_never_refuse() {
     };
     // The free tier has no limit of its own: the default (1) applies.
     assert!(
-        check(&config, &route, &quotas, &[], &as_consumer(&free))
+        check(&config, &route, &quotas, &[], &mut as_consumer(&free))
             .await
             .is_ok()
     );
     assert!(
-        check(&config, &route, &quotas, &[], &as_consumer(&free))
+        check(&config, &route, &quotas, &[], &mut as_consumer(&free))
             .await
             .is_err()
     );
     // Pro gets 3; the shadow policy (1 for everyone) is over its limit but refuses nothing,
-    // and stays out of the headers.
+    // and stays out of the headers. The access log's decision says so.
     for _ in 0..3 {
-        let headers = check(&config, &route, &quotas, &[], &as_consumer(&pro))
+        let mut metadata = as_consumer(&pro);
+        let headers = check(&config, &route, &quotas, &[], &mut metadata)
             .await
             .unwrap();
         assert_eq!(
             header(&headers, "ratelimit-policy"),
             Some(r#""tiered";q=3;w=60"#)
         );
+        assert_eq!(metadata.quota, Some(PolicyOutcome::ShadowLimited));
     }
-    let refused = check(&config, &route, &quotas, &[], &as_consumer(&pro))
+    let mut metadata = as_consumer(&pro);
+    let refused = check(&config, &route, &quotas, &[], &mut metadata)
         .await
         .unwrap_err();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(metadata.quota, Some(PolicyOutcome::Limited));
     // The window ends: both are allowed again.
     clock.advance(Duration::from_secs(60));
+    let mut metadata = as_consumer(&pro);
     assert!(
-        check(&config, &route, &quotas, &[], &as_consumer(&pro))
+        check(&config, &route, &quotas, &[], &mut metadata)
             .await
             .is_ok()
     );
+    assert_eq!(metadata.quota, Some(PolicyOutcome::Allowed));
     assert!(
-        check(&config, &route, &quotas, &[], &as_consumer(&free))
+        check(&config, &route, &quotas, &[], &mut as_consumer(&free))
             .await
             .is_ok()
     );
@@ -283,15 +296,17 @@ async fn unreachable_counters_follow_each_policys_failure_mode() {
     closed.legacy_headers = true;
     let config = config(vec![("open", open), ("closed", closed)]);
 
+    let mut metadata = Metadata::default();
     let headers = check(
         &config,
         &route_policies(&["open"]),
         &quotas,
         &[],
-        &Metadata::default(),
+        &mut metadata,
     )
     .await
     .unwrap();
+    assert_eq!(metadata.quota, Some(PolicyOutcome::FailedOpen));
     // Allowed uncounted: the policy is stated, no remaining count is.
     assert_eq!(
         header(&headers, "ratelimit-policy"),
@@ -299,16 +314,18 @@ async fn unreachable_counters_follow_each_policys_failure_mode() {
     );
     assert_eq!(header(&headers, "ratelimit"), None);
 
+    let mut metadata = Metadata::default();
     let refused = check(
         &config,
         &route_policies(&["open", "closed"]),
         &quotas,
         &[],
-        &Metadata::default(),
+        &mut metadata,
     )
     .await
     .unwrap_err();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(metadata.quota, Some(PolicyOutcome::FailedClosed));
     assert_eq!(refused.headers()["retry-after"], "1");
     // The legacy fields describe a counted decision; there is none.
     assert!(!refused.headers().contains_key("x-ratelimit-limit"));

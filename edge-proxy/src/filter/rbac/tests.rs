@@ -158,6 +158,7 @@ fn claims_scopes_and_nested_combinations() {
             jwt: jwt(claims.clone()),
             consumer: None,
             api_key: None,
+            quota: None,
         };
         assert_eq!(
             allowed(&rules, &input(&metadata, "10.0.0.1")),
@@ -185,6 +186,7 @@ fn consumers_and_groups_from_the_api_key() {
             jwt: Vec::new(),
             consumer: table.lookup(key.as_bytes()).map(|(c, _)| c),
             api_key: None,
+            quota: None,
         };
         assert_eq!(allowed(&rules, &input(&metadata, "10.0.0.1")), expected);
     }
@@ -202,11 +204,13 @@ fn consumers_and_groups_from_the_api_key() {
         jwt: Vec::new(),
         consumer: table.lookup(b"acme-key-1").map(|(c, _)| c),
         api_key: None,
+        quota: None,
     };
     let beta = Metadata {
         jwt: Vec::new(),
         consumer: table.lookup(b"beta/key+1").map(|(c, _)| c),
         api_key: None,
+        quota: None,
     };
     assert!(allowed(&present(&["tier"]), &input(&acme, "10.0.0.1")));
     assert!(!allowed(&present(&["tier"]), &input(&beta, "10.0.0.1")));
@@ -229,6 +233,7 @@ fn value_matchers_follow_envoys() {
         })),
         consumer: None,
         api_key: None,
+        quota: None,
     };
     let check = |path: &str, matcher: matcher_pb::ValueMatcher, invert: bool| {
         let mut principal = md(JWT_AUTHN_NAMESPACE, &["jwt_payload", path], matcher);
@@ -300,6 +305,7 @@ fn value_matchers_follow_envoys() {
         ],
         consumer: None,
         api_key: None,
+        quota: None,
     };
     let rules = allow(md(JWT_AUTHN_NAMESPACE, &["jwt_payload", "sub"], exact("b")));
     assert!(allowed(&rules, &input(&metadata, "10.0.0.1")));
