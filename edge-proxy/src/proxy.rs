@@ -320,7 +320,7 @@ async fn route<'p>(
         if local_reply && matches!(matched.route.action, RouteAction::Forward(_)) {
             matched.apply_response_headers(response.headers_mut(), request.headers(), &format);
         }
-        filters::on_response(&work, response.headers_mut());
+        filters::on_response(&mut work, response.headers_mut());
         return with_request_id(response, &request_id, http);
     }
     let head = RequestHead {
@@ -403,7 +403,7 @@ async fn route<'p>(
         ),
         None => matched.apply_response_headers(response.headers_mut(), &HeaderMap::new(), &format),
     }
-    filters::on_response(&work, response.headers_mut());
+    filters::on_response(&mut work, response.headers_mut());
     with_request_id(response, &request_id, http)
 }
 

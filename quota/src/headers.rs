@@ -55,24 +55,48 @@ pub struct RateLimitHeaders {
 impl RateLimitHeaders {
     /// Renders the headers for every policy checked on one request, with its decision.
     pub fn new<'a>(checks: impl IntoIterator<Item = (&'a Policy, &'a Decision)>) -> Self {
-        let checks: Vec<(&Policy, &Decision)> = checks.into_iter().collect();
-        let mut fields = Vec::new();
+        let checks: Vec<(&Policy, &Decision, bool)> =
+            checks.into_iter().map(|(p, d)| (p, d, true)).collect();
+        Self::render(&checks)
+    }
+
+    /// The fields a proxy sends for one request's checks, as (policy, decision, whether the
+    /// policy asks for the legacy fields): the draft's `RateLimit-Policy`, `RateLimit` and
+    /// `Retry-After` for all of them, and the legacy `X-RateLimit-*` describing those that ask
+    /// for it. The edge proxy's quota filter and the control plane's rate-limit service (for
+    /// Envoy) both answer with these. Leave shadow policies out: they never show.
+    pub fn for_response(checks: &[(&Policy, &Decision, bool)]) -> Self {
+        Self::render(checks)
+    }
+
+    // Runs for every request a quota counts: one string per field, written in place.
+    fn render(checks: &[(&Policy, &Decision, bool)]) -> Self {
         if checks.is_empty() {
-            return Self { fields };
+            return Self::default();
         }
-        let policies: Vec<String> = checks.iter().map(|(p, _)| policy_item(p)).collect();
-        fields.push((RATELIMIT_POLICY, policies.join(", ")));
-        let limits: Vec<String> = checks
-            .iter()
-            .filter_map(|(p, d)| ratelimit_item(p, d))
-            .collect();
+        let mut fields = Vec::with_capacity(6);
+        let mut policies = String::new();
+        let mut limits = String::new();
+        for (policy, decision, _) in checks {
+            if !policies.is_empty() {
+                policies.push_str(", ");
+            }
+            policies.push_str(policy.policy_item());
+            if decision.is_counted() {
+                if !limits.is_empty() {
+                    limits.push_str(", ");
+                }
+                write_ratelimit_item(&mut limits, policy, decision);
+            }
+        }
+        fields.push((RATELIMIT_POLICY, policies));
         if !limits.is_empty() {
-            fields.push((RATELIMIT, limits.join(", ")));
+            fields.push((RATELIMIT, limits));
         }
         let strictest = checks
             .iter()
-            .map(|(_, d)| *d)
-            .filter(|d| d.is_counted())
+            .filter(|(_, d, legacy)| *legacy && d.is_counted())
+            .map(|(_, d, _)| *d)
             .min_by_key(|d| {
                 (
                     d.outcome != Outcome::Limited,
@@ -90,8 +114,8 @@ impl RateLimitHeaders {
         }
         let retry_after = checks
             .iter()
-            .filter(|(_, d)| !d.is_allowed())
-            .filter_map(|(_, d)| d.retry_after)
+            .filter(|(_, d, _)| !d.is_allowed())
+            .filter_map(|(_, d, _)| d.retry_after)
             .max();
         if let Some(retry_after) = retry_after {
             fields.push((RETRY_AFTER, ceil_secs(retry_after).max(1).to_string()));
@@ -99,39 +123,14 @@ impl RateLimitHeaders {
         Self { fields }
     }
 
-    /// The fields a proxy sends for one request's checks, as (policy, decision, whether the
-    /// policy asks for the legacy fields): the draft's `RateLimit-Policy`, `RateLimit` and
-    /// `Retry-After` for all of them, and the legacy `X-RateLimit-*` describing those that ask
-    /// for it. The edge proxy's quota filter and the control plane's rate-limit service (for
-    /// Envoy) both answer with these. Leave shadow policies out: they never show.
-    pub fn for_response(checks: &[(&Policy, &Decision, bool)]) -> Self {
-        let draft = Self::new(checks.iter().map(|(p, d, _)| (*p, *d)));
-        let legacy = Self::new(
-            checks
-                .iter()
-                .filter(|(_, _, legacy)| *legacy)
-                .map(|(p, d, _)| (*p, *d)),
-        );
-        let is_legacy = |name: &str| {
-            [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET].contains(&name)
-        };
-        let fields = draft
-            .fields
-            .into_iter()
-            .filter(|(name, _)| !is_legacy(name))
-            .chain(
-                legacy
-                    .fields
-                    .into_iter()
-                    .filter(|(name, _)| is_legacy(name)),
-            )
-            .collect();
-        Self { fields }
-    }
-
     /// The fields as (lowercase name, value), in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.fields.iter().map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// The fields as (lowercase name, value), in order, taking the values.
+    pub fn into_fields(self) -> impl Iterator<Item = (&'static str, String)> {
+        self.fields.into_iter()
     }
 
     /// One field's value, by lowercase name.
@@ -147,11 +146,16 @@ impl RateLimitHeaders {
 
 /// One `RateLimit-Policy` item: `"name";q=100;w=60` (plus `;tollgate-burst=N` for a token bucket).
 pub fn policy_item(policy: &Policy) -> String {
-    let mut item = sf_string(policy.name());
-    let (q, w) = quota_per_whole_seconds(policy.limit());
+    policy.policy_item().to_owned()
+}
+
+/// Renders the item [`Policy::policy_item`] keeps.
+pub(crate) fn render_policy_item(name: &str, limit: &Limit) -> String {
+    let mut item = sf_string(name);
+    let (q, w) = quota_per_whole_seconds(limit);
     // Writing to a String cannot fail.
     let _ = write!(item, ";q={q};w={w}");
-    if let Algorithm::TokenBucket { burst } = policy.limit().algorithm {
+    if let Algorithm::TokenBucket { burst } = limit.algorithm {
         let _ = write!(item, ";tollgate-burst={burst}");
     }
     item
@@ -162,14 +166,20 @@ pub fn ratelimit_item(policy: &Policy, decision: &Decision) -> Option<String> {
     if !decision.is_counted() {
         return None;
     }
-    let mut item = sf_string(policy.name());
+    let mut item = String::new();
+    write_ratelimit_item(&mut item, policy, decision);
+    Some(item)
+}
+
+fn write_ratelimit_item(out: &mut String, policy: &Policy, decision: &Decision) {
+    write_sf_string(out, policy.name());
+    // Writing to a String cannot fail.
     let _ = write!(
-        item,
+        out,
         ";r={};t={}",
         decision.remaining,
         ceil_secs(effective_window(decision))
     );
-    Some(item)
 }
 
 /// The window the `t` parameter and `X-RateLimit-Reset` state: the retry delay when refused.
@@ -198,6 +208,11 @@ pub fn ceil_secs(d: Duration) -> u64 {
 /// An RFC 9651 sf-string: quoted, with `\` and `"` escaped (names are printable ASCII).
 fn sf_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    write_sf_string(&mut out, s);
+    out
+}
+
+fn write_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         if c == '"' || c == '\\' {
@@ -206,7 +221,6 @@ fn sf_string(s: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -59,16 +59,65 @@ pub fn label(part: Label<'_>) -> String {
 /// The identity of a request whose key parts read `parts`, as `(label, value)` in the
 /// policy's order.
 pub fn identity(parts: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (i, (label, value)) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        escape_into(&mut out, label);
-        out.push('=');
-        escape_into(&mut out, value);
+    let mut identity = IdentityBuilder::default();
+    for (label, value) in parts {
+        identity.part(label, value);
     }
-    out
+    identity.finish()
+}
+
+/// Builds the [`identity`] of a request part by part, in one string: a proxy calls it for
+/// every request a policy counts.
+#[derive(Debug, Default)]
+pub struct IdentityBuilder {
+    out: String,
+}
+
+impl IdentityBuilder {
+    /// A builder with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            out: String::with_capacity(capacity),
+        }
+    }
+
+    /// Appends the part `label` = `value`.
+    pub fn part(&mut self, label: &str, value: &str) {
+        self.label(label);
+        escape_into(&mut self.out, value);
+    }
+
+    /// Appends the part `label` = `value` as `Display` writes it (an address, a number),
+    /// without an intermediate string.
+    pub fn part_display(&mut self, label: &str, value: impl std::fmt::Display) {
+        self.label(label);
+        // Writing to a String cannot fail.
+        let _ = write!(Escaping(&mut self.out), "{value}");
+    }
+
+    fn label(&mut self, label: &str) {
+        // Every part leaves at least its `=`: the string is empty only before the first.
+        if !self.out.is_empty() {
+            self.out.push('&');
+        }
+        escape_into(&mut self.out, label);
+        self.out.push('=');
+    }
+
+    /// The identity.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// Escapes what is written through it, as [`escape_into`].
+struct Escaping<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
 }
 
 /// The value of an `api_key` part: the first [`API_KEY_HASH_HEX_LEN`] hex digits of the key's

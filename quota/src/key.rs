@@ -81,13 +81,20 @@ impl KeyScheme {
 
     /// The counter key of `identity` under `policy`.
     pub fn key(&self, policy: &Policy, identity: &str) -> String {
+        // Built for every request a global policy counts: one allocation, no formatting.
         let identity = component(identity);
+        let (prefix, part) = (self.prefix.as_str(), policy.key_part());
         let suffix = policy.limit().algorithm.short_name();
-        format!(
-            "{}:{{{}{SEPARATOR}{identity}}}:{suffix}",
-            self.prefix,
-            policy.key_part()
-        )
+        let mut key =
+            String::with_capacity(prefix.len() + part.len() + identity.len() + suffix.len() + 6);
+        key.push_str(prefix);
+        key.push_str(":{");
+        key.push_str(part);
+        key.push(SEPARATOR);
+        key.push_str(&identity);
+        key.push_str("}:");
+        key.push_str(suffix);
+        key
     }
 }
 

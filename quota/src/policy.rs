@@ -179,6 +179,8 @@ struct PolicyInner {
     lease: Option<u64>,
     /// Counted and reported, never refusing.
     shadow: bool,
+    /// Its `RateLimit-Policy` item, rendered once: it goes out with every response.
+    policy_item: String,
 }
 
 impl Policy {
@@ -196,14 +198,17 @@ impl Policy {
             return Err(PolicyError::Name(name));
         }
         limit.validate()?;
-        Ok(Self(Arc::new(PolicyInner {
+        let mut inner = PolicyInner {
             key_part: key::component(&name).into_owned(),
             name,
             limit,
             failure_mode,
             lease: None,
             shadow: false,
-        })))
+            policy_item: String::new(),
+        };
+        inner.policy_item = crate::headers::render_policy_item(&inner.name, &inner.limit);
+        Ok(Self(Arc::new(inner)))
     }
 
     /// The same policy in batched mode, for hot keys on the Redis backend: a proxy takes up to
@@ -242,9 +247,15 @@ impl Policy {
             failure_mode: self.0.failure_mode,
             lease: self.0.lease,
             shadow: self.0.shadow,
+            policy_item: self.0.policy_item.clone(),
         };
         change(&mut inner);
         Self(Arc::new(inner))
+    }
+
+    /// Its `RateLimit-Policy` item: `"name";q=100;w=60` (see [`crate::headers`]).
+    pub fn policy_item(&self) -> &str {
+        &self.0.policy_item
     }
 
     /// Whether the policy is in shadow mode: counted, never refusing.

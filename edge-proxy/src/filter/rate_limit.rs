@@ -20,10 +20,9 @@
 //! non-shadow policies (and `X-RateLimit-*` for those asking for them), as the rate-limit
 //! service tells Envoy to add them.
 
-use std::borrow::Cow;
-
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use tollgate_quota::identity::IdentityBuilder;
 use tollgate_quota::{Decision, PolicyOutcome, Quota, RateLimitHeaders};
 
 use super::Metadata;
@@ -93,7 +92,7 @@ pub(crate) async fn on_request(
         return Ok(Vec::new());
     };
     let known: &Metadata<'_> = metadata;
-    let pending = per_route.policies.iter().filter_map(|name| {
+    let mut pending = per_route.policies.iter().filter_map(|name| {
         let config = config.policies.get(name)?;
         let tier = known.consumer.and_then(|c| c.tier.as_deref());
         let policy = config.for_tier(tier)?;
@@ -112,7 +111,15 @@ pub(crate) async fn on_request(
             }
         })
     });
-    let checks: Vec<Check<'_>> = futures::future::join_all(pending).await;
+    // Most routes have one policy: it is awaited as it is, without join_all's bookkeeping.
+    let checks: Vec<Check<'_>> = if per_route.policies.len() == 1 {
+        match pending.next() {
+            Some(check) => vec![check.await],
+            None => Vec::new(),
+        }
+    } else {
+        futures::future::join_all(pending).await
+    };
     if checks.is_empty() {
         return Ok(Vec::new());
     }
@@ -152,35 +159,44 @@ fn identity(
     req: &super::Request<'_, '_>,
     metadata: &Metadata<'_>,
 ) -> Option<String> {
-    let mut values: Vec<Cow<'_, str>> = Vec::with_capacity(config.key.len());
+    // Built for every request a policy counts: straight into one string.
+    let mut identity = IdentityBuilder::with_capacity(64);
     for part in &config.key {
-        let value = match &part.source {
-            KeySource::ApiKey => Cow::Owned(hex::encode(metadata.api_key?.0)),
-            KeySource::Consumer => Cow::Borrowed(metadata.consumer?.name.as_str()),
-            KeySource::ConsumerTier => Cow::Borrowed(metadata.consumer?.tier.as_deref()?),
+        let label = part.label.as_str();
+        match &part.source {
+            KeySource::ApiKey => identity.part_display(label, Hex(&metadata.api_key?.0)),
+            KeySource::Consumer => identity.part(label, &metadata.consumer?.name),
+            KeySource::ConsumerTier => identity.part(label, metadata.consumer?.tier.as_deref()?),
             KeySource::Claim(path) => {
                 let path: Vec<String> = std::iter::once(JWT_PAYLOAD_KEY.to_owned())
                     .chain(path.iter().cloned())
                     .collect();
                 // Envoy's metadata action takes strings only, and no empty one.
                 match metadata.get(JWT_AUTHN_NAMESPACE, &path)?.as_ref() {
-                    serde_json::Value::String(s) if !s.is_empty() => Cow::Owned(s.clone()),
+                    serde_json::Value::String(s) if !s.is_empty() => identity.part(label, s),
                     _ => return None,
                 }
             }
-            KeySource::ClientIp => Cow::Owned(req.addresses.client(req.headers).to_string()),
-            KeySource::Header(name) => String::from_utf8_lossy(req.headers.get(name)?.as_bytes()),
-            KeySource::Route => Cow::Borrowed(route),
-        };
-        values.push(value);
+            KeySource::ClientIp => {
+                identity.part_display(label, req.addresses.client(req.headers));
+            }
+            KeySource::Header(name) => {
+                let value = req.headers.get(name)?;
+                identity.part(label, &String::from_utf8_lossy(value.as_bytes()));
+            }
+            KeySource::Route => identity.part(label, route),
+        }
     }
-    let parts: Vec<(&str, &str)> = config
-        .key
-        .iter()
-        .zip(&values)
-        .map(|(part, value)| (part.label.as_str(), value.as_ref()))
-        .collect();
-    Some(tollgate_quota::identity(&parts))
+    Some(identity.finish())
+}
+
+/// Bytes as lowercase hex, written where they are needed.
+struct Hex<'b>(&'b [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
 }
 
 /// The draft's fields for every non-shadow policy, the legacy ones for those asking for them,
@@ -192,13 +208,14 @@ fn response_headers(checks: &[Check<'_>]) -> ResponseHeaders {
         .map(|c| (c.policy, &c.decision, c.config.legacy_headers))
         .collect();
     RateLimitHeaders::for_response(&reported)
-        .iter()
+        .into_fields()
         .filter_map(|(name, value)| {
             // Both are ASCII the engine wrote: names are its constants, values numbers and
-            // quoted policy names (which the control plane keeps to name characters).
+            // quoted policy names (which the control plane keeps to name characters). The
+            // value's buffer becomes the header's, uncopied.
             Some((
                 HeaderName::from_static(name),
-                HeaderValue::from_str(value).ok()?,
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()?,
             ))
         })
         .collect()

@@ -176,10 +176,11 @@ pub(crate) async fn on_request<'c>(
     Outcome::Continue
 }
 
-/// Applies the filters' response work, last filter first.
-pub(crate) fn on_response(work: &ResponseWork<'_>, headers: &mut HeaderMap) {
-    for (name, value) in &work.rate_limit {
-        headers.insert(name, value.clone());
+/// Applies the filters' response work, last filter first. The quota filter's fields are
+/// moved into the response, once.
+pub(crate) fn on_response(work: &mut ResponseWork<'_>, headers: &mut HeaderMap) {
+    for (name, value) in work.rate_limit.drain(..) {
+        headers.insert(name, value);
     }
     for latch in work.cors.iter().rev() {
         latch.apply(headers);
@@ -378,7 +379,7 @@ mod tests {
             Outcome::Respond { response, .. } => response,
             Outcome::Continue => Response::new(super::super::body::full("upstream")),
         };
-        on_response(&work, response.headers_mut());
+        on_response(&mut work, response.headers_mut());
         response
     }
 

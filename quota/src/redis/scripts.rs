@@ -193,34 +193,42 @@ impl Scripts {
             Demand::Exact(cost) => (cost, 0),
             Demand::UpTo(max) => (max, 1),
         };
-        let (script, args): (&Script, Vec<u64>) = match limit.algorithm {
+        // On the path of every request a global policy counts: no allocation but the command's.
+        let (script, args, count): (&Script, [u64; 5], usize) = match limit.algorithm {
             Algorithm::TokenBucket { burst } => (
                 &self.token_bucket,
-                vec![
+                [
                     limit.emission_interval_micros(),
                     burst,
                     cost,
                     limit.window_micros(),
                     up_to,
                 ],
+                5,
             ),
             Algorithm::FixedWindow => (
                 &self.fixed_window,
-                vec![
+                [
                     limit.requests,
                     limit.window_micros().div_ceil(1000),
                     cost,
                     up_to,
+                    0,
                 ],
+                4,
             ),
             Algorithm::SlidingWindow => (
                 &self.sliding_window,
-                vec![limit.requests, limit.window_micros(), cost, up_to],
+                [limit.requests, limit.window_micros(), cost, up_to, 0],
+                4,
             ),
         };
+        let args = &args[..count];
         let invoke = |verb: &str, body: &str| {
-            let mut cmd = Cmd::new();
-            cmd.arg(verb).arg(body).arg(1).arg(key).arg(&args);
+            // Verb, body, key count, key, then the numbers (20 digits at most each).
+            let mut cmd =
+                Cmd::with_capacity(4 + count, verb.len() + body.len() + key.len() + 21 * 6);
+            cmd.arg(verb).arg(body).arg(1).arg(key).arg(args);
             cmd
         };
         match conn.query(&invoke("EVALSHA", &script.sha)).await {
