@@ -7,31 +7,32 @@
 //! the body (client gone, stream reset), so `bytes_out` and `duration_ms` cover the whole
 //! response as Envoy's `%BYTES_SENT%` and `%DURATION%` do.
 //!
-//! Lines are rendered straight into a buffer shared with one writer task per distinct sink
-//! (stdout, or a file opened for appending). The task is woken only when a batch of
-//! [`BATCH_BYTES`] has built up, at least every [`FLUSH_INTERVAL`], and on [`flush_all`]: a
-//! request costs an uncontended lock and a copy, not a channel send and a task wake-up. A
-//! request never waits on the disk: when [`MAX_PENDING_BYTES`] are waiting, lines are dropped.
-//! A sink that cannot be opened or written is reported once in the process log, not once per
-//! line.
+//! Lines are rendered straight into a buffer shared with one writer thread per distinct sink
+//! (stdout, or a file opened for appending), as Envoy has its flush thread. The thread is woken
+//! only when a batch of [`BATCH_BYTES`] has built up, at least every [`FLUSH_INTERVAL`], and on
+//! [`flush_all`]: a request costs an uncontended lock and a copy, not a channel send and a task
+//! wake-up, and a batch goes to the sink in one `write` from the buffer it was rendered in (no
+//! hop through Tokio's blocking pool, no copy). A request never waits on the disk: when
+//! [`MAX_PENDING_BYTES`] are waiting, lines are dropped. A sink that cannot be opened or
+//! written is reported once in the process log, not once per line.
 //!
 //! Only the fields configured are written, and none of them holds a header other than the
 //! request id and the host: `Authorization`, API keys and cookies never reach a log line, and
 //! the query string (where API keys often travel) only with `include_query`.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tollgate_quota::PolicyOutcome;
 
@@ -46,9 +47,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// lines).
 pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
-/// How many bytes of lines wake the writer before its next tick. A file is written through
-/// Tokio's blocking pool, a thread hand-off per write: batches keep those to a few hundred a
-/// second on a busy proxy, and the flush interval still bounds the delay.
+/// How many bytes of lines wake the writer before its next tick: batches keep the writer's
+/// wake-ups and writes to a few hundred a second on a busy proxy, and the flush interval still
+/// bounds the delay.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// The writer of each sink, shared by every listener that logs there.
@@ -62,8 +63,7 @@ pub struct AccessLogger {
 }
 
 impl AccessLogger {
-    /// The logger for `config`, starting its sink's writer task on first use. Call it from
-    /// within the Tokio runtime.
+    /// The logger for `config`, starting its sink's writer thread on first use.
     pub fn new(config: &AccessLogConfig) -> Arc<Self> {
         let mut writers = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
         let writer = writers
@@ -83,23 +83,39 @@ struct Writer {
     shared: Arc<Shared>,
 }
 
-/// What request paths and a writer task share.
+/// What request paths and a writer thread share.
 #[derive(Debug, Default)]
 struct Shared {
     /// Lines not yet written.
     pending: Mutex<Vec<u8>>,
-    /// Wakes the writer: a batch is ready, or a flush is asked for.
-    wake: Notify,
+    /// Whether the writer has been asked to write now: a batch is ready, or a flush is asked
+    /// for. Guarded with `wake`.
+    woken: Mutex<bool>,
+    /// Wakes the writer.
+    wake: Condvar,
     /// Callers of [`flush_all`] waiting for the lines before them to be written.
     flushes: Mutex<Vec<oneshot::Sender<()>>>,
     /// Whether dropped lines have been reported already.
     overflow_reported: AtomicBool,
 }
 
+impl Shared {
+    fn wake(&self) {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
+    }
+}
+
 impl Writer {
     fn start(sink: AccessLogSink) -> Self {
         let shared = Arc::new(Shared::default());
-        tokio::spawn(write_lines(sink, Arc::clone(&shared)));
+        let writer = Arc::clone(&shared);
+        let started = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(&sink, &writer));
+        if let Err(error) = started {
+            tracing::error!(%error, "cannot start the access log writer; its lines are dropped");
+        }
         Self { shared }
     }
 
@@ -126,7 +142,7 @@ impl Writer {
         let wake = before < BATCH_BYTES && pending.len() >= BATCH_BYTES;
         drop(pending);
         if wake {
-            self.shared.wake.notify_one();
+            self.shared.wake();
         }
     }
 }
@@ -147,20 +163,20 @@ pub async fn flush_all() {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(done);
-        writer.shared.wake.notify_one();
+        writer.shared.wake();
         let _ = flushed.await;
     }
 }
 
-/// The writer task of one sink: buffers lines and flushes them every [`FLUSH_INTERVAL`].
-async fn write_lines(sink: AccessLogSink, shared: Arc<Shared>) {
-    let out: Option<Box<dyn AsyncWrite + Send + Unpin>> = match &sink {
-        AccessLogSink::Stdout => Some(Box::new(tokio::io::stdout())),
-        AccessLogSink::File(path) => match tokio::fs::OpenOptions::new()
+/// The writer thread of one sink: writes what built up, when woken and every
+/// [`FLUSH_INTERVAL`]. It lives as long as the process.
+fn write_lines(sink: &AccessLogSink, shared: &Shared) {
+    let mut out: Option<Box<dyn std::io::Write + Send>> = match sink {
+        AccessLogSink::Stdout => Some(Box::new(std::io::stdout())),
+        AccessLogSink::File(path) => match std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(path)
-            .await
         {
             Ok(file) => Some(Box::new(file)),
             Err(error) => {
@@ -169,15 +185,16 @@ async fn write_lines(sink: AccessLogSink, shared: Arc<Shared>) {
             }
         },
     };
-    let mut out = out;
     let mut failed = false;
     let mut batch = Vec::with_capacity(BATCH_BYTES * 2);
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            () = shared.wake.notified() => {}
-            _ = tick.tick() => {}
+        {
+            let woken = shared.woken.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut woken, _) = shared
+                .wake
+                .wait_timeout_while(woken, FLUSH_INTERVAL, |woken| !*woken)
+                .unwrap_or_else(|e| e.into_inner());
+            *woken = false;
         }
         // Flushes asked for before this point are covered by the lines taken now.
         let flushes =
@@ -190,11 +207,8 @@ async fn write_lines(sink: AccessLogSink, shared: Arc<Shared>) {
         if !batch.is_empty()
             && let Some(out) = &mut out
         {
-            let mut result = out.write_all(&batch).await;
-            if result.is_ok() {
-                result = out.flush().await;
-            }
-            report(&sink, result, &mut failed);
+            let result = out.write_all(&batch).and_then(|()| out.flush());
+            report(sink, result, &mut failed);
         }
         batch.clear();
         for done in flushes {
@@ -291,7 +305,11 @@ impl RequestLog {
                     })
             };
             match field {
-                AccessLogField::StartTime => json_string(line, &rfc3339(self.start_time)),
+                AccessLogField::StartTime => {
+                    line.push(b'"');
+                    write_rfc3339(line, self.start_time);
+                    line.push(b'"');
+                }
                 AccessLogField::RequestId => {
                     json_opt(line, self.request_id.as_ref().and_then(|v| v.to_str().ok()))
                 }
@@ -311,9 +329,13 @@ impl RequestLog {
                         u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                     );
                 }
-                AccessLogField::UpstreamHost => {
-                    json_opt(line, self.upstream.map(|a| a.to_string()).as_deref());
-                }
+                AccessLogField::UpstreamHost => match self.upstream {
+                    // An address needs no JSON escaping.
+                    Some(address) => {
+                        let _ = write!(line, "\"{address}\"");
+                    }
+                    None => line.extend_from_slice(b"null"),
+                },
                 AccessLogField::RouteName => json_opt(line, self.route.as_deref()),
                 AccessLogField::UpstreamCluster => json_opt(line, self.cluster.as_deref()),
                 AccessLogField::Consumer => json_opt(line, self.consumer.as_deref()),
@@ -336,8 +358,19 @@ fn protocol(version: Version) -> &'static str {
 }
 
 fn json_string(out: &mut Vec<u8>, value: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(out, value);
+    // Names, paths and addresses rarely need escaping: copy them as they are.
+    if value
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+    {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(out, value);
+    }
 }
 
 /// A string, or `null` where Envoy writes `-` in text formats.
@@ -349,11 +382,20 @@ fn json_opt(out: &mut Vec<u8>, value: Option<&str>) {
 }
 
 fn json_number(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(value.to_string().as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{value}");
 }
 
 /// `2026-11-22T19:50:21.867Z`: RFC 3339 in UTC with milliseconds, as Envoy's `%START_TIME%`.
+#[cfg(test)]
 fn rfc3339(time: SystemTime) -> String {
+    let mut out = Vec::new();
+    write_rfc3339(&mut out, time);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes [`rfc3339`]'s form of `time` to `out`, for every logged request: no allocation.
+fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let millis = since_epoch.subsec_millis();
@@ -369,7 +411,11 @@ fn rfc3339(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
+    );
 }
 
 /// The response body sent to the client; with a [`RequestLog`], it counts the bytes sent and
@@ -486,6 +532,19 @@ mod tests {
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_795_377_021, 867), "2026-11-22T19:50:21.867Z");
+    }
+
+    #[test]
+    fn strings_are_json_escaped_only_where_needed() {
+        let json = |value: &str| {
+            let mut out = Vec::new();
+            json_string(&mut out, value);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(json("/a/b?c=d"), r#""/a/b?c=d""#);
+        assert_eq!(json("é ü"), r#""é ü""#);
+        assert_eq!(json("say \"hi\"\\"), r#""say \"hi\"\\""#);
+        assert_eq!(json("tab\tnew\nline"), r#""tab\tnew\nline""#);
     }
 
     #[tokio::test]
