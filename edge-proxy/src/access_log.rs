@@ -359,10 +359,7 @@ fn protocol(version: Version) -> &'static str {
 
 fn json_string(out: &mut Vec<u8>, value: &str) {
     // Names, paths and addresses rarely need escaping: copy them as they are.
-    if value
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-    {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.reserve(value.len() + 2);
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
