@@ -52,6 +52,9 @@ pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 /// bounds the delay.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
+/// How long [`flush_all`] waits for each sink's writer, at most.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The writer of each sink, shared by every listener that logs there.
 static WRITERS: LazyLock<Mutex<HashMap<AccessLogSink, Writer>>> = LazyLock::new(Default::default);
 
@@ -147,7 +150,8 @@ impl Writer {
     }
 }
 
-/// Flushes every access log; the proxy calls it on shutdown, after draining.
+/// Flushes every access log (waiting up to [`FLUSH_TIMEOUT`] for each); the proxy calls it on
+/// shutdown, after draining.
 pub async fn flush_all() {
     let writers: Vec<Writer> = WRITERS
         .lock()
@@ -164,7 +168,8 @@ pub async fn flush_all() {
             .unwrap_or_else(|e| e.into_inner())
             .push(done);
         writer.shared.wake();
-        let _ = flushed.await;
+        // A sink stuck in a write (or a writer that never started) must not hold shutdown up.
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, flushed).await;
     }
 }
 
