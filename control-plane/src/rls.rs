@@ -255,12 +255,11 @@ impl RateLimiter {
         for check in checks.iter().flatten() {
             metrics.rls_decision(check.policy.name(), check.outcome());
         }
-        let refused = checks.iter().flatten().any(Check::refuses);
-        let limited = checks
-            .iter()
-            .flatten()
-            .any(|c| c.outcome() == PolicyOutcome::Limited);
-        if refused && !limited {
+        // Over the limit outranks unreachable counters, and both outrank what lets a request
+        // through: the request's outcome says whether and why it is refused.
+        let outcome = PolicyOutcome::of_request(checks.iter().flatten().map(Check::outcome));
+        let refused = outcome.is_some_and(PolicyOutcome::refuses);
+        if outcome == Some(PolicyOutcome::FailedClosed) {
             return Err(Status::unavailable(
                 "rate limit counters unreachable for a fail-closed policy",
             ));
@@ -278,10 +277,7 @@ impl RateLimiter {
                 })
                 .collect(),
             response_headers_to_add: headers(checks.iter().flatten()),
-            dynamic_metadata: PolicyOutcome::of_request(
-                checks.iter().flatten().map(Check::outcome),
-            )
-            .map(quota_metadata),
+            dynamic_metadata: outcome.map(quota_metadata),
             ..Default::default()
         };
         if refused {
@@ -312,7 +308,6 @@ impl RateLimitService for RateLimiter {
 /// policy, the legacy ones for those that ask for them (as edge proxies send them).
 fn headers<'a>(checks: impl Iterator<Item = &'a Check<'a>>) -> Vec<HeaderValue> {
     let reported: Vec<(&tollgate_quota::Policy, &Decision, bool)> = checks
-        .filter(|c| !c.policy.is_shadow())
         .map(|c| (c.policy, &c.decision, c.compiled.legacy_headers))
         .collect();
     RateLimitHeaders::for_response(&reported)

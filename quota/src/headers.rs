@@ -53,7 +53,8 @@ pub struct RateLimitHeaders {
 }
 
 impl RateLimitHeaders {
-    /// Renders the headers for every policy checked on one request, with its decision.
+    /// Renders the headers for every policy checked on one request, with its decision. Shadow
+    /// policies never show.
     pub fn new<'a>(checks: impl IntoIterator<Item = (&'a Policy, &'a Decision)>) -> Self {
         let checks: Vec<(&Policy, &Decision, bool)> =
             checks.into_iter().map(|(p, d)| (p, d, true)).collect();
@@ -64,20 +65,22 @@ impl RateLimitHeaders {
     /// policy asks for the legacy fields): the draft's `RateLimit-Policy`, `RateLimit` and
     /// `Retry-After` for all of them, and the legacy `X-RateLimit-*` describing those that ask
     /// for it. The edge proxy's quota filter and the control plane's rate-limit service (for
-    /// Envoy) both answer with these. Leave shadow policies out: they never show.
+    /// Envoy) both answer with these. Shadow policies are left out: they never show.
     pub fn for_response(checks: &[(&Policy, &Decision, bool)]) -> Self {
         Self::render(checks)
     }
 
     // Runs for every request a quota counts: one string per field, written in place.
     fn render(checks: &[(&Policy, &Decision, bool)]) -> Self {
-        if checks.is_empty() {
+        // A shadow policy's refusal must not show as a `Retry-After` either.
+        let shown = || checks.iter().filter(|(policy, _, _)| !policy.is_shadow());
+        if shown().next().is_none() {
             return Self::default();
         }
         let mut fields = Vec::with_capacity(6);
         let mut policies = String::new();
         let mut limits = String::new();
-        for (policy, decision, _) in checks {
+        for (policy, decision, _) in shown() {
             if !policies.is_empty() {
                 policies.push_str(", ");
             }
@@ -93,8 +96,7 @@ impl RateLimitHeaders {
         if !limits.is_empty() {
             fields.push((RATELIMIT, limits));
         }
-        let strictest = checks
-            .iter()
+        let strictest = shown()
             .filter(|(_, d, legacy)| *legacy && d.is_counted())
             .map(|(_, d, _)| *d)
             .min_by_key(|d| {
@@ -112,8 +114,7 @@ impl RateLimitHeaders {
                 ceil_secs(effective_window(d)).to_string(),
             ));
         }
-        let retry_after = checks
-            .iter()
+        let retry_after = shown()
             .filter(|(_, d, _)| !d.is_allowed())
             .filter_map(|(_, d, _)| d.retry_after)
             .max();

@@ -70,11 +70,6 @@ impl Check<'_> {
     fn outcome(&self) -> PolicyOutcome {
         PolicyOutcome::of(self.policy, &self.decision)
     }
-
-    /// Whether this check refuses the request: shadow policies never do.
-    fn refuses(&self) -> bool {
-        self.outcome().refuses()
-    }
 }
 
 /// The request side. `Ok`: continue, adding these headers to the response; `Err`: the answer
@@ -123,19 +118,16 @@ pub(crate) async fn on_request(
     if checks.is_empty() {
         return Ok(Vec::new());
     }
+    // Over the limit outranks unreachable counters, and both outrank what lets a request
+    // through: the request's outcome says whether and why it is refused.
+    let outcome = PolicyOutcome::of_request(checks.iter().map(Check::outcome));
     // Another quota filter on the listener may have decided already; the worse one stays.
-    metadata.quota = PolicyOutcome::of_request(
-        metadata
-            .quota
-            .into_iter()
-            .chain(checks.iter().map(Check::outcome)),
-    );
+    metadata.quota = PolicyOutcome::of_request(metadata.quota.into_iter().chain(outcome));
     let headers = response_headers(&checks);
-    if !checks.iter().any(Check::refuses) {
+    if !outcome.is_some_and(PolicyOutcome::refuses) {
         return Ok(headers);
     }
-    let over_limit = checks.iter().any(|c| c.outcome() == PolicyOutcome::Limited);
-    let mut response = if over_limit {
+    let mut response = if outcome == Some(PolicyOutcome::Limited) {
         super::json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -204,7 +196,6 @@ impl std::fmt::Display for Hex<'_> {
 fn response_headers(checks: &[Check<'_>]) -> ResponseHeaders {
     let reported: Vec<(&tollgate_quota::Policy, &Decision, bool)> = checks
         .iter()
-        .filter(|c| !c.policy.is_shadow())
         .map(|c| (c.policy, &c.decision, c.config.legacy_headers))
         .collect();
     RateLimitHeaders::for_response(&reported)
