@@ -53,7 +53,7 @@ pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// How long [`flush_all`] waits for each sink's writer, at most.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The writer of each sink, shared by every listener that logs there.
 static WRITERS: LazyLock<Mutex<HashMap<AccessLogSink, Writer>>> = LazyLock::new(Default::default);
