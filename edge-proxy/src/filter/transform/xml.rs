@@ -344,6 +344,15 @@ fn check_char(c: char) -> Result<(), ConvertError> {
 }
 
 fn text(value: &str, out: &mut String) -> Result<(), ConvertError> {
+    escape(value, false, out)
+}
+
+fn attribute_value(value: &str, out: &mut String) -> Result<(), ConvertError> {
+    escape(value, true, out)
+}
+
+/// Writes `value` as XML character data, or as a quoted attribute's value.
+fn escape(value: &str, in_attribute: bool, out: &mut String) -> Result<(), ConvertError> {
     for c in value.chars() {
         check_char(c)?;
         match c {
@@ -352,24 +361,10 @@ fn text(value: &str, out: &mut String) -> Result<(), ConvertError> {
             '>' => out.push_str("&gt;"),
             // A raw CR would be read back as LF.
             '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
-    Ok(())
-}
-
-fn attribute_value(value: &str, out: &mut String) -> Result<(), ConvertError> {
-    for c in value.chars() {
-        check_char(c)?;
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
+            '"' if in_attribute => out.push_str("&quot;"),
             // Attribute value normalization would turn these into spaces.
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
+            '\t' if in_attribute => out.push_str("&#9;"),
+            '\n' if in_attribute => out.push_str("&#10;"),
             c => out.push(c),
         }
     }
