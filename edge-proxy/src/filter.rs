@@ -63,7 +63,7 @@ pub struct Metadata<'c> {
     /// Namespace `envoy.filters.http.jwt_authn`: each verified token's payload (and header),
     /// under its provider's `payload_in_metadata` (`header_in_metadata`) key, in the order
     /// verified; a later entry under the same key replaces an earlier one, as in Envoy.
-    pub jwt: Vec<(&'c str, serde_json::Value)>,
+    pub jwt: Vec<(&'c str, std::sync::Arc<serde_json::Value>)>,
     /// Namespace `envoy.filters.http.ext_authz`: the consumer the API key belongs to
     /// (`consumer`, `tier`, `groups`, as the control plane's ext_authz service answers Envoy).
     pub consumer: Option<&'c Consumer>,
@@ -92,7 +92,7 @@ impl crate::config::format::DynamicMetadata for Metadata<'_> {
                 None => Some(Cow::Owned(serde_json::Value::Object(
                     self.jwt
                         .iter()
-                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::clone(v)))
                         .collect(),
                 ))),
             },
@@ -184,8 +184,11 @@ mod tests {
         };
         let metadata = Metadata {
             jwt: vec![
-                ("jwt_payload", json!({"sub": "old"})),
-                ("jwt_payload", json!({"sub": "new", "org": {"id": 7}})),
+                ("jwt_payload", json!({"sub": "old"}).into()),
+                (
+                    "jwt_payload",
+                    json!({"sub": "new", "org": {"id": 7}}).into(),
+                ),
             ],
             consumer: Some(&consumer),
             api_key: None,

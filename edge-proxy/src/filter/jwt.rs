@@ -19,7 +19,8 @@
 //! and, unless the token was missing, `, error="invalid_token"`; the body is Tollgate's JSON
 //! error with Envoy's message (`json_error` in [`super`]).
 //!
-//! Keys: [`jwks`] (parsing, signatures), [`remote`] (fetching, caching); token shape: [`token`].
+//! Keys: [`jwks`] (parsing, signatures), [`remote`] (fetching, caching); token shape: [`token`];
+//! tokens already verified: [`verified`].
 
 pub mod jwks;
 pub mod remote;
@@ -45,6 +46,7 @@ use crate::proxy::body::DownstreamBody;
 use crate::upstream::Upstreams;
 use jwks::{JwkSet, VerifyError};
 use token::Jwt;
+use verified::VerifiedJwt;
 
 /// The outcome of verifying, with jwt_verify_lib's names; [`Status::message`] is Envoy's text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,7 +288,11 @@ fn extract<'e>(extractor: &'e Extractor, req: &super::Request<'_, '_>) -> Vec<Fo
     let mut found = Vec::new();
     for location in &extractor.headers {
         for value in req.headers.get_all(&location.name) {
-            let value = String::from_utf8_lossy(value.as_bytes());
+            // Header values are nearly always ASCII: the check is cheaper than the lossy copy.
+            let value = match std::str::from_utf8(value.as_bytes()) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(value.as_bytes()),
+            };
             let token = if location.prefix.is_empty() {
                 value.as_ref()
             } else {
@@ -330,19 +336,23 @@ fn extract<'e>(extractor: &'e Extractor, req: &super::Request<'_, '_>) -> Vec<Fo
     found
 }
 
-fn is_jwt_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+fn is_jwt_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
 /// After a `value_prefix`: non-JWT characters are skipped, then the run of JWT characters is
-/// the token; with none, the whole value (Envoy's `extractJWT`).
+/// the token; with none, the whole value (Envoy's `extractJWT`). JWT characters are ASCII, so
+/// bytes are scanned: every boundary found is a character boundary.
 fn jwt_chars_after(value: &str, after: usize) -> &str {
     let rest = &value[after..];
-    let Some(start) = rest.find(is_jwt_char) else {
+    let Some(start) = rest.bytes().position(is_jwt_byte) else {
         return value;
     };
     let rest = &rest[start..];
-    let end = rest.find(|c| !is_jwt_char(c)).unwrap_or(rest.len());
+    let end = rest
+        .bytes()
+        .position(|b| !is_jwt_byte(b))
+        .unwrap_or(rest.len());
     &rest[..end]
 }
 
@@ -445,7 +455,7 @@ struct Verification<'c> {
     upstreams: &'c Upstreams,
     now: u64,
     /// What valid tokens leave in the metadata, kept if the requirement is met.
-    extracted: Vec<(&'c str, Value)>,
+    extracted: Vec<(&'c str, Arc<Value>)>,
 }
 
 type StatusFuture<'a> = Pin<Box<dyn Future<Output = Status> + Send + 'a>>;
@@ -566,7 +576,8 @@ impl<'c> Verification<'c> {
         }
     }
 
-    /// Verifies one token; on success applies the provider's header work.
+    /// Verifies one token; on success applies the provider's header work. A token the
+    /// provider verified before comes from its cache, parsed, and skips the signature check.
     async fn token(
         &mut self,
         found: &Found<'_>,
@@ -574,51 +585,86 @@ impl<'c> Verification<'c> {
         audiences: Option<&'c Audiences>,
         req: &mut super::Request<'_, '_>,
     ) -> Status {
-        let jwt = match Jwt::parse(&found.token) {
-            Ok(jwt) => jwt,
-            Err(status) => return status,
+        let cached = provider.and_then(|p| p.verified.get(&found.token, self.now));
+        let (provider, verified) = match cached {
+            Some(verified) => {
+                match self.claims_allowed(&verified.jwt, found, provider, audiences) {
+                    Ok(provider) => (provider, verified),
+                    Err(status) => return status,
+                }
+            }
+            None => {
+                let jwt = match Jwt::parse(&found.token) {
+                    Ok(jwt) => jwt,
+                    Err(status) => return status,
+                };
+                let provider = match self.claims_allowed(&jwt, found, provider, audiences) {
+                    Ok(provider) => provider,
+                    Err(status) => return status,
+                };
+                // Without a provider named up front, the issuer chose it; it may know the token.
+                match provider.verified.get(&found.token, self.now) {
+                    Some(verified) => (provider, verified),
+                    None => {
+                        let status = match &provider.jwks {
+                            Jwks::Local(set) => verify_error(set.verify(&jwt)),
+                            Jwks::Remote(remote) => self.verify_remote(remote, &jwt).await,
+                        };
+                        if status != Status::Ok {
+                            return status;
+                        }
+                        let verified =
+                            Arc::new(VerifiedJwt::new(jwt, &provider.space_delimited_claims));
+                        provider
+                            .verified
+                            .insert(&found.token, Arc::clone(&verified), self.now);
+                        (provider, verified)
+                    }
+                }
+            }
         };
+        good_token(provider, &verified.jwt, found, req);
+        if let Some(key) = &provider.header_in_metadata {
+            self.extracted
+                .push((key, Arc::clone(&verified.header_metadata)));
+        }
+        if let Some(key) = &provider.payload_in_metadata {
+            self.extracted
+                .push((key, Arc::clone(&verified.payload_metadata)));
+        }
+        Status::Ok
+    }
+
+    /// The checks every request makes, cached token or not: the issuer is one the token's
+    /// location accepts and has a provider (when none was named), the token is within its
+    /// validity period, and its audiences are allowed. Gives the provider that verifies it.
+    fn claims_allowed(
+        &self,
+        jwt: &Jwt,
+        found: &Found<'_>,
+        provider: Option<&'c Arc<JwtProvider>>,
+        audiences: Option<&'c Audiences>,
+    ) -> Result<&'c Arc<JwtProvider>, Status> {
         if !found.issuers.allows(&jwt.iss) {
-            return Status::JwtUnknownIssuer;
+            return Err(Status::JwtUnknownIssuer);
         }
-        let Some(provider) = provider.or_else(|| self.by_issuer(&jwt.iss)) else {
-            return Status::JwtUnknownIssuer;
-        };
-        if let Err(status) = jwt.check_time(self.now, provider.clock_skew_seconds) {
-            return status;
-        }
+        let provider = provider
+            .or_else(|| self.by_issuer(&jwt.iss))
+            .ok_or(Status::JwtUnknownIssuer)?;
+        jwt.check_time(self.now, provider.clock_skew_seconds)?;
         if !audiences
             .unwrap_or(&provider.audiences)
             .allows(&jwt.audiences)
         {
-            return Status::JwtAudienceNotAllowed;
+            return Err(Status::JwtAudienceNotAllowed);
         }
-        if !provider.verified.contains(&found.token, self.now) {
-            let verified = match &provider.jwks {
-                Jwks::Local(set) => verify_error(set.verify(&jwt)),
-                Jwks::Remote(remote) => self.verify_remote(remote, &jwt).await,
-            };
-            if verified != Status::Ok {
-                return verified;
-            }
-            provider.verified.insert(&found.token, jwt.exp, self.now);
-        }
-        good_token(provider, &jwt, found, req);
-        if let Some(key) = &provider.header_in_metadata {
-            self.extracted.push((key, Value::Object(jwt.header)));
-        }
-        if let Some(key) = &provider.payload_in_metadata {
-            let mut payload = jwt.payload;
-            split_claims(&mut payload, &provider.space_delimited_claims);
-            self.extracted.push((key, Value::Object(payload)));
-        }
-        Status::Ok
+        Ok(provider)
     }
 
     async fn verify_remote(
         &self,
         remote: &crate::config::filters::jwt_authn::RemoteJwks,
-        jwt: &Jwt<'_>,
+        jwt: &Jwt,
     ) -> Status {
         let cache = &remote.cache;
         let seen = cache.completed();
@@ -666,12 +712,12 @@ fn verify_error(result: Result<(), VerifyError>) -> Status {
 /// Envoy's `addCopy`), the token removed unless `forward`.
 fn good_token(
     provider: &JwtProvider,
-    jwt: &Jwt<'_>,
+    jwt: &Jwt,
     found: &Found<'_>,
     req: &mut super::Request<'_, '_>,
 ) {
     if let Some(name) = &provider.forward_payload_header {
-        let mut payload = Cow::Borrowed(jwt.payload_b64);
+        let mut payload = Cow::Borrowed(jwt.payload_b64());
         if provider.pad_forward_payload_header {
             let padding = (4 - payload.len() % 4) % 4;
             payload = Cow::Owned(format!("{payload}{}", "=".repeat(padding)));

@@ -124,7 +124,7 @@ fn lookup<'a>(namespace: Namespace, path: &[String], metadata: &'a Metadata<'_>)
             let Some((_, value)) = metadata.jwt.iter().rev().find(|(key, _)| key == first) else {
                 return Found::Absent;
             };
-            let mut value = value;
+            let mut value: &serde_json::Value = value;
             for key in rest {
                 match value.as_object().and_then(|object| object.get(key)) {
                     Some(next) => value = next,

@@ -154,7 +154,7 @@ impl JwkSet {
     }
 
     /// Checks the token's signature with the first key that verifies it.
-    pub fn verify(&self, jwt: &Jwt<'_>) -> Result<(), VerifyError> {
+    pub fn verify(&self, jwt: &Jwt) -> Result<(), VerifyError> {
         let signed = jwt.signed_data();
         let mut kid_alg_matched = false;
         for key in &self.keys {

@@ -821,7 +821,7 @@ async fn run_for_metadata(
     let kept = metadata
         .jwt
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
+        .map(|(k, v)| (k.to_owned(), Value::clone(&v)))
         .collect();
     (answer.map(|r| r.status()), kept)
 }
@@ -872,6 +872,78 @@ async fn verified_payloads_are_kept_for_rbac_with_scopes_split() {
     let (answer, kept) = run_for_metadata(&plain, &mut TestRequest::bearer(&token)).await;
     assert_eq!(answer, None);
     assert!(kept.is_empty());
+}
+
+#[tokio::test]
+async fn a_cached_token_gives_the_same_result_and_is_still_checked_per_route() {
+    let keys = Keys::new();
+    let mut p = provider(&keys.jwks());
+    p.payload_in_metadata = "jwt_payload".into();
+    p.normalize_payload_in_metadata = Some(jwt_pb::jwt_provider::NormalizePayload {
+        space_delimited_claims: vec!["scope".into()],
+    });
+    p.claim_to_headers = vec![jwt_pb::JwtClaimToHeader {
+        header_name: "x-user-id".into(),
+        claim_name: "sub".into(),
+        ..Default::default()
+    }];
+    let mut proto = filter(p);
+    // `/admin` asks for an audience the token does not carry.
+    proto.rules.insert(
+        0,
+        jwt_pb::RequirementRule {
+            requirement_type: Some(jwt_pb::requirement_rule::RequirementType::Requires(
+                jwt_pb::JwtRequirement {
+                    requires_type: Some(
+                        jwt_pb::jwt_requirement::RequiresType::ProviderAndAudiences(
+                            jwt_pb::ProviderWithAudiences {
+                                provider_name: "p".into(),
+                                audiences: vec!["admin".into()],
+                            },
+                        ),
+                    ),
+                },
+            )),
+            ..rule("/admin", None)
+        },
+    );
+    let config = build(proto);
+    let mut claims = claims();
+    claims["scope"] = json!("read write");
+    let token = keys.sign("RS256", "rsa-1", &claims);
+
+    // The first request verifies and caches the token; the second takes it from the cache:
+    // both forward the same claim header and leave the same metadata.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut req = TestRequest::bearer(&token);
+        let (answer, kept) = run_for_metadata(&config, &mut req).await;
+        assert_eq!(answer, None);
+        assert_eq!(req.headers["x-user-id"], "alice");
+        assert!(req.headers.get("authorization").is_none(), "token removed");
+        seen.push(kept);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(
+        seen[1],
+        vec![(
+            "jwt_payload".to_owned(),
+            json!({"iss": ISSUER, "sub": "alice", "aud": "api", "exp": claims["exp"],
+                   "scope": ["read", "write"]})
+        )]
+    );
+    // The cached token is still refused where its audience is not allowed.
+    let mut req = TestRequest::bearer(&token);
+    req.path = Cow::Borrowed("/admin/users");
+    let answer = run(&config, &mut req).await.unwrap();
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(message(&answer), "Audiences in Jwt are not allowed");
+    // A token differing from the cached one in a single byte of its signature is checked again.
+    let at = token.len() - 10;
+    let flipped = if &token[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{flipped}{}", &token[..at], &token[at + 1..]);
+    let answer = run(&config, &mut TestRequest::bearer(&forged)).await;
+    assert_unauthorized(answer, Status::JwtVerificationFail);
 }
 
 #[tokio::test]

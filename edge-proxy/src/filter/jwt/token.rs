@@ -77,13 +77,14 @@ impl Alg {
     }
 }
 
-/// A parsed, not yet verified, JWT.
+/// A parsed, not yet verified, JWT. It owns what it needs, so that a verified one can be kept
+/// in the provider's cache ([`super::verified`]) and reused by later requests.
 #[derive(Debug)]
-pub struct Jwt<'t> {
-    /// The first part as sent (base64url).
-    pub header_b64: &'t str,
-    /// The second part as sent (base64url): what `forward_payload_header` forwards.
-    pub payload_b64: &'t str,
+pub struct Jwt {
+    /// What the signature covers: the first two parts as sent (base64url), joined by `.`.
+    signed: String,
+    /// Where the second part starts in `signed`.
+    payload_at: usize,
     /// The decoded signature.
     pub signature: Vec<u8>,
     /// `alg`.
@@ -104,10 +105,10 @@ pub struct Jwt<'t> {
     pub header: Map<String, Value>,
 }
 
-impl<'t> Jwt<'t> {
+impl Jwt {
     /// Parses `token`: three base64url parts, a JSON header naming an implemented `alg`, a
     /// JSON payload whose registered claims have the right types.
-    pub fn parse(token: &'t str) -> Result<Jwt<'t>, Status> {
+    pub fn parse(token: &str) -> Result<Jwt, Status> {
         // Empty parts are skipped, as absl's `SkipEmpty` does.
         let mut parts = token.split('.').filter(|p| !p.is_empty());
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
@@ -163,9 +164,13 @@ impl<'t> Jwt<'t> {
             Some(_) => return Err(Status::JwtPayloadParseErrorAudNotString),
         };
         let signature = b64url(signature_b64).ok_or(Status::JwtSignatureParseErrorBadBase64)?;
+        let mut signed = String::with_capacity(header_b64.len() + 1 + payload_b64.len());
+        signed.push_str(header_b64);
+        signed.push('.');
+        signed.push_str(payload_b64);
         Ok(Jwt {
-            header_b64,
-            payload_b64,
+            signed,
+            payload_at: header_b64.len() + 1,
             signature,
             alg,
             kid,
@@ -178,9 +183,14 @@ impl<'t> Jwt<'t> {
         })
     }
 
-    /// What the signature covers: the first two parts, as sent.
-    pub fn signed_data(&self) -> String {
-        format!("{}.{}", self.header_b64, self.payload_b64)
+    /// What the signature covers: the first two parts, as sent, joined by `.`.
+    pub fn signed_data(&self) -> &str {
+        &self.signed
+    }
+
+    /// The second part as sent (base64url): what `forward_payload_header` forwards.
+    pub fn payload_b64(&self) -> &str {
+        &self.signed[self.payload_at..]
     }
 
     /// Checks `nbf` and `exp` against `now` (Unix seconds) with `skew` seconds of tolerance,

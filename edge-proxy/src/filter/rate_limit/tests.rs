@@ -177,7 +177,10 @@ async fn identities_match_the_rate_limit_services() {
     )]);
     let acme = consumer("acme", Some("gold"));
     let metadata = Metadata {
-        jwt: vec![(JWT_PAYLOAD_KEY, serde_json::json!({"org": {"id": "o-1"}}))],
+        jwt: vec![(
+            JWT_PAYLOAD_KEY,
+            serde_json::json!({"org": {"id": "o-1"}}).into(),
+        )],
         consumer: Some(&acme),
         api_key: Some(KeyId([0xab; 16])),
         quota: None,
@@ -209,7 +212,10 @@ async fn identities_match_the_rate_limit_services() {
     // A claim that is not a string (or is missing) leaves the request uncounted, as Envoy's
     // metadata action drops the descriptor.
     let numeric = Metadata {
-        jwt: vec![(JWT_PAYLOAD_KEY, serde_json::json!({"org": {"id": 7}}))],
+        jwt: vec![(
+            JWT_PAYLOAD_KEY,
+            serde_json::json!({"org": {"id": 7}}).into(),
+        )],
         ..metadata
     };
     assert_eq!(identity(policy, "orders", &req, &numeric), None);

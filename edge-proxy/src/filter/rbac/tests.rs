@@ -76,8 +76,8 @@ fn allow(principal: rbac_pb::Principal) -> Rules {
 }
 
 /// The JWT metadata of a token with these claims, `scope` split as the control plane asks.
-fn jwt(claims: serde_json::Value) -> Vec<(&'static str, serde_json::Value)> {
-    vec![("jwt_payload", claims)]
+fn jwt(claims: serde_json::Value) -> Vec<(&'static str, std::sync::Arc<serde_json::Value>)> {
+    vec![("jwt_payload", claims.into())]
 }
 
 fn input<'a>(metadata: &'a Metadata<'a>, client: &str) -> Input<'a> {
@@ -300,8 +300,8 @@ fn value_matchers_follow_envoys() {
     // A later payload under the same key replaces an earlier one.
     let metadata = Metadata {
         jwt: vec![
-            ("jwt_payload", json!({"sub": "a"})),
-            ("jwt_payload", json!({"sub": "b"})),
+            ("jwt_payload", json!({"sub": "a"}).into()),
+            ("jwt_payload", json!({"sub": "b"}).into()),
         ],
         consumer: None,
         api_key: None,
