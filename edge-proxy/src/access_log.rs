@@ -235,7 +235,8 @@ fn report(sink: &AccessLogSink, result: std::io::Result<()>, failed: &mut bool) 
 }
 
 /// What is known of a request for its access log line; filled as the request goes through the
-/// proxy, written by [`LoggedBody`].
+/// proxy, written by [`LoggedBody`]. It is boxed once, when the request arrives, and moves by
+/// pointer from there; names from the config are shared, not copied.
 #[derive(Debug)]
 pub struct RequestLog {
     logger: Arc<AccessLogger>,
@@ -247,22 +248,45 @@ pub struct RequestLog {
     pub authority: Option<String>,
     /// The normalised path and query as the HTTP filters left it (an API key or token they
     /// removed is not in it), before rewrites.
-    pub path_and_query: Option<String>,
+    pub path_and_query: Option<LoggedPath>,
     /// The `x-request-id` the request went on with.
     pub request_id: Option<HeaderValue>,
     /// The route that matched.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The cluster picked.
-    pub cluster: Option<String>,
+    pub cluster: Option<Arc<str>>,
     /// The endpoint of the last upstream attempt.
     pub upstream: Option<SocketAddr>,
     /// The API key's consumer.
     pub consumer: Option<String>,
     /// What the quota filter decided.
     pub quota: Option<PolicyOutcome>,
-    /// Request body bytes read from the client, counted as the body is forwarded.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request body bytes read from the client in one piece (a body buffered for retries).
+    pub bytes_in: u64,
+    /// Request body bytes counted as the body streams upstream; only for requests with a body.
+    bytes_in_counter: Option<Arc<AtomicU64>>,
     status: u16,
+    bytes_out: u64,
+}
+
+/// The path a log line shows: the request's own (shared, not copied) when no normalisation or
+/// filter changed it.
+#[derive(Debug)]
+pub enum LoggedPath {
+    /// The request target as received.
+    Request(http::uri::PathAndQuery),
+    /// What normalisation or a filter made of it.
+    Changed(String),
+}
+
+impl LoggedPath {
+    /// The path and query.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Request(path) => path.as_str(),
+            Self::Changed(path) => path,
+        }
+    }
 }
 
 impl RequestLog {
@@ -272,10 +296,11 @@ impl RequestLog {
         started: Instant,
         method: Method,
         version: Version,
-    ) -> Self {
-        Self {
+    ) -> Box<Self> {
+        Box::new(Self {
             logger: Arc::clone(logger),
-            start_time: SystemTime::now() - started.elapsed(),
+            // `started` was taken a moment ago: well within the line's millisecond.
+            start_time: SystemTime::now(),
             started,
             method,
             version,
@@ -287,13 +312,20 @@ impl RequestLog {
             upstream: None,
             consumer: None,
             quota: None,
-            bytes_in: Arc::default(),
+            bytes_in: 0,
+            bytes_in_counter: None,
             status: 0,
-        }
+            bytes_out: 0,
+        })
+    }
+
+    /// The counter a streamed request body adds its bytes to.
+    pub fn bytes_in_counter(&mut self) -> Arc<AtomicU64> {
+        Arc::clone(self.bytes_in_counter.get_or_insert_with(Arc::default))
     }
 
     /// Appends the line, newline included, to `line`.
-    fn render(&self, line: &mut Vec<u8>, bytes_out: u64, duration: Duration) {
+    fn render(&self, line: &mut Vec<u8>, duration: Duration) {
         line.push(b'{');
         for (i, (key, field)) in self.logger.config.fields.iter().enumerate() {
             if i > 0 {
@@ -303,10 +335,10 @@ impl RequestLog {
             line.push(b':');
             let path = |with_query: bool| {
                 self.path_and_query
-                    .as_deref()
-                    .map(|p| match p.split_once('?') {
+                    .as_ref()
+                    .map(|p| match p.as_str().split_once('?') {
                         Some((path, _)) if !with_query => path,
-                        _ => p,
+                        _ => p.as_str(),
                     })
             };
             match field {
@@ -325,9 +357,13 @@ impl RequestLog {
                 AccessLogField::Protocol => json_string(line, protocol(self.version)),
                 AccessLogField::ResponseCode => json_number(line, u64::from(self.status)),
                 AccessLogField::BytesReceived => {
-                    json_number(line, self.bytes_in.load(Ordering::Relaxed));
+                    let streamed = self
+                        .bytes_in_counter
+                        .as_ref()
+                        .map_or(0, |counter| counter.load(Ordering::Relaxed));
+                    json_number(line, self.bytes_in + streamed);
                 }
-                AccessLogField::BytesSent => json_number(line, bytes_out),
+                AccessLogField::BytesSent => json_number(line, self.bytes_out),
                 AccessLogField::Duration => {
                     json_number(
                         line,
@@ -337,7 +373,9 @@ impl RequestLog {
                 AccessLogField::UpstreamHost => match self.upstream {
                     // An address needs no JSON escaping.
                     Some(address) => {
-                        let _ = write!(line, "\"{address}\"");
+                        line.push(b'"');
+                        write_address(line, address);
+                        line.push(b'"');
                     }
                     None => line.extend_from_slice(b"null"),
                 },
@@ -384,8 +422,38 @@ fn json_opt(out: &mut Vec<u8>, value: Option<&str>) {
 }
 
 fn json_number(out: &mut Vec<u8>, value: u64) {
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{value}");
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// `1.2.3.4:80`, `[::1]:80`, as `SocketAddr` displays them; IPv4 without `fmt`.
+fn write_address(out: &mut Vec<u8>, address: SocketAddr) {
+    match address {
+        SocketAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+            out.push(b':');
+            out.extend_from_slice(digits.format(v4.port()).as_bytes());
+        }
+        // Writing to a Vec cannot fail.
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `value`'s last `width` decimal digits, zero-padded.
+fn write_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    let at = out.len();
+    out.resize(at + width, b'0');
+    for slot in out[at..].iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// `2026-11-22T19:50:21.867Z`: RFC 3339 in UTC with milliseconds, as Envoy's `%START_TIME%`.
@@ -413,11 +481,18 @@ fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    // Writing to a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
-    );
+    for (value, width, after) in [
+        (year, 4, b'-'),
+        (month, 2, b'-'),
+        (day, 2, b'T'),
+        (hour, 2, b':'),
+        (minute, 2, b':'),
+        (second, 2, b'.'),
+        (u64::from(millis), 3, b'Z'),
+    ] {
+        write_padded(out, value, width);
+        out.push(after);
+    }
 }
 
 /// The response body sent to the client; with a [`RequestLog`], it counts the bytes sent and
@@ -426,14 +501,8 @@ fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
 #[derive(Debug)]
 pub struct LoggedBody {
     inner: DownstreamBody,
-    log: Option<Box<Pending>>,
+    log: Option<Box<RequestLog>>,
     span: Option<Box<ServerSpan>>,
-}
-
-#[derive(Debug)]
-struct Pending {
-    record: RequestLog,
-    bytes_out: u64,
 }
 
 impl LoggedBody {
@@ -447,14 +516,11 @@ impl LoggedBody {
     }
 
     /// A body whose end writes `record`'s line, with the response's `status`.
-    pub fn logged(inner: DownstreamBody, mut record: RequestLog, status: u16) -> Self {
+    pub fn logged(inner: DownstreamBody, mut record: Box<RequestLog>, status: u16) -> Self {
         record.status = status;
         Self {
             inner,
-            log: Some(Box::new(Pending {
-                record,
-                bytes_out: 0,
-            })),
+            log: Some(record),
             span: None,
         }
     }
@@ -466,13 +532,12 @@ impl LoggedBody {
     }
 
     fn finish(&mut self) {
-        if let Some(pending) = self.log.take() {
-            let Pending { record, bytes_out } = *pending;
+        if let Some(record) = self.log.take() {
             let duration = record.started.elapsed();
             record
                 .logger
                 .writer
-                .send(|out| record.render(out, bytes_out, duration));
+                .send(|out| record.render(out, duration));
         }
         // Dropping the span ends it.
         self.span = None;
@@ -492,8 +557,8 @@ impl Body for LoggedBody {
         if this.log.is_some() || this.span.is_some() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(pending), Some(data)) = (&mut this.log, frame.data_ref()) {
-                        pending.bytes_out += data.len() as u64;
+                    if let (Some(record), Some(data)) = (&mut this.log, frame.data_ref()) {
+                        record.bytes_out += data.len() as u64;
                     }
                     // hyper stops polling once the body says it has ended.
                     if this.inner.is_end_stream() {
@@ -534,6 +599,27 @@ mod tests {
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_795_377_021, 867), "2026-11-22T19:50:21.867Z");
+        assert_eq!(at(253_402_300_799, 999), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_writes_them() {
+        for value in [0, 7, 10, 200, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            json_number(&mut out, value);
+            assert_eq!(out, value.to_string().as_bytes());
+        }
+        for address in [
+            "10.0.0.1:80",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            let mut out = Vec::new();
+            write_address(&mut out, address);
+            assert_eq!(out, address.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -567,7 +653,7 @@ mod tests {
         };
         let logger = AccessLogger::new(&config);
         let mut record = RequestLog::new(&logger, Instant::now(), Method::GET, Version::HTTP_11);
-        record.path_and_query = Some("/a?api_key=secret".into());
+        record.path_and_query = Some(LoggedPath::Changed("/a?api_key=secret".into()));
         record.route = Some("r\"1".into());
         let body = LoggedBody::logged(crate::proxy::body::full("hello"), record, 200);
         let collected = http_body_util::BodyExt::collect(body).await.unwrap();

@@ -217,7 +217,7 @@ pub fn config_dump(snapshot: &Snapshot, status: &XdsStatus) -> Value {
                                     json!({"direct_response": direct.status.as_u16()})
                                 }
                             };
-                            json!({"name": r.name, "action": action})
+                            json!({"name": &*r.name, "action": action})
                         })
                         .collect();
                     json!({"name": vh.name, "domains": vh.domains, "routes": routes})

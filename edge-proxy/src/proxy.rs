@@ -11,6 +11,7 @@ pub mod body;
 mod filters;
 pub mod headers;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use crate::access_log::{AccessLogger, LoggedBody, RequestLog};
+use crate::access_log::{AccessLogger, LoggedBody, LoggedPath, RequestLog};
 use crate::config::filters::transform::BodyTransform;
 use crate::config::format::FormatContext;
 use crate::config::listener::HttpSettings;
@@ -140,7 +141,25 @@ pub async fn handle(
         span,
     };
     let mut response = match plane.snapshot.route_tables.get(&http.route_config_name) {
-        Some(table) => route(&plane, table, downstream, request, started, &mut served).await,
+        Some(table) => match headers::authority(&request) {
+            Some(authority) => {
+                let response = route(
+                    &plane,
+                    table,
+                    downstream,
+                    request,
+                    &authority,
+                    started,
+                    &mut served,
+                )
+                .await;
+                if let Some(log) = &mut served.log {
+                    log.authority = Some(authority);
+                }
+                response
+            }
+            None => local_reply(StatusCode::BAD_REQUEST, "missing host header"),
+        },
         None => local_reply(StatusCode::NOT_FOUND, ""),
     };
     // Envoy's default `server_header_transformation`: overwrite.
@@ -162,10 +181,6 @@ pub async fn handle(
     let response = match served.log {
         None => response.map(LoggedBody::plain),
         Some(mut log) => {
-            log.route = served.route.map(str::to_owned);
-            if let Some(cluster) = served.cluster {
-                log.cluster = Some(cluster.to_owned());
-            }
             log.upstream = served.upstream;
             response.map(|body| LoggedBody::logged(body, log, status))
         }
@@ -182,27 +197,23 @@ struct Served<'p> {
     /// The endpoint of the last upstream attempt.
     upstream: Option<SocketAddr>,
     /// The access log record, when the listener logs requests.
-    log: Option<RequestLog>,
+    log: Option<Box<RequestLog>>,
     /// The request's SERVER span, when tracing is on.
     span: Option<ServerSpan>,
 }
 
-/// Routes a request through `table` and runs the matched route's action.
+/// Routes a request for `authority` (its `Host` or `:authority`) through `table` and runs the
+/// matched route's action.
 async fn route<'p>(
     plane: &'p DataPlane,
     table: &'p RouteTable,
     downstream: &Downstream,
     mut request: Request<Incoming>,
+    authority: &str,
     started: Instant,
     served: &mut Served<'p>,
 ) -> Response<DownstreamBody> {
     let http = &downstream.http;
-    let Some(authority) = headers::authority(&request) else {
-        return local_reply(StatusCode::BAD_REQUEST, "missing host header");
-    };
-    if let Some(log) = &mut served.log {
-        log.authority = Some(authority.clone());
-    }
     // A cheap clone (shared bytes), so the request's headers can change while it is borrowed.
     let Some(original_path) = request.uri().path_and_query().cloned() else {
         return local_reply(StatusCode::BAD_REQUEST, "missing path");
@@ -211,7 +222,13 @@ async fn route<'p>(
         return local_reply(StatusCode::BAD_REQUEST, "invalid path");
     };
     if let Some(log) = &mut served.log {
-        log.path_and_query = Some(path_and_query.clone().into_owned());
+        log.path_and_query = Some(match &path_and_query {
+            // Normalisation changed nothing: the request's own, shared.
+            Cow::Borrowed(path) if path.len() == original_path.as_str().len() => {
+                LoggedPath::Request(original_path.clone())
+            }
+            path => LoggedPath::Changed(path.clone().into_owned()),
+        });
     }
     let scheme = if downstream.tls { "https" } else { "http" };
     let method = request.method().clone();
@@ -233,7 +250,7 @@ async fn route<'p>(
     let head = RequestHead {
         method: method.as_str(),
         scheme,
-        authority: &authority,
+        authority,
         path_and_query: &path_and_query,
         headers: request.headers(),
     };
@@ -241,6 +258,9 @@ async fn route<'p>(
         return with_request_id(local_reply(StatusCode::NOT_FOUND, ""), &request_id, http);
     };
     served.route = Some(&matched.route.name);
+    if let Some(log) = &mut served.log {
+        log.route = Some(Arc::clone(&matched.route.name));
+    }
     // The client's address as Envoy determines it (`x-forwarded-for` with trusted hops), for
     // RBAC and for header templates.
     let addresses = headers::Addresses::new(downstream.peer.ip().to_canonical(), http);
@@ -262,7 +282,7 @@ async fn route<'p>(
         let mut req = crate::filter::Request {
             method: &method,
             scheme,
-            authority: &authority,
+            authority,
             path_and_query: &mut path_and_query,
             headers: request.headers_mut(),
             addresses,
@@ -279,8 +299,8 @@ async fn route<'p>(
         // The path as filters left it (without the API key or token they removed) is the one
         // logged, as Envoy logs `:path` after its filters; so is what they found out.
         if let Some(log) = &mut served.log {
-            if log.path_and_query.as_deref() != Some(&*path_and_query) {
-                log.path_and_query = Some(path_and_query.clone().into_owned());
+            if log.path_and_query.as_ref().map(LoggedPath::as_str) != Some(&*path_and_query) {
+                log.path_and_query = Some(LoggedPath::Changed(path_and_query.clone().into_owned()));
             }
             log.consumer = metadata.consumer.map(|c| c.name.clone());
             log.quota = metadata.quota;
@@ -302,7 +322,7 @@ async fn route<'p>(
     }
     // What the route's header templates read besides the headers.
     let format = FormatContext {
-        authority: &authority,
+        authority,
         method: method.as_str(),
         scheme,
         client,
@@ -313,7 +333,7 @@ async fn route<'p>(
         // so its access log names it for a filter's answer too; metrics count no cluster.
         if let (Some(log), RouteAction::Forward(forward)) = (&mut served.log, &matched.route.action)
         {
-            log.cluster = Some(forward.pick_cluster(rand::random()).to_owned());
+            log.cluster = Some(Arc::clone(forward.pick_cluster_shared(rand::random())));
         }
         // Envoy 1.40 gives a filter's local reply the route's response headers on forwarding
         // routes (checked against it), not on redirect or direct-response ones.
@@ -326,7 +346,7 @@ async fn route<'p>(
     let head = RequestHead {
         method: method.as_str(),
         scheme,
-        authority: &authority,
+        authority,
         path_and_query: &path_and_query,
         headers: request.headers(),
     };
@@ -343,7 +363,7 @@ async fn route<'p>(
                 response.headers_mut().insert(header::LOCATION, value);
             }
             if keep_request {
-                sent = Some(SentRequest::new(request, &authority));
+                sent = Some(SentRequest::new(request, authority));
             }
             response
         }
@@ -353,13 +373,13 @@ async fn route<'p>(
                 response.headers_mut().insert(header::LOCATION, value);
             }
             if keep_request {
-                sent = Some(SentRequest::new(request, &authority));
+                sent = Some(SentRequest::new(request, authority));
             }
             response
         }
         RouteAction::Forward(forward) => {
             let target = Target {
-                authority: &authority,
+                authority,
                 path_and_query: &path_and_query,
                 retry_allowed: forward
                     .retry_policy
@@ -557,8 +577,12 @@ async fn forward_request<'p>(
     started: Instant,
     served: &mut Served<'p>,
 ) -> Response<DownstreamBody> {
-    let cluster_name = forward.pick_cluster(rand::random());
+    let cluster_name = forward.pick_cluster_shared(rand::random());
     served.cluster = Some(cluster_name);
+    if let Some(log) = &mut served.log {
+        log.cluster = Some(Arc::clone(cluster_name));
+    }
+    let cluster_name: &str = cluster_name;
     let metrics = &downstream.metrics;
     let Target {
         authority: target_authority,
@@ -586,7 +610,11 @@ async fn forward_request<'p>(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let stream_deadline = stream_deadline(http, started);
-    let bytes_in = || served.log.as_ref().map(|log| Arc::clone(&log.bytes_in));
+    // Only a request with a body has request bytes to count.
+    let bytes_in = match &mut served.log {
+        Some(log) if !incoming.is_end_stream() => Some(log.bytes_in_counter()),
+        _ => None,
+    };
 
     // The transform filter, last before the router: the body is read and changed before the
     // route's header mutations, which Envoy's router applies.
@@ -594,7 +622,7 @@ async fn forward_request<'p>(
         None => Outgoing::Incoming(incoming),
         Some(transforms) => {
             let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
-                .counting(bytes_in());
+                .counting(bytes_in.clone());
             match transform::request(transforms, &mut parts.headers, timed).await {
                 Ok(transform::RequestBody::Buffered(bytes)) => Outgoing::Buffered(bytes),
                 Ok(transform::RequestBody::Streamed(timed)) => Outgoing::Timed(timed),
@@ -677,7 +705,7 @@ async fn forward_request<'p>(
             let body = match body {
                 Outgoing::Incoming(incoming) => Either::Left(
                     TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
-                        .counting(bytes_in()),
+                        .counting(bytes_in.clone()),
                 ),
                 Outgoing::Timed(timed) => Either::Left(timed),
                 Outgoing::Buffered(bytes) => Either::Right(Full::new(bytes)),
@@ -709,9 +737,8 @@ async fn forward_request<'p>(
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => return local_reply(StatusCode::BAD_REQUEST, "request body failed"),
             };
-            if let Some(log) = &served.log {
-                log.bytes_in
-                    .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Some(log) = &mut served.log {
+                log.bytes_in = body.len() as u64;
             }
             body
         }

@@ -39,6 +39,8 @@ struct Case {
     consumer: Option<&'static str>,
     /// The quota decision.
     quota: Option<&'static str>,
+    /// A request body: sent with `POST`, and logged as `bytes_in`.
+    body: Option<&'static str>,
 }
 
 fn cases() -> Vec<Case> {
@@ -51,6 +53,7 @@ fn cases() -> Vec<Case> {
         forwarded: true,
         consumer: None,
         quota: None,
+        body: None,
     };
     vec![
         forwarded("/fwd/plain", "/fwd/plain", &[]),
@@ -63,6 +66,7 @@ fn cases() -> Vec<Case> {
             forwarded: false,
             consumer: None,
             quota: None,
+            body: None,
         },
         Case {
             path_and_query: "/direct",
@@ -73,6 +77,7 @@ fn cases() -> Vec<Case> {
             forwarded: false,
             consumer: None,
             quota: None,
+            body: None,
         },
         forwarded(
             "/fwd/auth",
@@ -96,6 +101,7 @@ fn cases() -> Vec<Case> {
             forwarded: true,
             consumer: Some("acme"),
             quota: Some("allowed"),
+            body: None,
         },
         Case {
             path_and_query: "/metered/second",
@@ -106,6 +112,12 @@ fn cases() -> Vec<Case> {
             forwarded: false,
             consumer: Some("acme"),
             quota: Some("limited"),
+            body: None,
+        },
+        // A body streamed to the upstream is counted as it goes.
+        Case {
+            body: Some("twenty-one bytes long"),
+            ..forwarded("/fwd/upload", "/fwd/upload", &[])
         },
     ]
 }
@@ -192,10 +204,15 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
         .await;
         for case in &cases {
             let url = format!("http://127.0.0.1:{port}{}", case.path_and_query);
-            let response =
-                support::client::request(Method::GET, &url, Some(HOST), case.headers, None)
-                    .await
-                    .unwrap_or_else(|e| panic!("{proxy}: {url}: {e:#}"));
+            let method = if case.body.is_some() {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            let body = case.body.map(|b| b.as_bytes().to_vec());
+            let response = support::client::request(method, &url, Some(HOST), case.headers, body)
+                .await
+                .unwrap_or_else(|e| panic!("{proxy}: {url}: {e:#}"));
             assert_eq!(
                 u64::from(response.status),
                 case.status,
@@ -228,10 +245,11 @@ async fn envoy_and_the_edge_proxy_write_the_same_access_log() {
                 .unwrap_or_else(|| panic!("{proxy}: no line for {}", case.logged_path));
             let what = format!("{proxy}: line for {}: {line}", case.path_and_query);
             assert_eq!(line["status"], case.status, "{what}");
-            assert_eq!(line["method"], "GET", "{what}");
+            let method = if case.body.is_some() { "POST" } else { "GET" };
+            assert_eq!(line["method"], method, "{what}");
             assert_eq!(line["host"], HOST, "{what}");
             assert_eq!(line["protocol"], "HTTP/1.1", "{what}");
-            assert_eq!(line["bytes_in"], 0, "{what}");
+            assert_eq!(line["bytes_in"], case.body.map_or(0, str::len), "{what}");
             assert_eq!(line["route"], json!(case.route), "{what}");
             assert_eq!(line["consumer"], json!(case.consumer), "{what}");
             assert_eq!(line["quota"], json!(case.quota), "{what}");

@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -125,8 +126,8 @@ pub struct VirtualHost {
 /// One route: matchers, an action and header mutations.
 #[derive(Debug)]
 pub struct Route {
-    /// The route's name (for logs and stats).
-    pub name: String,
+    /// The route's name (for logs and stats); shared with the access log records that name it.
+    pub name: Arc<str>,
     matcher: RouteMatcher,
     /// What to do with a request that matches.
     pub action: RouteAction,
@@ -165,10 +166,10 @@ pub struct Forward {
 
 #[derive(Debug)]
 enum Clusters {
-    One(String),
+    One(Arc<str>),
     /// Clusters with their weights, in config order; `total` is their sum, never 0.
     Weighted {
-        clusters: Vec<(String, u32)>,
+        clusters: Vec<(Arc<str>, u32)>,
         total: u64,
     },
 }
@@ -568,6 +569,11 @@ impl Forward {
     /// cluster as Envoy does: cluster *i* owns the interval from the sum of the weights before
     /// it to that sum plus its own weight. A single cluster ignores `random`.
     pub fn pick_cluster(&self, random: u64) -> &str {
+        self.pick_cluster_shared(random)
+    }
+
+    /// [`Forward::pick_cluster`], as the shared name that access log records keep.
+    pub fn pick_cluster_shared(&self, random: u64) -> &Arc<str> {
         match &self.clusters {
             Clusters::One(name) => name,
             Clusters::Weighted { clusters, total } => {
@@ -588,14 +594,14 @@ impl Forward {
     /// The clusters this route may forward to, with their weights (1 for a single cluster).
     pub fn clusters(&self) -> impl Iterator<Item = (&str, u32)> {
         let (one, weighted) = match &self.clusters {
-            Clusters::One(name) => (Some((name.as_str(), 1)), None),
+            Clusters::One(name) => (Some((&**name, 1)), None),
             Clusters::Weighted { clusters, .. } => (None, Some(clusters)),
         };
         one.into_iter().chain(
             weighted
                 .into_iter()
                 .flatten()
-                .map(|(name, weight)| (name.as_str(), *weight)),
+                .map(|(name, weight)| (&**name, *weight)),
         )
     }
 
@@ -1588,7 +1594,7 @@ fn route(
     let filter_overrides =
         filter_overrides(typed_per_filter_config).within("typed_per_filter_config")?;
     Ok(Route {
-        name: name.clone(),
+        name: name.as_str().into(),
         matcher,
         action,
         filter_overrides,
@@ -1998,7 +2004,7 @@ fn forward(
         Some(ClusterSpecifier::Cluster(name)) if name.is_empty() => {
             return Err(Rejection::new("cluster", Reason::Missing));
         }
-        Some(ClusterSpecifier::Cluster(name)) => Clusters::One(name.clone()),
+        Some(ClusterSpecifier::Cluster(name)) => Clusters::One(name.as_str().into()),
         Some(ClusterSpecifier::WeightedClusters(weighted)) => {
             weighted_clusters(weighted).within("weighted_clusters")?
         }
@@ -2103,7 +2109,7 @@ fn weighted_clusters(proto: &route_pb::WeightedCluster) -> Result<Clusters, Reje
     for (i, cluster) in clusters.iter().enumerate() {
         let (name, weight) = cluster_weight(cluster).at("clusters", i)?;
         total += u64::from(weight);
-        out.push((name, weight));
+        out.push((Arc::from(name), weight));
     }
     if total == 0 {
         return Err(Rejection::new(

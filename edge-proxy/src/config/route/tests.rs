@@ -239,7 +239,7 @@ impl Req {
 }
 
 fn found<'t>(table: &'t RouteTable, req: &Req) -> Option<&'t str> {
-    table.find(&req.head()).map(|m| m.route.name.as_str())
+    table.find(&req.head()).map(|m| &*m.route.name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2245,7 +2245,7 @@ fn accepts_what_the_control_plane_translator_emits() {
         .method("POST")
         .header("x-env", "prod");
     let matched = table.find(&req.head()).expect("users-api");
-    assert_eq!(matched.route.name, "users-api");
+    assert_eq!(&*matched.route.name, "users-api");
     let RouteAction::Forward(f) = &matched.route.action else {
         panic!("users-api forwards")
     };
@@ -2306,7 +2306,7 @@ fn accepts_what_the_control_plane_translator_emits() {
     // canary: any host, regex path, query presence, weighted 90/10.
     let req = get("other.example.org", "/items/12?canary");
     let matched = table.find(&req.head()).expect("canary");
-    assert_eq!(matched.route.name, "canary");
+    assert_eq!(&*matched.route.name, "canary");
     let RouteAction::Forward(f) = &matched.route.action else {
         panic!("canary forwards")
     };
