@@ -62,6 +62,8 @@ static WRITERS: LazyLock<Mutex<HashMap<AccessLogSink, Writer>>> = LazyLock::new(
 #[derive(Debug)]
 pub struct AccessLogger {
     config: AccessLogConfig,
+    /// Each field's key, rendered once: `"key":`, with the `,` before it from the second on.
+    keys: Vec<Box<[u8]>>,
     writer: Writer,
 }
 
@@ -73,8 +75,23 @@ impl AccessLogger {
             .entry(config.sink.clone())
             .or_insert_with(|| Writer::start(config.sink.clone()))
             .clone();
+        let keys = config
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| {
+                let mut rendered = Vec::with_capacity(key.len() + 4);
+                if i > 0 {
+                    rendered.push(b',');
+                }
+                json_string(&mut rendered, key);
+                rendered.push(b':');
+                rendered.into_boxed_slice()
+            })
+            .collect();
         Arc::new(Self {
             config: config.clone(),
+            keys,
             writer,
         })
     }
@@ -327,12 +344,9 @@ impl RequestLog {
     /// Appends the line, newline included, to `line`.
     fn render(&self, line: &mut Vec<u8>, duration: Duration) {
         line.push(b'{');
-        for (i, (key, field)) in self.logger.config.fields.iter().enumerate() {
-            if i > 0 {
-                line.push(b',');
-            }
-            json_string(line, key);
-            line.push(b':');
+        let keys = self.logger.keys.iter();
+        for (key, (_, field)) in keys.zip(&self.logger.config.fields) {
+            line.extend_from_slice(key);
             let path = |with_query: bool| {
                 self.path_and_query
                     .as_ref()
