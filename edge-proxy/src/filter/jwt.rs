@@ -585,43 +585,9 @@ impl<'c> Verification<'c> {
         audiences: Option<&'c Audiences>,
         req: &mut super::Request<'_, '_>,
     ) -> Status {
-        let cached = provider.and_then(|p| p.verified.get(&found.token, self.now));
-        let (provider, verified) = match cached {
-            Some(verified) => {
-                match self.claims_allowed(&verified.jwt, found, provider, audiences) {
-                    Ok(provider) => (provider, verified),
-                    Err(status) => return status,
-                }
-            }
-            None => {
-                let jwt = match Jwt::parse(&found.token) {
-                    Ok(jwt) => jwt,
-                    Err(status) => return status,
-                };
-                let provider = match self.claims_allowed(&jwt, found, provider, audiences) {
-                    Ok(provider) => provider,
-                    Err(status) => return status,
-                };
-                // Without a provider named up front, the issuer chose it; it may know the token.
-                match provider.verified.get(&found.token, self.now) {
-                    Some(verified) => (provider, verified),
-                    None => {
-                        let status = match &provider.jwks {
-                            Jwks::Local(set) => verify_error(set.verify(&jwt)),
-                            Jwks::Remote(remote) => self.verify_remote(remote, &jwt).await,
-                        };
-                        if status != Status::Ok {
-                            return status;
-                        }
-                        let verified =
-                            Arc::new(VerifiedJwt::new(jwt, &provider.space_delimited_claims));
-                        provider
-                            .verified
-                            .insert(&found.token, Arc::clone(&verified), self.now);
-                        (provider, verified)
-                    }
-                }
-            }
+        let (provider, verified) = match self.verified(found, provider, audiences).await {
+            Ok(verified) => verified,
+            Err(status) => return status,
         };
         good_token(provider, &verified.jwt, found, req);
         if let Some(key) = &provider.header_in_metadata {
@@ -633,6 +599,38 @@ impl<'c> Verification<'c> {
                 .push((key, Arc::clone(&verified.payload_metadata)));
         }
         Status::Ok
+    }
+
+    /// The token as its provider verified it: from the provider's cache, or parsed and checked
+    /// now (and then cached). Either way [`Self::claims_allowed`] runs for this request.
+    async fn verified(
+        &self,
+        found: &Found<'_>,
+        provider: Option<&'c Arc<JwtProvider>>,
+        audiences: Option<&'c Audiences>,
+    ) -> Result<(&'c Arc<JwtProvider>, Arc<VerifiedJwt>), Status> {
+        if let Some(verified) = provider.and_then(|p| p.verified.get(&found.token, self.now)) {
+            let provider = self.claims_allowed(&verified.jwt, found, provider, audiences)?;
+            return Ok((provider, verified));
+        }
+        let jwt = Jwt::parse(&found.token)?;
+        let provider = self.claims_allowed(&jwt, found, provider, audiences)?;
+        // Without a provider named up front, the issuer chose it; it may know the token.
+        if let Some(verified) = provider.verified.get(&found.token, self.now) {
+            return Ok((provider, verified));
+        }
+        let status = match &provider.jwks {
+            Jwks::Local(set) => verify_error(set.verify(&jwt)),
+            Jwks::Remote(remote) => self.verify_remote(remote, &jwt).await,
+        };
+        if status != Status::Ok {
+            return Err(status);
+        }
+        let verified = Arc::new(VerifiedJwt::new(jwt, &provider.space_delimited_claims));
+        provider
+            .verified
+            .insert(&found.token, Arc::clone(&verified), self.now);
+        Ok((provider, verified))
     }
 
     /// The checks every request makes, cached token or not: the issuer is one the token's
