@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -35,7 +37,7 @@ use crate::filter::{Metadata, transform};
 use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::trace::{ServerSpan, Tracer};
-use crate::upstream::{Endpoint, Outcome, UpstreamCluster, Upstreams};
+use crate::upstream::{Endpoint, Outcome, SendError, UpstreamCluster, UpstreamResponse, Upstreams};
 use body::{DownstreamBody, TimedBody, UpstreamBody, full};
 
 /// The config the data path runs on: a snapshot and the upstreams built from it.
@@ -763,7 +765,7 @@ async fn forward_request<'p>(
             return global_timeout();
         };
         let retry = match &result {
-            Ok(response) => retriable_status(response.status(), policy),
+            Ok(sent) => retriable_status(sent.response.status(), policy),
             Err(failure) => failure.retriable(policy),
         };
         if retry && attempt < policy.num_retries {
@@ -817,10 +819,17 @@ fn stream_deadline(http: &HttpSettings, started: Instant) -> Option<Instant> {
 }
 
 /// Runs `future` until `deadline`; `None` when the deadline came first.
-async fn with_deadline<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+fn with_deadline<F: Future>(
+    deadline: Option<Instant>,
+    future: F,
+) -> impl Future<Output = Option<F::Output>> {
+    // Not an `async fn`: that would keep `future` twice in its state, once as the argument
+    // and once inside the timeout, and every enclosing future would grow (and be copied) by it.
     match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
-        None => Some(future.await),
+        Some(deadline) => {
+            future::Either::Left(tokio::time::timeout_at(deadline, future).map(Result::ok))
+        }
+        None => future::Either::Right(future.map(Some)),
     }
 }
 
@@ -861,7 +870,7 @@ async fn attempt_once(
     metrics: &Metrics,
     upstream: &mut Option<SocketAddr>,
     trace: Option<&mut ServerSpan>,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let Some((endpoint, _active)) = cluster.pick(None) else {
         return Err(UpstreamError::NoHealthyUpstream);
     };
@@ -869,11 +878,8 @@ async fn attempt_once(
     let span = trace
         .map(|trace| trace.start_attempt(request.headers_mut(), cluster.name(), endpoint.address));
     let sent_at = Instant::now();
-    let sent = endpoint.client().request(request);
-    let result = match per_try_timeout {
-        Some(timeout) => tokio::time::timeout(timeout, sent).await.ok(),
-        None => Some(sent.await),
-    };
+    let sent = endpoint.client().send(request);
+    let result = with_deadline(per_try_timeout.map(|t| sent_at + t), sent).await;
     metrics.record_upstream(cluster.name(), sent_at.elapsed());
     let result = match result {
         Some(result) => classify(cluster, &endpoint, result),
@@ -883,7 +889,12 @@ async fn attempt_once(
         }
     };
     if let Some(span) = span {
-        span.end(result.as_ref().map(Response::status).map_err(|e| e.name()));
+        span.end(
+            result
+                .as_ref()
+                .map(|sent| sent.response.status())
+                .map_err(|e| e.name()),
+        );
     }
     result
 }
@@ -893,20 +904,20 @@ async fn attempt_once(
 fn classify(
     cluster: &UpstreamCluster,
     endpoint: &Endpoint,
-    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-) -> Result<Response<Incoming>, UpstreamError> {
+    result: Result<UpstreamResponse, SendError>,
+) -> Result<UpstreamResponse, UpstreamError> {
     match result {
-        Ok(response) => {
-            let outcome = if response.status().is_server_error() {
+        Ok(sent) => {
+            let outcome = if sent.response.status().is_server_error() {
                 Outcome::Failure
             } else {
                 Outcome::Success
             };
             cluster.record(endpoint, outcome);
-            Ok(response)
+            Ok(sent)
         }
         Err(error) => {
-            let failure = if is_overflow(&error) {
+            let failure = if error.is_overflow() {
                 return Err(UpstreamError::Overflow);
             } else if error.is_connect() {
                 UpstreamError::ConnectFailure
@@ -928,16 +939,8 @@ fn classify(
 }
 
 /// Whether the HTTP/2 upstream reset the stream with `REFUSED_STREAM`.
-fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
+fn is_refused_stream(error: &SendError) -> bool {
     find_cause::<h2::Error>(error).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-}
-
-/// Whether the cluster's connection circuit breaker refused the attempt.
-fn is_overflow(error: &hyper_util::client::legacy::Error) -> bool {
-    matches!(
-        find_cause::<crate::upstream::connector::ConnectError>(error),
-        Some(crate::upstream::connector::ConnectError::Overflow)
-    )
 }
 
 /// The first error of type `T` in `error`'s source chain.
@@ -1001,12 +1004,18 @@ async fn finish_single_attempt(
 /// The upstream's response, ready for the client: hop-by-hop headers removed, the body bounded
 /// by the stream timeouts, and a WebSocket upgrade spliced when the upstream switched.
 fn downstream_response(
-    mut response: Response<Incoming>,
+    sent: UpstreamResponse,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     http: &HttpSettings,
     stream_deadline: Option<Instant>,
 ) -> Response<DownstreamBody> {
+    let UpstreamResponse {
+        mut response,
+        connection,
+    } = sent;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // An upgraded connection belongs to the splice from now on, never to the pool.
+    let connection = connection.filter(|_| !switching);
     if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(splice_upgrade(downstream_upgrade, upstream_upgrade));
@@ -1016,7 +1025,8 @@ fn downstream_response(
     // writes HTTP/1.1, or HTTP/1.0 for a 1.0 client, from the default).
     *response.version_mut() = Version::default();
     let (parts, incoming) = response.into_parts();
-    let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline);
+    let timed =
+        TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline).releasing(connection);
     Response::from_parts(parts, Either::Left(timed))
 }
 

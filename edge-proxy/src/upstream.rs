@@ -9,6 +9,7 @@
 pub mod balancer;
 pub mod connector;
 pub mod health;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,14 +28,91 @@ use crate::config::cluster::{
 };
 use crate::snapshot::Snapshot;
 use balancer::Balancer;
-use connector::{ConnectionCount, EndpointConnector};
+use connector::{ConnectError, ConnectionCount, EndpointConnector};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 
 /// The body of a request sent upstream: streamed from the client, or buffered so that it can
 /// be sent again on a retry.
 pub type RequestBody = crate::proxy::body::UpstreamBody;
 
-/// A pooled HTTP client bound to one endpoint.
-pub type EndpointClient = Client<EndpointConnector, RequestBody>;
+/// hyper's pooled HTTP client bound to one endpoint: for HTTP/2, whose connections it shares
+/// between requests.
+pub type SharedClient = Client<EndpointConnector, RequestBody>;
+
+/// How requests reach one endpoint.
+#[derive(Debug)]
+pub enum EndpointClient {
+    /// HTTP/1 through the proxy's own pool: a connection per request in flight.
+    Http1(Arc<pool::Http1Pool>),
+    /// HTTP/2, multiplexed by hyper's pooled client; also HTTP/1 over TLS that offers `h2` in
+    /// its ALPN, where the upstream picks the version.
+    Shared(Box<SharedClient>),
+}
+
+/// An upstream response and, for HTTP/1, the connection it arrived on: give it back with
+/// [`pool::Checkin::release`] once the body has been read to its end.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    /// Status, headers and the streamed body.
+    pub response: Response<Incoming>,
+    /// The HTTP/1 connection lent to this response.
+    pub connection: Option<pool::Checkin>,
+}
+
+/// Why a request sent to an endpoint got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// From the HTTP/1 pool.
+    #[error(transparent)]
+    Http1(#[from] pool::SendError),
+    /// From hyper's pooled client.
+    #[error(transparent)]
+    Shared(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be opened (refused, unreachable, timed out, or the
+    /// connection circuit breaker open: see [`SendError::overflow`]).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Http1(pool::SendError::Connect(_)) => true,
+            SendError::Http1(pool::SendError::Http(_)) => false,
+            SendError::Shared(error) => error.is_connect(),
+        }
+    }
+
+    /// Whether the cluster's connection circuit breaker refused it.
+    pub fn is_overflow(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = source {
+            if let Some(ConnectError::Overflow) = error.downcast_ref::<ConnectError>() {
+                return true;
+            }
+            source = error.source();
+        }
+        false
+    }
+}
+
+impl EndpointClient {
+    /// Sends `request` on a pooled connection.
+    pub async fn send(&self, request: Request<RequestBody>) -> Result<UpstreamResponse, SendError> {
+        match self {
+            EndpointClient::Http1(pool) => {
+                let (response, checkin) = pool.send(request).await?;
+                Ok(UpstreamResponse {
+                    response,
+                    connection: Some(checkin),
+                })
+            }
+            EndpointClient::Shared(client) => Ok(UpstreamResponse {
+                response: client.request(request).await?,
+                connection: None,
+            }),
+        }
+    }
+}
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -484,9 +562,18 @@ fn endpoint_client(
         tls.cloned(),
         Arc::clone(&load.connections),
     );
-    client_builder(config.protocol)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
+    let may_negotiate_h2 = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.alpn.iter().any(|protocol| protocol == "h2"));
+    if config.protocol == UpstreamProtocol::Http1 && !may_negotiate_h2 {
+        return EndpointClient::Http1(pool::Http1Pool::new(connector, POOL_IDLE_TIMEOUT));
+    }
+    EndpointClient::Shared(Box::new(
+        client_builder(config.protocol)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector),
+    ))
 }
 
 /// A pooled-client builder for one endpoint's connections in `protocol`. The caller sets

@@ -13,6 +13,8 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::pool::Checkin;
+
 /// The error of a body that timed out.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -40,6 +42,9 @@ pub struct TimedBody {
     /// that looked at the start of a body and passes it on. Boxed: bodies are moved around
     /// by value, and almost none has one.
     prefix: Option<Box<Prefix>>,
+    /// The pooled HTTP/1 connection an upstream response arrives on, given back to its pool
+    /// when the body has been read to its end.
+    connection: Option<Checkin>,
 }
 
 /// See [`TimedBody::with_prefix`].
@@ -56,7 +61,18 @@ impl TimedBody {
             timer: None,
             counter: None,
             prefix: None,
+            connection: None,
         }
+    }
+
+    /// Gives `connection` back to its pool once the body has been read to its end (at once
+    /// when there is no body).
+    pub fn releasing(mut self, connection: Option<Checkin>) -> Self {
+        match connection {
+            Some(connection) if self.inner.is_end_stream() => connection.release(),
+            connection => self.connection = connection,
+        }
+        self
     }
 
     /// Puts frames read from this body back in front of it.
@@ -103,6 +119,15 @@ impl Body for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             // Data flowed: the idle timer starts again from the next poll.
             this.timer = None;
+            // The end of the body, or its last frame (the reader may stop polling after it):
+            // the connection can take the next request. After an error it is dropped, closed.
+            if this.connection.is_some()
+                && (frame.is_none()
+                    || frame.as_ref().is_some_and(|f| f.is_ok()) && this.inner.is_end_stream())
+                && let Some(connection) = this.connection.take()
+            {
+                connection.release();
+            }
             if let (Some(counter), Some(Ok(frame))) = (&this.counter, &frame)
                 && let Some(data) = frame.data_ref()
             {

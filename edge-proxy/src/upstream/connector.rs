@@ -108,7 +108,8 @@ impl ConnectionCount {
         self.released.notify_waiters();
     }
 
-    fn try_acquire(self: &Arc<Self>) -> Option<ConnectionGuard> {
+    /// A connection slot, if fewer than `max_connections` are open.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<ConnectionGuard> {
         let limit = self.max_connections.load(Ordering::Relaxed);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
@@ -118,19 +119,40 @@ impl ConnectionCount {
             .map(|_| ConnectionGuard(Arc::clone(self)))
     }
 
-    /// A connection slot: at once, or after waiting as a pending request while fewer than
-    /// `max_pending_requests` wait; otherwise the circuit breaker is open.
-    async fn acquire(self: &Arc<Self>) -> Result<ConnectionGuard, ConnectError> {
-        if let Some(guard) = self.try_acquire() {
-            return Ok(guard);
-        }
+    /// Counts a request as waiting for a connection, or refuses it (the circuit breaker is
+    /// open) when `max_pending_requests` already wait.
+    pub(crate) fn start_waiting(&self) -> Result<PendingGuard<'_>, ConnectError> {
         let max_pending = self.max_pending.load(Ordering::Relaxed);
         self.pending
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max_pending).then_some(n + 1)
             })
             .map_err(|_| ConnectError::Overflow)?;
-        let _waiting = PendingGuard(self);
+        Ok(PendingGuard(self))
+    }
+
+    /// Signalled when a slot frees or a pooled connection becomes idle: what waiting requests
+    /// wait for. Take the [`Notified`](tokio::sync::futures::Notified) before looking again.
+    pub(crate) fn released(&self) -> &Notify {
+        &self.released
+    }
+
+    /// A pooled connection became idle: requests waiting for a connection may take it.
+    pub(crate) fn connection_idle(&self) {
+        // Only when somebody waits: `notify_waiters` takes a lock. A waiter counts itself
+        // before it looks at the idle connections, so it cannot miss this one.
+        if self.pending.load(Ordering::Acquire) > 0 {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// A connection slot: at once, or after waiting as a pending request while fewer than
+    /// `max_pending_requests` wait; otherwise the circuit breaker is open.
+    async fn acquire(self: &Arc<Self>) -> Result<ConnectionGuard, ConnectError> {
+        if let Some(guard) = self.try_acquire() {
+            return Ok(guard);
+        }
+        let _waiting = self.start_waiting()?;
         loop {
             let released = self.released.notified();
             if let Some(guard) = self.try_acquire() {
@@ -143,7 +165,7 @@ impl ConnectionCount {
 }
 
 /// Counts one request waiting for a connection slot.
-struct PendingGuard<'a>(&'a ConnectionCount);
+pub(crate) struct PendingGuard<'a>(&'a ConnectionCount);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
@@ -153,7 +175,7 @@ impl Drop for PendingGuard<'_> {
 
 /// Held by an open connection; gives its slot back when the connection is dropped.
 #[derive(Debug)]
-struct ConnectionGuard(Arc<ConnectionCount>);
+pub(crate) struct ConnectionGuard(Arc<ConnectionCount>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -178,6 +200,16 @@ impl EndpointConnector {
         }
     }
 
+    /// The cluster's connection count, which this endpoint's connections take slots of.
+    pub(crate) fn connections(&self) -> &Arc<ConnectionCount> {
+        &self.connections
+    }
+
+    /// How long a connection may take to open; a request waits for a slot as long.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     async fn connect(self) -> Result<UpstreamIo, ConnectError> {
         // A request waits for a slot at most as long as for a connection: hyper may leave this
         // future running in the background after an idle connection served the request, and a
@@ -185,12 +217,18 @@ impl EndpointConnector {
         let guard = tokio::time::timeout(self.connect_timeout, self.connections.acquire())
             .await
             .map_err(|_| ConnectError::Overflow)??;
+        self.open(guard).await
+    }
+
+    /// Opens a connection (TCP, then TLS when the cluster asks for it) in the slot `guard`
+    /// holds; the connection keeps the slot until it closes.
+    pub(crate) async fn open(&self, guard: ConnectionGuard) -> Result<UpstreamIo, ConnectError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| ConnectError::Timeout)??;
         // Requests are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
-        let stream = match self.tls {
+        let stream = match &self.tls {
             None => Stream::Plain(tcp),
             Some(tls) => {
                 let handshake = tls.connector.connect(tls.server_name.clone(), tcp);

@@ -242,11 +242,12 @@ pub async fn fetch(remote: &RemoteJwks, upstreams: &Upstreams) -> Result<JwkSet,
         request.headers_mut().insert(header::HOST, host);
     }
     let exchange = async {
-        let response = endpoint
+        let sent = endpoint
             .client()
-            .request(request)
+            .send(request)
             .await
             .map_err(|e| FetchError::Http(e.to_string()))?;
+        let response = sent.response;
         if response.status() != StatusCode::OK {
             return Err(FetchError::Status(response.status()));
         }
@@ -255,6 +256,10 @@ pub async fn fetch(remote: &RemoteJwks, upstreams: &Upstreams) -> Result<JwkSet,
             .await
             .map_err(|e| FetchError::Http(e.to_string()))?
             .to_bytes();
+        // Read to its end: the connection can serve the next fetch.
+        if let Some(connection) = sent.connection {
+            connection.release();
+        }
         JwkSet::parse(&body).map_err(|e| FetchError::Invalid(e.to_string()))
     };
     match tokio::time::timeout(remote.timeout, exchange).await {
