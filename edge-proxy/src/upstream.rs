@@ -73,7 +73,7 @@ pub enum SendError {
 
 impl SendError {
     /// Whether no connection could be opened (refused, unreachable, timed out, or the
-    /// connection circuit breaker open: see [`SendError::overflow`]).
+    /// connection circuit breaker open: see [`SendError::is_overflow`]).
     pub fn is_connect(&self) -> bool {
         match self {
             SendError::Http1(pool::SendError::Connect(_)) => true,
