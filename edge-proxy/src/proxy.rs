@@ -940,21 +940,9 @@ fn classify(
 
 /// Whether the HTTP/2 upstream reset the stream with `REFUSED_STREAM`.
 fn is_refused_stream(error: &SendError) -> bool {
-    find_cause::<h2::Error>(error).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-}
-
-/// The first error of type `T` in `error`'s source chain.
-fn find_cause<'e, T: std::error::Error + 'static>(
-    error: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e T> {
-    let mut source = Some(error);
-    while let Some(current) = source {
-        if let Some(found) = current.downcast_ref::<T>() {
-            return Some(found);
-        }
-        source = current.source();
-    }
-    None
+    error
+        .find_cause::<h2::Error>()
+        .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -84,14 +84,22 @@ impl SendError {
 
     /// Whether the cluster's connection circuit breaker refused it.
     pub fn is_overflow(&self) -> bool {
+        matches!(
+            self.find_cause::<ConnectError>(),
+            Some(ConnectError::Overflow)
+        )
+    }
+
+    /// The first error of type `T` in its source chain, itself included.
+    pub fn find_cause<T: std::error::Error + 'static>(&self) -> Option<&T> {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(error) = source {
-            if let Some(ConnectError::Overflow) = error.downcast_ref::<ConnectError>() {
-                return true;
+        while let Some(current) = source {
+            if let Some(found) = current.downcast_ref::<T>() {
+                return Some(found);
             }
-            source = error.source();
+            source = current.source();
         }
-        false
+        None
     }
 }
 

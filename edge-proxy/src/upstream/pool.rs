@@ -59,6 +59,14 @@ struct IdleConnection {
     since_ms: u64,
 }
 
+impl IdleConnection {
+    /// Whether it is of no more use: closed by the upstream, or idle for longer than
+    /// `timeout_ms` at `now_ms`.
+    fn is_stale(&self, now_ms: u64, timeout_ms: u64) -> bool {
+        self.sender.is_closed() || now_ms.saturating_sub(self.since_ms) > timeout_ms
+    }
+}
+
 /// A connection lent to one response. [`Checkin::release`] gives it back to the pool once the
 /// response body has been read to its end; dropped instead, it closes (hyper closes an HTTP/1
 /// connection whose response was not read to its end).
@@ -204,9 +212,7 @@ impl Http1Pool {
         while index > 0 {
             index -= 1;
             let connection = &idle[index];
-            if connection.sender.is_closed()
-                || now.saturating_sub(connection.since_ms) > self.idle_timeout_ms
-            {
+            if connection.is_stale(now, self.idle_timeout_ms) {
                 idle.swap_remove(index);
             } else if connection.sender.is_ready() {
                 return Some(idle.swap_remove(index).sender);
@@ -243,9 +249,8 @@ async fn reap_idle(pool: Weak<Http1Pool>) {
         };
         let now = now_ms();
         let timeout = pool.idle_timeout_ms;
-        pool.idle_list().retain(|connection| {
-            !connection.sender.is_closed() && now.saturating_sub(connection.since_ms) <= timeout
-        });
+        pool.idle_list()
+            .retain(|connection| !connection.is_stale(now, timeout));
     }
 }
 
