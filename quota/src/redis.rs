@@ -7,6 +7,7 @@
 //! background task reconnects (see `link.rs`), so an outage costs requests no latency.
 
 mod link;
+mod pacer;
 mod scripts;
 pub mod url;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use self::link::{Link, Severity};
+use self::pacer::DeadlinePacer;
 use self::scripts::{Reply, Scripts};
 use self::url::{InvalidRedisUrl, RedisTarget};
 use crate::algorithm::{Demand, Verdict};
@@ -92,6 +94,8 @@ pub(crate) struct RedisBackend {
     scripts: Scripts,
     leases: Leases,
     timeout: Duration,
+    /// Keeps arming a call's deadline from waking the runtime's thread (see `pacer.rs`).
+    pacer: DeadlinePacer,
     keys: KeyScheme,
     metrics: Arc<Metrics>,
 }
@@ -107,6 +111,7 @@ impl RedisBackend {
         let keys = config.keys.clone();
         let link = Link::start(&target, config, metrics.clone())?;
         Ok(Self {
+            pacer: DeadlinePacer::start(link.runtime(), timeout),
             link,
             scripts: Scripts::new(),
             leases: Leases::new(),
@@ -181,6 +186,7 @@ impl RedisBackend {
             return Err(Failure::ShortCircuit);
         };
         let call = self.scripts.run(&conn, policy, key, demand);
+        self.pacer.touch();
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {
                 self.link.on_success();

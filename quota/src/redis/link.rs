@@ -200,6 +200,11 @@ impl Severity {
 
 impl Link {
     /// Creates the link and starts connecting in the background.
+    /// The runtime the link was started on, where its calls run.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
     pub(crate) fn start(
         target: &RedisTarget,
         config: RedisConfig,
