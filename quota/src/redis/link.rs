@@ -199,12 +199,12 @@ impl Severity {
 }
 
 impl Link {
-    /// Creates the link and starts connecting in the background.
     /// The runtime the link was started on, where its calls run.
     pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
     }
 
+    /// Creates the link and starts connecting in the background.
     pub(crate) fn start(
         target: &RedisTarget,
         config: RedisConfig,
