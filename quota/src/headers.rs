@@ -145,12 +145,8 @@ impl RateLimitHeaders {
     }
 }
 
-/// One `RateLimit-Policy` item: `"name";q=100;w=60` (plus `;tollgate-burst=N` for a token bucket).
-pub fn policy_item(policy: &Policy) -> String {
-    policy.policy_item().to_owned()
-}
-
-/// Renders the item [`Policy::policy_item`] keeps.
+/// Renders the `RateLimit-Policy` item [`Policy::policy_item`] keeps: `"name";q=100;w=60` (plus
+/// `;tollgate-burst=N` for a token bucket).
 pub(crate) fn render_policy_item(name: &str, limit: &Limit) -> String {
     let mut item = sf_string(name);
     let (q, w) = quota_per_whole_seconds(limit);
@@ -162,16 +158,7 @@ pub(crate) fn render_policy_item(name: &str, limit: &Limit) -> String {
     item
 }
 
-/// One `RateLimit` item, `"name";r=42;t=30`; `None` for a decision that was not counted.
-pub fn ratelimit_item(policy: &Policy, decision: &Decision) -> Option<String> {
-    if !decision.is_counted() {
-        return None;
-    }
-    let mut item = String::new();
-    write_ratelimit_item(&mut item, policy, decision);
-    Some(item)
-}
-
+/// Appends one `RateLimit` item, `"name";r=42;t=30`, for a counted decision.
 fn write_ratelimit_item(out: &mut String, policy: &Policy, decision: &Decision) {
     write_sf_string(out, policy.name());
     // Writing to a String cannot fail.
@@ -371,9 +358,9 @@ mod tests {
             r#"a "quoted" \ name"#,
             Limit::fixed_window(5, Duration::from_millis(100)),
         );
-        assert_eq!(policy_item(&p), r#""a \"quoted\" \\ name";q=50;w=1"#);
+        assert_eq!(p.policy_item(), r#""a \"quoted\" \\ name";q=50;w=1"#);
         let odd = policy("odd", Limit::fixed_window(5, Duration::from_millis(1_500)));
-        assert_eq!(policy_item(&odd), r#""odd";q=5;w=2"#);
+        assert_eq!(odd.policy_item(), r#""odd";q=5;w=2"#);
         assert!(RateLimitHeaders::new([]).is_empty());
     }
 }

@@ -198,17 +198,15 @@ impl Policy {
             return Err(PolicyError::Name(name));
         }
         limit.validate()?;
-        let mut inner = PolicyInner {
+        Ok(Self(Arc::new(PolicyInner {
             key_part: key::component(&name).into_owned(),
+            policy_item: crate::headers::render_policy_item(&name, &limit),
             name,
             limit,
             failure_mode,
             lease: None,
             shadow: false,
-            policy_item: String::new(),
-        };
-        inner.policy_item = crate::headers::render_policy_item(&inner.name, &inner.limit);
-        Ok(Self(Arc::new(inner)))
+        })))
     }
 
     /// The same policy in batched mode, for hot keys on the Redis backend: a proxy takes up to
