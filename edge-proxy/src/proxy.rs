@@ -335,7 +335,7 @@ async fn route<'p>(
         // so its access log names it for a filter's answer too; metrics count no cluster.
         if let (Some(log), RouteAction::Forward(forward)) = (&mut served.log, &matched.route.action)
         {
-            log.cluster = Some(Arc::clone(forward.pick_cluster_shared(rand::random())));
+            log.cluster = Some(Arc::clone(forward.pick_cluster(rand::random())));
         }
         // Envoy 1.40 gives a filter's local reply the route's response headers on forwarding
         // routes (checked against it), not on redirect or direct-response ones.
@@ -579,7 +579,7 @@ async fn forward_request<'p>(
     started: Instant,
     served: &mut Served<'p>,
 ) -> Response<DownstreamBody> {
-    let cluster_name = forward.pick_cluster_shared(rand::random());
+    let cluster_name = forward.pick_cluster(rand::random());
     served.cluster = Some(cluster_name);
     if let Some(log) = &mut served.log {
         log.cluster = Some(Arc::clone(cluster_name));

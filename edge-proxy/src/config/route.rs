@@ -567,13 +567,9 @@ impl Route {
 impl Forward {
     /// The cluster for a request, given a random number. `random % total weight` picks a
     /// cluster as Envoy does: cluster *i* owns the interval from the sum of the weights before
-    /// it to that sum plus its own weight. A single cluster ignores `random`.
-    pub fn pick_cluster(&self, random: u64) -> &str {
-        self.pick_cluster_shared(random)
-    }
-
-    /// [`Forward::pick_cluster`], as the shared name that access log records keep.
-    pub fn pick_cluster_shared(&self, random: u64) -> &Arc<str> {
+    /// it to that sum plus its own weight. A single cluster ignores `random`. The name is
+    /// shared, so that access log records keep it without a copy.
+    pub fn pick_cluster(&self, random: u64) -> &Arc<str> {
         match &self.clusters {
             Clusters::One(name) => name,
             Clusters::Weighted { clusters, total } => {
