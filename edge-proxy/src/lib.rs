@@ -36,7 +36,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use crate::filter::rate_limit::Quotas;
-use crate::listeners::Listeners;
+use crate::listeners::{Listeners, Reservations};
 use crate::metrics::Metrics;
 use crate::proxy::{DataPlane, SharedDataPlane};
 use crate::snapshot::Snapshot;
@@ -104,7 +104,8 @@ pub async fn run(
     quotas.global.set_observer(metrics.clone());
     quotas.local.set_observer(metrics.clone());
     metrics.observe_quotas(&quotas);
-    let xds = xds::spawn(options.xds);
+    let reservations = Reservations::default();
+    let xds = xds::spawn_reserving(options.xds, reservations.clone());
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
         admin::AdminState {
@@ -121,6 +122,7 @@ pub async fn run(
         plane.clone(),
         Arc::clone(&metrics),
         tracing.as_ref().map(Tracing::tracer),
+        reservations,
     );
     let mut snapshots = xds.snapshots.clone();
     tokio::pin!(shutdown);

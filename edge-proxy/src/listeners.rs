@@ -4,14 +4,19 @@
 //! [`Listeners::apply`] follows each snapshot's LDS listeners: a new listener is bound, a
 //! removed one (or one that moved to another address) stops accepting and drains, and any
 //! other keeps its socket and its connections, serving new connections with its new config.
+//!
+//! A listener's socket is bound earlier, while the xDS client checks the LDS update that brings
+//! it ([`Reservations`]): a port that cannot be bound turns the update into a NACK naming the
+//! listener, as Envoy's "cannot bind" does, and a listener whose update was ACKed already
+//! queues connections while the snapshot that runs it is being applied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -43,6 +48,7 @@ pub struct Listeners {
     metrics: Arc<Metrics>,
     tracer: Option<Tracer>,
     running: HashMap<String, Running>,
+    reservations: Reservations,
     drain: watch::Sender<bool>,
 }
 
@@ -68,14 +74,21 @@ pub struct BindError {
 
 impl Listeners {
     /// No listeners yet; requests will be served on `plane`, counted in `metrics` and traced
-    /// with `tracer` (when tracing is on).
-    pub fn new(plane: SharedDataPlane, metrics: Arc<Metrics>, tracer: Option<Tracer>) -> Self {
+    /// with `tracer` (when tracing is on). A new listener takes its socket from `reservations`
+    /// when the xDS client bound one for it, and binds its address itself otherwise.
+    pub fn new(
+        plane: SharedDataPlane,
+        metrics: Arc<Metrics>,
+        tracer: Option<Tracer>,
+        reservations: Reservations,
+    ) -> Self {
         let (drain, _) = watch::channel(false);
         Self {
             plane,
             metrics,
             tracer,
             running: HashMap::new(),
+            reservations,
             drain,
         }
     }
@@ -90,10 +103,7 @@ impl Listeners {
 
     /// Makes the running listeners those of `listeners`. Listeners that cannot be bound are
     /// reported and left out; the others run.
-    pub async fn apply(
-        &mut self,
-        listeners: &std::collections::BTreeMap<String, Arc<Listener>>,
-    ) -> Vec<BindError> {
+    pub async fn apply(&mut self, listeners: &BTreeMap<String, Arc<Listener>>) -> Vec<BindError> {
         let removed: Vec<String> = self
             .running
             .iter()
@@ -120,7 +130,11 @@ impl Listeners {
                 continue;
             }
             let address = listener.address();
-            match bind(address) {
+            let socket = match self.reservations.take(name, address) {
+                Some(reserved) => Ok(reserved),
+                None => bind(address),
+            };
+            match socket {
                 Ok(socket) => {
                     let bound = socket.local_addr().unwrap_or(address);
                     tracing::info!(listener = %name, address = %bound, "listening");
@@ -171,6 +185,108 @@ impl Listeners {
         while self.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Sockets bound for listeners whose LDS update the xDS client is checking or has ACKed, until
+/// [`Listeners::apply`] runs them; shared by the two.
+///
+/// Binding at check time is what makes a taken port a NACK (naming the listener) rather than a
+/// log line after an ACK. A reserved socket listens already, so a client that connects as soon
+/// as the update converges waits in the backlog instead of being refused.
+#[derive(Debug, Clone, Default)]
+pub struct Reservations {
+    by_listener: Arc<Mutex<HashMap<String, Reserved>>>,
+}
+
+#[derive(Debug)]
+struct Reserved {
+    /// The address asked for (port 0 included), to tell a reservation from a later move.
+    address: SocketAddr,
+    socket: TcpListener,
+}
+
+impl Reservations {
+    /// Checks an LDS update against the sockets and reserves those its new or moved listeners
+    /// need. `held` is every listener's address before the update; `updates` are the listeners
+    /// it adds or changes, `removed` those it deletes.
+    ///
+    /// The error, a NACK message, names every listener whose address cannot be bound or is
+    /// another listener's too; nothing is reserved then. An address that a listener of `held`
+    /// gives up in this very update is not bound here but by [`Listeners::apply`], once that
+    /// listener has drained.
+    pub fn reserve(
+        &self,
+        held: &BTreeMap<String, SocketAddr>,
+        updates: &[(&str, SocketAddr)],
+        removed: &[String],
+    ) -> Result<(), String> {
+        let mut after: BTreeMap<&str, SocketAddr> =
+            held.iter().map(|(name, a)| (name.as_str(), *a)).collect();
+        for name in removed {
+            after.remove(name.as_str());
+        }
+        after.extend(updates.iter().copied());
+        let mut errors = Vec::new();
+        let mut bound = Vec::new();
+        let mut deferred = Vec::new();
+        for &(name, address) in updates {
+            if held.get(name) == Some(&address) {
+                continue;
+            }
+            // Port 0 asks for any free port: never a clash.
+            if address.port() != 0 {
+                if let Some((other, _)) = after.iter().find(|&(n, a)| *n != name && *a == address) {
+                    errors.push(format!(
+                        "listener {name}: address {address} is also listener {other}'s"
+                    ));
+                    continue;
+                }
+                if held.iter().any(|(n, a)| n != name && *a == address) {
+                    deferred.push(name);
+                    continue;
+                }
+            }
+            match bind(address) {
+                Ok(socket) => bound.push((name, Reserved { address, socket })),
+                Err(source) => errors.push(
+                    BindError {
+                        name: name.to_owned(),
+                        address,
+                        source,
+                    }
+                    .to_string(),
+                ),
+            }
+        }
+        if !errors.is_empty() {
+            // `bound` drops here: the ports are free again.
+            return Err(errors.join("; "));
+        }
+        let mut reserved = self.lock();
+        for name in removed.iter().map(String::as_str).chain(deferred) {
+            reserved.remove(name);
+        }
+        for (name, socket) in bound {
+            reserved.insert(name.to_owned(), socket);
+        }
+        Ok(())
+    }
+
+    /// The socket reserved for listener `name` at `address`, handed over to run it.
+    fn take(&self, name: &str, address: SocketAddr) -> Option<TcpListener> {
+        let mut reserved = self.lock();
+        if reserved.get(name)?.address != address {
+            return None;
+        }
+        reserved.remove(name).map(|r| r.socket)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reserved>> {
+        // Nothing panics while holding the lock; recover the map if something ever did.
+        self.by_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -506,5 +622,118 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(listeners: &[(&str, SocketAddr)]) -> BTreeMap<String, SocketAddr> {
+        listeners
+            .iter()
+            .map(|(n, a)| ((*n).to_owned(), *a))
+            .collect()
+    }
+
+    fn free_address() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_listener_is_bound_and_handed_over_once() {
+        let reservations = Reservations::default();
+        let address = free_address();
+        reservations
+            .reserve(&held(&[]), &[("web", address)], &[])
+            .unwrap();
+        // Bound and listening before any listener runs.
+        tokio::net::TcpStream::connect(address).await.unwrap();
+        assert!(
+            reservations
+                .take("web", "127.0.0.1:1".parse().unwrap())
+                .is_none()
+        );
+        let socket = reservations.take("web", address).unwrap();
+        assert_eq!(socket.local_addr().unwrap(), address);
+        assert!(reservations.take("web", address).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_clash_names_both_listeners_and_reserves_nothing() {
+        let reservations = Reservations::default();
+        let (shared, other) = (free_address(), free_address());
+        let error = reservations
+            .reserve(
+                &held(&[("api", shared)]),
+                &[("web", shared), ("admin", other)],
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(
+            error,
+            format!("listener web: address {shared} is also listener api's")
+        );
+        // "admin" was bound while checking and let go with the rejection.
+        assert!(reservations.take("admin", other).is_none());
+        std::net::TcpListener::bind(other).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_a_bind_error_naming_the_listener() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap();
+        let error = Reservations::default()
+            .reserve(&held(&[]), &[("web", address)], &[])
+            .unwrap_err();
+        assert!(
+            error.starts_with(&format!("listener web: cannot bind {address}: ")),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_given_up_in_the_same_update_is_left_to_apply() {
+        let reservations = Reservations::default();
+        let address = free_address();
+        // "old" runs on the address; the update removes it and gives the address to "new".
+        let running = bind(address).unwrap();
+        reservations
+            .reserve(
+                &held(&[("old", address)]),
+                &[("new", address)],
+                &["old".to_owned()],
+            )
+            .unwrap();
+        assert!(reservations.take("new", address).is_none());
+        drop(running);
+        // A listener that moves off an address it had reserved releases it.
+        let first = free_address();
+        reservations
+            .reserve(&held(&[]), &[("moving", first)], &[])
+            .unwrap();
+        reservations
+            .reserve(&held(&[("moving", first)]), &[("moving", address)], &[])
+            .unwrap();
+        assert!(reservations.take("moving", first).is_none());
+        std::net::TcpListener::bind(first).unwrap();
+        assert!(reservations.take("moving", address).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_removed_listener_releases_its_reservation() {
+        let reservations = Reservations::default();
+        let address = free_address();
+        reservations
+            .reserve(&held(&[]), &[("web", address)], &[])
+            .unwrap();
+        reservations
+            .reserve(&held(&[("web", address)]), &[], &["web".to_owned()])
+            .unwrap();
+        assert!(reservations.take("web", address).is_none());
+        std::net::TcpListener::bind(address).unwrap();
     }
 }

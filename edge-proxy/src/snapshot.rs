@@ -326,6 +326,14 @@ impl SnapshotBuilder {
         }
     }
 
+    /// The address of every held listener, by name.
+    pub fn listener_addresses(&self) -> BTreeMap<String, std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .map(|(name, held)| (name.clone(), held.value.address()))
+            .collect()
+    }
+
     /// A counter that moves whenever what is held changes, to publish only new snapshots.
     pub fn generation(&self) -> u64 {
         self.generation

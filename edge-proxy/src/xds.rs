@@ -32,6 +32,7 @@ use tollgate_proto::google::protobuf::Any;
 use crate::config::cluster::{Cluster, Endpoints};
 use crate::config::listener::{Listener, Secret};
 use crate::config::route::RouteTable;
+use crate::listeners::Reservations;
 use crate::snapshot::{Accepted, Kind, Snapshot};
 
 /// The `user_agent_name` the proxy reports; the control plane tailors resources by it.
@@ -151,11 +152,24 @@ pub struct Xds {
     pub task: JoinHandle<()>,
 }
 
-/// Starts the xDS client on the current Tokio runtime.
+/// Starts the xDS client on the current Tokio runtime. It leaves listeners' addresses
+/// unchecked; [`spawn_reserving`] checks and binds them too.
 pub fn spawn(config: XdsConfig) -> Xds {
+    start(config, None)
+}
+
+/// Starts the xDS client on the current Tokio runtime, binding the socket of every new or
+/// moved listener in `reservations` before it ACKs the LDS update that brings it; a socket
+/// that cannot be bound is a NACK naming the listener. The proxy hands the same
+/// `reservations` to its [`crate::listeners::Listeners`], which run those sockets.
+pub fn spawn_reserving(config: XdsConfig, reservations: Reservations) -> Xds {
+    start(config, Some(reservations))
+}
+
+fn start(config: XdsConfig, reservations: Option<Reservations>) -> Xds {
     let (snapshot_tx, snapshots) = watch::channel(None);
     let (status_tx, status) = watch::channel(XdsStatus::default());
-    let task = tokio::spawn(client::run(config, snapshot_tx, status_tx));
+    let task = tokio::spawn(client::run(config, reservations, snapshot_tx, status_tx));
     Xds {
         snapshots,
         status,

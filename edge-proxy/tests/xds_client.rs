@@ -19,6 +19,7 @@ use tollgate_control_plane::store::{Change, Store};
 use tollgate_control_plane::translate::{NodeGroup, NodeKind, ResourceType, translate};
 use tollgate_control_plane::xds::AdsServer;
 use tollgate_control_plane::xds::nodes::NodeRegistry;
+use tollgate_edge_proxy::listeners::Reservations;
 use tollgate_edge_proxy::snapshot::{Kind, Snapshot};
 use tollgate_edge_proxy::xds::{self, Backoff, Xds, XdsConfig};
 use tollgate_proto::envoy::config::listener::v3 as listener_pb;
@@ -411,12 +412,20 @@ impl AggregatedDiscoveryService for FakeAds {
 /// A listener exactly as the control plane translates it for a tollgate node, which the
 /// proxy accepts, and the same with `use_original_dst` set, which it must reject.
 fn listeners() -> (listener_pb::Listener, listener_pb::Listener) {
+    let good = translated_listener(18080);
+    let mut bad = good.clone();
+    bad.use_original_dst = Some(tollgate_proto::google::protobuf::BoolValue { value: true });
+    (good, bad)
+}
+
+/// The control plane's translation of listener "public" on 127.0.0.1:`port`.
+fn translated_listener(port: u16) -> listener_pb::Listener {
     use prost::Message;
     let mut store = tollgate_control_plane::store::StoreSnapshot {
         revision: 1,
         ..Default::default()
     };
-    let Change::Put(Resource::Listener(l)) = listener("public", 18080, &[]) else {
+    let Change::Put(Resource::Listener(l)) = listener("public", port, &[]) else {
         unreachable!()
     };
     store.listeners.insert("public".into(), l);
@@ -426,10 +435,7 @@ fn listeners() -> (listener_pb::Listener, listener_pb::Listener) {
     };
     let xds = translate(&store, &group, &Default::default()).unwrap();
     let body = &xds.resources(ResourceType::Listener)["public"].body;
-    let good = listener_pb::Listener::decode(body.value.as_slice()).unwrap();
-    let mut bad = good.clone();
-    bad.use_original_dst = Some(tollgate_proto::google::protobuf::BoolValue { value: true });
-    (good, bad)
+    listener_pb::Listener::decode(body.value.as_slice()).unwrap()
 }
 
 fn lds_response(nonce: &str, listener: Option<&listener_pb::Listener>) -> DeltaDiscoveryResponse {
@@ -578,6 +584,94 @@ async fn a_rejected_first_listener_publishes_nothing() {
     })
     .await;
     assert!(proxy.snapshots.borrow().is_none());
+
+    proxy.task.abort();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_nacked_naming_the_listener_and_an_acked_one_accepts_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (requests_tx, mut requests) = mpsc::unbounded_channel();
+    let fake = FakeAds {
+        // The listener on a free port, then moved to the taken one.
+        listeners: Arc::new(Mutex::new(vec![
+            lds_response("lds-1", Some(&translated_listener(free_port))),
+            lds_response("lds-2", Some(&translated_listener(taken_port))),
+        ])),
+        requests: requests_tx,
+    };
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(socket)),
+    );
+    let mut config = XdsConfig::new(format!("http://{addr}"), "proxy-bind", "edge");
+    config.backoff = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    let proxy = xds::spawn_reserving(config, Reservations::default());
+    let mut answer = async |nonce: &str| {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let req = requests.recv().await.unwrap();
+                if req.response_nonce == nonce {
+                    return req;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {nonce}"))
+    };
+
+    let ack = answer("lds-1").await;
+    assert_eq!(ack.error_detail, None, "lds-1 was NACKed");
+    // Nothing runs listeners here: the socket bound before the ACK takes the connection.
+    tokio::net::TcpStream::connect(("127.0.0.1", free_port))
+        .await
+        .expect("the ACKed listener's port does not accept");
+
+    let nack = answer("lds-2").await;
+    let detail = nack.error_detail.expect("lds-2 was ACKed");
+    assert_eq!(detail.code, 3);
+    assert!(
+        detail.message.starts_with(&format!(
+            "listener public: cannot bind 127.0.0.1:{taken_port}: "
+        )),
+        "{}",
+        detail.message
+    );
+
+    // The listener stays where it was (lds-1; this server sends no routes, so no snapshot is
+    // published), and its port is still held.
+    eventually("the status shows the rejection", || {
+        proxy
+            .status
+            .borrow()
+            .types
+            .get(&Kind::Listener)
+            .is_some_and(|t| t.rejecting && t.nacks == 1)
+    })
+    .await;
+    assert_eq!(
+        proxy.status.borrow().types[&Kind::Listener]
+            .acked_version
+            .as_deref(),
+        Some("lds-1")
+    );
+    tokio::net::TcpStream::connect(("127.0.0.1", free_port))
+        .await
+        .expect("the kept listener's port no longer accepts");
+    drop(taken);
 
     proxy.task.abort();
     server.abort();

@@ -22,7 +22,8 @@ use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use super::{NACK_CODE, Rejected, USER_AGENT_NAME, XdsConfig, XdsStatus, validate};
-use crate::snapshot::{Kind, Snapshot, SnapshotBuilder};
+use crate::listeners::Reservations;
+use crate::snapshot::{Accepted, Kind, Snapshot, SnapshotBuilder};
 
 /// Time allowed to open a TCP/HTTP2 connection to the control plane.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,12 +53,14 @@ pub enum XdsError {
 /// Runs the client until its task is aborted.
 pub(super) async fn run(
     config: XdsConfig,
+    reservations: Option<Reservations>,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     status: watch::Sender<XdsStatus>,
 ) {
     let span = tracing::info_span!("xds", node = %config.node_id, endpoint = %config.endpoint);
     let mut client = Client {
         config,
+        reservations,
         builder: SnapshotBuilder::new(),
         published: None,
         snapshots,
@@ -85,6 +88,8 @@ pub(super) async fn run(
 
 struct Client {
     config: XdsConfig,
+    /// Where new listeners' sockets are bound before their LDS update is ACKed, if anywhere.
+    reservations: Option<Reservations>,
     builder: SnapshotBuilder,
     /// The builder generation last published.
     published: Option<u64>,
@@ -214,6 +219,22 @@ impl Client {
             match validate(kind, &r.name, r.resource.as_ref()) {
                 Ok(accepted) => updates.push((r.version.clone(), accepted)),
                 Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty()
+            && kind == Kind::Listener
+            && let Some(reservations) = &self.reservations
+        {
+            let changes: Vec<_> = updates
+                .iter()
+                .filter_map(|(_, accepted)| match accepted {
+                    Accepted::Listener(l) => Some((l.name(), l.address())),
+                    _ => None,
+                })
+                .collect();
+            let held = self.builder.listener_addresses();
+            if let Err(e) = reservations.reserve(&held, &changes, &resp.removed_resources) {
+                errors.push(e);
             }
         }
         if !errors.is_empty() {
