@@ -56,6 +56,12 @@
 //! a Redis on a host of its own would answer at once. Reported as a ratio to `edge`, with the Redis commands per request
 //! (from `INFO commandstats`).
 //!
+//! `BENCH_PACE_MS=N` paces the load instead of running it flat out: each wrk connection waits
+//! N ms between a response and its next request (a `delay()` script), so every peer serves the
+//! same light load and the latencies compare what each peer adds itself, rather than the
+//! queue that a lower throughput builds up in a closed loop of `BENCH_CONNECTIONS`. Such a run
+//! reports latencies only; its requests/s are the pace's.
+//!
 //! `BENCH_PEERS` (default
 //! `edge,envoy,nginx,direct,edge-bare,edge-log,edge-trace,edge-auth,edge-quota`; leave the last
 //! five out to skip the observability and policy rows) chooses and orders the peers; `BENCH_PATH`
@@ -205,6 +211,11 @@ struct Settings {
     load_cpu: usize,
     quiet_wait_secs: u32,
     retries: u32,
+    /// Milliseconds each connection waits between a response and its next request (0: none,
+    /// the load runs flat out).
+    pace_ms: u32,
+    /// The wrk script that makes that wait, written when `pace_ms` is set.
+    pace_script: Option<PathBuf>,
     /// The path the load requests.
     path: String,
 }
@@ -232,6 +243,8 @@ impl Settings {
             load_cpu: env_number("BENCH_LOAD_CPU", 0)?,
             quiet_wait_secs: env_number("BENCH_QUIET_WAIT", 120)?,
             retries: env_number("BENCH_RETRIES", 2)?,
+            pace_ms: env_number("BENCH_PACE_MS", 0)?,
+            pace_script: None,
             path: std::env::var("BENCH_PATH")
                 .ok()
                 .filter(|path| !path.is_empty())
@@ -328,7 +341,20 @@ impl RunResult {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+    let mut settings = Settings::from_env()?;
+    if settings.pace_ms > 0 {
+        let dir = target_dir().join("bench");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let script = dir.join("pace.lua");
+        // wrk calls `delay` before each request and waits that many milliseconds first.
+        std::fs::write(
+            &script,
+            format!("function delay()\n  return {}\nend\n", settings.pace_ms),
+        )
+        .with_context(|| format!("writing {}", script.display()))?;
+        settings.pace_script = Some(script);
+    }
+    let settings = settings;
     // Everything this harness starts without an explicit pin (the control plane) inherits this,
     // so the peers' CPU carries nothing but the peer under load.
     pin_self(settings.load_cpu)?;
@@ -1097,6 +1123,9 @@ async fn run_wrk(
         .arg("--latency")
         .arg("--timeout")
         .arg("5s");
+    if let Some(script) = &settings.pace_script {
+        cmd.arg("-s").arg(script);
+    }
     for (name, value) in &peer.headers {
         cmd.arg("-H").arg(format!("{name}: {value}"));
     }
@@ -1400,6 +1429,17 @@ fn render_report(
         settings.peer_cpu,
         settings.load_cpu,
     ));
+    if settings.pace_ms > 0 {
+        line(format!(
+            "**Paced run** (`BENCH_PACE_MS={pace}`): each connection waits {pace} ms between a \
+             response and its next request, so every peer gets about the same light load (at \
+             most {rate:.0} requests/s) and the latencies compare the peers' own delays, \
+             without the queueing a slower peer builds up at full load. The requests/s here are \
+             the pace's, not the peers' capacities: the ratios to them are not measured.\n",
+            pace = settings.pace_ms,
+            rate = f64::from(settings.connections) * 1000.0 / f64::from(settings.pace_ms),
+        ));
+    }
     line(format!("{machine}\n"));
     line(
         "| peer | requests/s | p50 | p99 | RSS idle | RSS after load | peak RSS | peer CPU \
@@ -1440,13 +1480,18 @@ fn render_report(
     line("| target | measured | per peer CPU | met |".to_owned());
     line("|---|---:|---:|---|".to_owned());
     let met = |ok: bool| if ok { "yes" } else { "**no**" };
+    let paced = settings.pace_ms > 0;
     let mut ratio_line = |name: &str, other: Option<&Row>, target: f64| match (edge, other) {
         (Some(edge), Some(other)) => {
             let ratio = edge.median.requests_per_sec / other.median.requests_per_sec;
             let normalised = per_peer_cpu(&edge.median) / per_peer_cpu(&other.median);
             line(format!(
                 "| edge/{name} requests/s ≥ {target}× | {ratio:.2}× | {normalised:.2}× | {} |",
-                met(ratio >= target)
+                if paced {
+                    "not measured (paced run)"
+                } else {
+                    met(ratio >= target)
+                }
             ));
         }
         _ => line(format!(
@@ -1498,8 +1543,8 @@ fn render_report(
         .filter(|row| row.runs.iter().all(RunResult::disturbed))
         .map(|row| row.kind.name())
         .collect();
-    render_observability(rows, spans, &mut line);
-    render_policy_cost(rows, quota_commands, &mut line);
+    render_observability(rows, spans, paced, &mut line);
+    render_policy_cost(rows, quota_commands, paced, &mut line);
     line(format!(
         "\n`others' CPU`: the share of the peer CPU / the load CPU that processes other than the \
          peer, wrk, the upstream and this harness (which hosts the OTLP receiver) took (some kernel network work is counted there too). A run \
@@ -1545,7 +1590,12 @@ fn render_report(
 /// The observability section: each edge proxy variant as a ratio to the one with neither
 /// request metrics nor an access log, with the issue's target for metrics plus a file access
 /// log.
-fn render_observability(rows: &[Row], spans: Option<SpanCount>, line: &mut impl FnMut(String)) {
+fn render_observability(
+    rows: &[Row],
+    spans: Option<SpanCount>,
+    paced: bool,
+    line: &mut impl FnMut(String),
+) {
     let find = |kind| rows.iter().find(|row| row.kind == kind);
     let variants = [
         (
@@ -1586,7 +1636,9 @@ fn render_observability(rows: &[Row], spans: Option<SpanCount>, line: &mut impl 
         let m = &row.median;
         let ratio = m.requests_per_sec / bare.median.requests_per_sec;
         let normalised = per_peer_cpu(m) / per_peer_cpu(&bare.median);
-        let target = if row.kind == PeerKind::EdgeLog {
+        let target = if row.kind == PeerKind::EdgeLog && paced {
+            "not measured (paced run)".to_owned()
+        } else if row.kind == PeerKind::EdgeLog {
             format!(
                 "≥ {TARGET_LOGGED_VS_BARE}×: {}",
                 if ratio >= TARGET_LOGGED_VS_BARE {
@@ -1621,7 +1673,12 @@ fn render_observability(rows: &[Row], spans: Option<SpanCount>, line: &mut impl 
 
 /// The policy section: the edge proxy with a JWT and an API-key policy on every route, as a
 /// ratio to the same proxy without policies, with the issue's target.
-fn render_policy_cost(rows: &[Row], quota_commands: Option<f64>, line: &mut impl FnMut(String)) {
+fn render_policy_cost(
+    rows: &[Row],
+    quota_commands: Option<f64>,
+    paced: bool,
+    line: &mut impl FnMut(String),
+) {
     let find = |kind| rows.iter().find(|row| row.kind == kind);
     let Some(edge) = find(PeerKind::Edge) else {
         return;
@@ -1649,7 +1706,15 @@ fn render_policy_cost(rows: &[Row], quota_commands: Option<f64>, line: &mut impl
         let ratio = row.median.requests_per_sec / edge.median.requests_per_sec;
         let normalised = per_peer_cpu(&row.median) / per_peer_cpu(&edge.median);
         let added = row.median.p99.saturating_sub(edge.median.p99);
-        let target = if row.kind == PeerKind::EdgeQuota {
+        let target = if row.kind == PeerKind::EdgeQuota && paced {
+            format!(
+                "added p99 ≤ {}: {} (paced run: requests/s not measured)",
+                fmt_latency(TARGET_QUOTA_ADDED_P99),
+                yes(added <= TARGET_QUOTA_ADDED_P99)
+            )
+        } else if paced {
+            "not measured (paced run)".to_owned()
+        } else if row.kind == PeerKind::EdgeQuota {
             format!(
                 "≥ {TARGET_QUOTA_VS_EDGE}×, added p99 ≤ {}: {}",
                 fmt_latency(TARGET_QUOTA_ADDED_P99),
