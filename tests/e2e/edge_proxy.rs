@@ -747,3 +747,68 @@ async fn sigterm_lets_a_request_in_flight_finish() {
         fleet.proxy.log()
     );
 }
+
+/// Listeners whose port is ready when the change converges, and one whose port is not: a new
+/// listener takes requests as soon as its revision converges (its socket is bound before the
+/// ACK), and a listener moved to a port another process holds is NACKed, naming the listener
+/// and the port, while it goes on serving where it was.
+#[tokio::test]
+async fn listener_ports_are_bound_before_the_ack_and_a_taken_one_is_nacked() {
+    let fleet = EdgeFleet::start("edge-listener-ports").await;
+
+    let second = free_port();
+    fleet
+        .put_converged(
+            "listeners",
+            "second",
+            json!({"address": "127.0.0.1", "port": second}),
+        )
+        .await;
+    // No retry: converged means the port accepts.
+    let response = support::get(&format!("http://127.0.0.1:{second}/api/at-once"), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let revision = fleet
+        .cp
+        .put_ok(
+            "listeners",
+            "second",
+            json!({"address": "127.0.0.1", "port": taken_port}),
+        )
+        .await
+        .unwrap();
+    let status = fleet.cp.wait_nacked(revision, CONVERGE).await.unwrap();
+    assert_eq!(status["converged"], false);
+    let nack = &status["nacked"][0];
+    assert_eq!(nack["node_id"], "edge-listener-ports");
+    assert_eq!(nack["type"], "listeners");
+    let message = nack["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "listener second: cannot bind 127.0.0.1:{taken_port}: "
+        )),
+        "{nack}"
+    );
+
+    // Nothing moved: both listeners serve on their ports, and the taken port is untouched.
+    for port in [fleet.port, second] {
+        let response = support::get(&format!("http://127.0.0.1:{port}/api/still"), None)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "port {port}: {response:?}");
+    }
+    let dump = fleet.config_dump().await;
+    let held = dump["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "second")
+        .unwrap();
+    assert_eq!(held["address"], format!("127.0.0.1:{second}"), "{dump}");
+    assert_eq!(dump["xds"]["types"]["listeners"]["rejecting"], true);
+    drop(taken);
+}
