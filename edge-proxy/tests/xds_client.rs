@@ -144,13 +144,17 @@ impl ControlPlane {
 }
 
 fn client(addr: SocketAddr, node_id: &str) -> Xds {
+    xds::spawn(client_config(addr, node_id))
+}
+
+fn client_config(addr: SocketAddr, node_id: &str) -> XdsConfig {
     let mut config = XdsConfig::new(format!("http://{addr}"), node_id, "edge");
     // Quick reconnects keep the restart test short.
     config.backoff = Backoff {
         initial: Duration::from_millis(50),
         max: Duration::from_millis(500),
     };
-    xds::spawn(config)
+    config
 }
 
 /// Waits until a published snapshot satisfies `pred`; returns it.
@@ -438,6 +442,51 @@ fn translated_listener(port: u16) -> listener_pb::Listener {
     listener_pb::Listener::decode(body.value.as_slice()).unwrap()
 }
 
+/// A [`FakeAds`] sending the `script`ed LDS responses, on a free port: its address, its task,
+/// and every request it receives.
+async fn serve_fake(
+    script: Vec<DeltaDiscoveryResponse>,
+) -> (
+    SocketAddr,
+    JoinHandle<Result<(), tonic::transport::Error>>,
+    mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
+) {
+    let (requests_tx, requests) = mpsc::unbounded_channel();
+    let fake = FakeAds {
+        listeners: Arc::new(Mutex::new(script)),
+        requests: requests_tx,
+    };
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(socket)),
+    );
+    (addr, server, requests)
+}
+
+/// The requests received until the one answering `nonce`, that one last.
+async fn requests_until_answer(
+    requests: &mut mpsc::UnboundedReceiver<DeltaDiscoveryRequest>,
+    nonce: &str,
+) -> Vec<DeltaDiscoveryRequest> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let req = requests.recv().await.unwrap();
+            let done = req.response_nonce == nonce;
+            seen.push(req);
+            if done {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer to {nonce}"));
+    seen
+}
+
 fn lds_response(nonce: &str, listener: Option<&listener_pb::Listener>) -> DeltaDiscoveryResponse {
     DeltaDiscoveryResponse {
         system_version_info: nonce.to_owned(),
@@ -459,22 +508,12 @@ fn lds_response(nonce: &str, listener: Option<&listener_pb::Listener>) -> DeltaD
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_field_is_nacked_and_the_last_good_snapshot_stays() {
     let (_good, bad) = listeners();
-    let (requests_tx, mut requests) = mpsc::unbounded_channel();
-    let fake = FakeAds {
-        // First an empty LDS (a complete, empty snapshot), then the listener to reject.
-        listeners: Arc::new(Mutex::new(vec![
-            lds_response("lds-1", None),
-            lds_response("lds-2", Some(&bad)),
-        ])),
-        requests: requests_tx,
-    };
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(socket)),
-    );
+    // First an empty LDS (a complete, empty snapshot), then the listener to reject.
+    let (addr, server, mut requests) = serve_fake(vec![
+        lds_response("lds-1", None),
+        lds_response("lds-2", Some(&bad)),
+    ])
+    .await;
     let mut proxy = client(addr, "proxy-nack");
 
     let empty = snapshot_where(&mut proxy, "the empty configuration", |s| {
@@ -483,18 +522,8 @@ async fn an_unsupported_field_is_nacked_and_the_last_good_snapshot_stays() {
     .await;
 
     // Read requests until the NACK of lds-2.
-    let mut seen = Vec::new();
-    let nack = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let req = requests.recv().await.unwrap();
-            seen.push(req.clone());
-            if req.response_nonce == "lds-2" {
-                return req;
-            }
-        }
-    })
-    .await
-    .expect("no answer to lds-2");
+    let mut seen = requests_until_answer(&mut requests, "lds-2").await;
+    let nack = seen.pop().unwrap();
     // The first request carried the node.
     let node = seen[0].node.as_ref().expect("first request without node");
     assert_eq!(node.user_agent_name, "tollgate");
@@ -544,29 +573,12 @@ async fn an_unsupported_field_is_nacked_and_the_last_good_snapshot_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_first_listener_publishes_nothing() {
     let (_good, bad) = listeners();
-    let (requests_tx, mut requests) = mpsc::unbounded_channel();
-    let fake = FakeAds {
-        listeners: Arc::new(Mutex::new(vec![lds_response("lds-1", Some(&bad))])),
-        requests: requests_tx,
-    };
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(socket)),
-    );
+    let (addr, server, mut requests) = serve_fake(vec![lds_response("lds-1", Some(&bad))]).await;
     let proxy = client(addr, "proxy-nack-first");
-    let nack = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let req = requests.recv().await.unwrap();
-            if req.response_nonce == "lds-1" {
-                return req;
-            }
-        }
-    })
-    .await
-    .expect("no answer to lds-1");
+    let nack = requests_until_answer(&mut requests, "lds-1")
+        .await
+        .pop()
+        .unwrap();
     assert!(
         nack.error_detail
             .unwrap()
@@ -598,39 +610,18 @@ async fn a_taken_port_is_nacked_naming_the_listener_and_an_acked_one_accepts_at_
         .local_addr()
         .unwrap()
         .port();
-    let (requests_tx, mut requests) = mpsc::unbounded_channel();
-    let fake = FakeAds {
-        // The listener on a free port, then moved to the taken one.
-        listeners: Arc::new(Mutex::new(vec![
-            lds_response("lds-1", Some(&translated_listener(free_port))),
-            lds_response("lds-2", Some(&translated_listener(taken_port))),
-        ])),
-        requests: requests_tx,
-    };
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(socket)),
-    );
-    let mut config = XdsConfig::new(format!("http://{addr}"), "proxy-bind", "edge");
-    config.backoff = Backoff {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(500),
-    };
-    let proxy = xds::spawn_reserving(config, Reservations::default());
+    // The listener on a free port, then moved to the taken one.
+    let (addr, server, mut requests) = serve_fake(vec![
+        lds_response("lds-1", Some(&translated_listener(free_port))),
+        lds_response("lds-2", Some(&translated_listener(taken_port))),
+    ])
+    .await;
+    let proxy = xds::spawn_reserving(client_config(addr, "proxy-bind"), Reservations::default());
     let mut answer = async |nonce: &str| {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                let req = requests.recv().await.unwrap();
-                if req.response_nonce == nonce {
-                    return req;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {nonce}"))
+        requests_until_answer(&mut requests, nonce)
+            .await
+            .pop()
+            .unwrap()
     };
 
     let ack = answer("lds-1").await;
