@@ -8,6 +8,7 @@
 
 mod link;
 mod pacer;
+mod pipe;
 mod scripts;
 pub mod url;
 

@@ -7,7 +7,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tollgate_quota::testing::{RedisCluster, RedisSentinel, RedisServer, require_redis};
+use tollgate_quota::testing::{
+    RedisCluster, RedisSentinel, RedisServer, redis_cli_bin, require_redis,
+};
 use tollgate_quota::{
     Decision, FailureMode, Limit, Outcome, Policy, Quota, RateLimitHeaders, RedisConfig,
 };
@@ -187,6 +189,67 @@ async fn scripts_reload_after_flush() {
     assert_eq!(quota.check(&policy, "c").await.remaining, 8);
     assert_eq!(quota.check(&policy, "c").await.remaining, 7);
     assert_eq!(quota.metrics().snapshot().errors, 0);
+}
+
+/// `redis-cli -p <port> -a <password> [-n <db>] <args>`: the reply as text.
+fn cli(server: &RedisServer, password: &str, db: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new(redis_cli_bin().unwrap());
+    command
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "-a",
+            password,
+            "--no-auth-warning",
+        ])
+        .args(db.map(|db| ["-n", db]).into_iter().flatten())
+        .args(args);
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn password_user_and_database_from_the_url() {
+    require_redis!();
+    let server = RedisServer::start_with_args("auth", &["--requirepass", "s3cret"]).unwrap();
+    let port = server.port();
+    let policy = policy("auth", Limit::fixed_window(10, Duration::from_secs(60)));
+
+    // The default user's password, and database 3.
+    let quota = connect(
+        &format!("redis://:s3cret@127.0.0.1:{port}/3"),
+        RELAXED_TIMEOUT,
+    )
+    .await;
+    assert_eq!(quota.check(&policy, "c").await.remaining, 9);
+    assert_eq!(cli(&server, "s3cret", Some("3"), &["DBSIZE"]), "1");
+    assert_eq!(cli(&server, "s3cret", None, &["DBSIZE"]), "0");
+
+    // An ACL user, in database 0, sharing nothing with database 3.
+    cli(
+        &server,
+        "s3cret",
+        None,
+        &["ACL", "SETUSER", "edge", "on", ">edge-pw", "~*", "+@all"],
+    );
+    let as_user = connect(
+        &format!("redis://edge:edge-pw@127.0.0.1:{port}"),
+        RELAXED_TIMEOUT,
+    )
+    .await;
+    assert_eq!(as_user.check(&policy, "c").await.remaining, 9);
+    assert_eq!(cli(&server, "s3cret", None, &["DBSIZE"]), "1");
+
+    // A wrong password never brings the link up: decisions follow the failure mode at once.
+    let refused = Quota::redis(
+        RedisConfig::new(format!("redis://:wrong@127.0.0.1:{port}")).with_timeout(RELAXED_TIMEOUT),
+    )
+    .unwrap();
+    assert!(!refused.wait_until_up(Duration::from_secs(1)).await);
+    let decision = refused.check(&policy, "c").await;
+    assert!(decision.is_allowed());
+    assert_eq!(decision.outcome, Outcome::FailedOpen);
 }
 
 #[tokio::test]

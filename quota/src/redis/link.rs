@@ -19,33 +19,110 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, RedisError, RedisResult,
-    ServerErrorKind, TlsCertificates, TlsMode, Value,
+    ServerErrorKind, TlsCertificates, TlsMode,
 };
 
 use super::RedisConfig;
+use super::pipe::{Frame, Pipe};
+use super::scripts::Reply;
 use super::url::RedisTarget;
 use crate::metrics::Metrics;
 
-/// An open connection: multiplexed (many requests in flight on one socket), cheap to clone.
+/// An open connection: many requests in flight on one socket, cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Conn {
-    /// One server, or the master Sentinel named.
+    /// One plain-TCP server: our own pipelined connection (see `pipe.rs`).
+    Pipelined(Arc<Pipe>),
+    /// One server over TLS, or the master Sentinel named: redis-rs's multiplexed connection.
     Single(MultiplexedConnection),
     /// A cluster: one connection per node, routed by key slot.
     Cluster(ClusterConnection),
 }
 
 impl Conn {
-    pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
+    /// Runs the script `body` (its SHA-1 with `EVALSHA`, its source with `EVAL`) on `key`
+    /// with `numbers` as its arguments.
+    pub(crate) async fn eval(
+        &self,
+        verb: &str,
+        body: &str,
+        key: &str,
+        numbers: &[u64],
+    ) -> RedisResult<Reply> {
+        let cmd = |verb: &str| {
+            // Verb, body, key count, key, then the numbers (20 digits at most each).
+            let mut cmd = Cmd::with_capacity(
+                4 + numbers.len(),
+                verb.len() + body.len() + key.len() + 21 * (numbers.len() + 1),
+            );
+            cmd.arg(verb).arg(body).arg(1).arg(key).arg(numbers);
+            cmd
+        };
         match self {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Pipelined(pipe) => {
+                let words: [&[u8]; 4] = [verb.as_bytes(), body.as_bytes(), b"1", key.as_bytes()];
+                match pipe.call(&words, numbers).await? {
+                    Frame::Script(reply) => Ok(reply),
+                    other => Err(unexpected(&other)),
+                }
+            }
+            Conn::Single(c) => {
+                redis::from_redis_value(cmd(verb).query_async(&mut c.clone()).await?)
+                    .map_err(Into::into)
+            }
+            Conn::Cluster(c) => {
+                redis::from_redis_value(cmd(verb).query_async(&mut c.clone()).await?)
+                    .map_err(Into::into)
+            }
         }
     }
+
+    /// Checks the server answers `PING`.
+    async fn ping(&self) -> RedisResult<()> {
+        let pong = match self {
+            Conn::Pipelined(pipe) => match pipe.call(&[b"PING"], &[]).await? {
+                Frame::Status(status) => status,
+                other => return Err(unexpected(&other)),
+            },
+            Conn::Single(c) => {
+                redis::from_redis_value(redis::cmd("PING").query_async(&mut c.clone()).await?)?
+            }
+            Conn::Cluster(c) => {
+                redis::from_redis_value(redis::cmd("PING").query_async(&mut c.clone()).await?)?
+            }
+        };
+        if pong != "PONG" {
+            return Err(RedisError::from((
+                ErrorKind::Client,
+                "unexpected PING reply",
+                pong,
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A reply of the wrong shape: the link is fine, the answer unusable.
+fn unexpected(frame: &Frame) -> RedisError {
+    RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        format!("{frame:?}"),
+    ))
+}
+
+/// The settings of a plain-TCP standalone server, for [`Pipe`].
+struct PlainServer {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
 }
 
 /// How to open a connection for the configured topology.
 enum Connector {
+    Pipelined(PlainServer),
     Single(Client),
     Cluster(ClusterClient),
     // `SentinelClient` needs `&mut` to ask the sentinels; only the reconnect task uses it.
@@ -61,6 +138,16 @@ impl Connector {
             })
         };
         Ok(match target {
+            RedisTarget::Standalone(info) if let ConnectionAddr::Tcp(host, port) = info.addr() => {
+                let settings = info.redis_settings();
+                Connector::Pipelined(PlainServer {
+                    host: host.clone(),
+                    port: *port,
+                    username: settings.username().map(str::to_owned),
+                    password: settings.password().map(str::to_owned),
+                    db: settings.db(),
+                })
+            }
             RedisTarget::Standalone(info) => Connector::Single(match certificates() {
                 Some(certs) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
                     Client::build_with_tls(info.clone(), certs)?
@@ -122,6 +209,20 @@ impl Connector {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(None);
         let conn = match self {
+            Connector::Pipelined(server) => {
+                let pipe = Pipe::connect(&server.host, server.port).await?;
+                if let Some(password) = &server.password {
+                    let mut words: Vec<&[u8]> = vec![b"AUTH"];
+                    words.extend(server.username.as_deref().map(str::as_bytes));
+                    words.push(password.as_bytes());
+                    expect_ok(pipe.call(&words, &[]).await?, "AUTH")?;
+                }
+                if server.db != 0 {
+                    let db = server.db.to_string();
+                    expect_ok(pipe.call(&[b"SELECT", db.as_bytes()], &[]).await?, "SELECT")?;
+                }
+                Conn::Pipelined(Arc::new(pipe))
+            }
             Connector::Single(client) => Conn::Single(
                 client
                     .get_multiplexed_async_connection_with_config(&conn_config)
@@ -136,15 +237,19 @@ impl Connector {
                     .await?,
             ),
         };
-        let pong: String = redis::from_redis_value(conn.query(&redis::cmd("PING")).await?)?;
-        if pong != "PONG" {
-            return Err(RedisError::from((
-                ErrorKind::Client,
-                "unexpected PING reply",
-                pong,
-            )));
-        }
+        conn.ping().await?;
         Ok(conn)
+    }
+}
+
+fn expect_ok(frame: Frame, command: &'static str) -> RedisResult<()> {
+    match frame {
+        Frame::Status(status) if status == "OK" => Ok(()),
+        other => Err(RedisError::from((
+            ErrorKind::Client,
+            command,
+            format!("{other:?}"),
+        ))),
     }
 }
 

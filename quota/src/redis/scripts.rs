@@ -13,7 +13,7 @@
 //! answers `NOSCRIPT` (after a restart, a `SCRIPT FLUSH`, or a failover to a fresh node):
 //! one round trip per decision, two the first time a server sees a script.
 
-use redis::{Cmd, ErrorKind, RedisResult, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisResult, ServerErrorKind};
 
 use crate::algorithm::Demand;
 use crate::policy::{Algorithm, Policy};
@@ -224,19 +224,11 @@ impl Scripts {
             ),
         };
         let args = &args[..count];
-        let invoke = |verb: &str, body: &str| {
-            // Verb, body, key count, key, then the numbers (20 digits at most each).
-            let mut cmd =
-                Cmd::with_capacity(4 + count, verb.len() + body.len() + key.len() + 21 * 6);
-            cmd.arg(verb).arg(body).arg(1).arg(key).arg(args);
-            cmd
-        };
-        match conn.query(&invoke("EVALSHA", &script.sha)).await {
+        match conn.eval("EVALSHA", &script.sha, key, args).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                conn.query(&invoke("EVAL", script.source)).await
+                conn.eval("EVAL", script.source, key, args).await
             }
             other => other,
         }
-        .and_then(|value: Value| Ok(redis::from_redis_value(value)?))
     }
 }
