@@ -242,6 +242,8 @@ impl Connector {
     }
 }
 
+/// Whether `command`'s reply is `+OK`; otherwise an error naming the command (never its
+/// arguments: `AUTH`'s are the credentials).
 fn expect_ok(frame: Frame, command: &'static str) -> RedisResult<()> {
     match frame {
         Frame::Status(status) if status == "OK" => Ok(()),
