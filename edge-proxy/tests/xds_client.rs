@@ -487,6 +487,19 @@ async fn requests_until_answer(
     seen
 }
 
+/// Waits until the client's status shows its first LDS rejection.
+async fn first_lds_rejection_recorded(proxy: &Xds) {
+    eventually("the status shows the rejection", || {
+        proxy
+            .status
+            .borrow()
+            .types
+            .get(&Kind::Listener)
+            .is_some_and(|t| t.rejecting && t.nacks == 1)
+    })
+    .await;
+}
+
 fn lds_response(nonce: &str, listener: Option<&listener_pb::Listener>) -> DeltaDiscoveryResponse {
     DeltaDiscoveryResponse {
         system_version_info: nonce.to_owned(),
@@ -545,15 +558,7 @@ async fn an_unsupported_field_is_nacked_and_the_last_good_snapshot_stays() {
     );
 
     // The status says so, and the empty snapshot stays.
-    eventually("the status shows the rejection", || {
-        proxy
-            .status
-            .borrow()
-            .types
-            .get(&Kind::Listener)
-            .is_some_and(|t| t.rejecting)
-    })
-    .await;
+    first_lds_rejection_recorded(&proxy).await;
     {
         let status = proxy.status.borrow();
         let lds = &status.types[&Kind::Listener];
@@ -644,15 +649,7 @@ async fn a_taken_port_is_nacked_naming_the_listener_and_an_acked_one_accepts_at_
 
     // The listener stays where it was (lds-1; this server sends no routes, so no snapshot is
     // published), and its port is still held.
-    eventually("the status shows the rejection", || {
-        proxy
-            .status
-            .borrow()
-            .types
-            .get(&Kind::Listener)
-            .is_some_and(|t| t.rejecting && t.nacks == 1)
-    })
-    .await;
+    first_lds_rejection_recorded(&proxy).await;
     assert_eq!(
         proxy.status.borrow().types[&Kind::Listener]
             .acked_version
