@@ -66,30 +66,20 @@ impl Conn {
                     other => Err(unexpected(&other)),
                 }
             }
-            Conn::Single(c) => {
-                redis::from_redis_value(cmd(verb).query_async(&mut c.clone()).await?)
-                    .map_err(Into::into)
-            }
-            Conn::Cluster(c) => {
-                redis::from_redis_value(cmd(verb).query_async(&mut c.clone()).await?)
-                    .map_err(Into::into)
-            }
+            Conn::Single(c) => cmd(verb).query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd(verb).query_async(&mut c.clone()).await,
         }
     }
 
     /// Checks the server answers `PING`.
     async fn ping(&self) -> RedisResult<()> {
-        let pong = match self {
+        let pong: String = match self {
             Conn::Pipelined(pipe) => match pipe.call(&[b"PING"], &[]).await? {
                 Frame::Status(status) => status,
                 other => return Err(unexpected(&other)),
             },
-            Conn::Single(c) => {
-                redis::from_redis_value(redis::cmd("PING").query_async(&mut c.clone()).await?)?
-            }
-            Conn::Cluster(c) => {
-                redis::from_redis_value(redis::cmd("PING").query_async(&mut c.clone()).await?)?
-            }
+            Conn::Single(c) => redis::cmd("PING").query_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => redis::cmd("PING").query_async(&mut c.clone()).await?,
         };
         if pong != "PONG" {
             return Err(RedisError::from((

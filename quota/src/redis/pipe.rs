@@ -142,14 +142,12 @@ impl Pipe {
 
 /// Appends one command in RESP: an array of bulk strings.
 fn encode(out: &mut Vec<u8>, words: &[&[u8]], numbers: &[u64]) {
-    let mut digits = itoa_buffer();
     out.push(b'*');
-    out.extend_from_slice(decimal(&mut digits, (words.len() + numbers.len()) as u64));
+    out.extend_from_slice(decimal(&mut [0; 20], (words.len() + numbers.len()) as u64));
     out.extend_from_slice(b"\r\n");
     let bulk = |out: &mut Vec<u8>, bytes: &[u8]| {
-        let mut length = itoa_buffer();
         out.push(b'$');
-        out.extend_from_slice(decimal(&mut length, bytes.len() as u64));
+        out.extend_from_slice(decimal(&mut [0; 20], bytes.len() as u64));
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(bytes);
         out.extend_from_slice(b"\r\n");
@@ -158,14 +156,8 @@ fn encode(out: &mut Vec<u8>, words: &[&[u8]], numbers: &[u64]) {
         bulk(out, word);
     }
     for &number in numbers {
-        let mut text = itoa_buffer();
-        let text = decimal(&mut text, number);
-        bulk(out, text);
+        bulk(out, decimal(&mut [0; 20], number));
     }
-}
-
-fn itoa_buffer() -> [u8; 20] {
-    [0; 20]
 }
 
 /// `n` in decimal, written at the end of `buffer` (20 digits hold any `u64`).
