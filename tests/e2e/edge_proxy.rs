@@ -62,7 +62,8 @@ impl EdgeFleet {
             upstream_b,
             port,
         };
-        // `/ready` turns 200 when the snapshot is swapped in, a moment before the listener binds.
+        // The port accepts once converged (bound before the ACK); retried all the same, so that
+        // a fleet that cannot serve fails here with its last error.
         let url = fleet.url("/api/ready");
         eventually("the listener serves /api", CONVERGE, || {
             let url = url.clone();

@@ -193,13 +193,8 @@ async fn edge_proxy_terminates_tls_with_sds_certificates_chosen_by_sni() {
         )
         .await
         .unwrap();
+    // Converged means the listener's port accepts: the proxy binds it before its ACK.
     cp.wait_converged(revision, CONVERGE).await.unwrap();
-    // The proxy ACKs a listener when it takes the snapshot, and binds it just after: wait for
-    // the socket, as the other tests' `wait_serving` do (CI once connected in between).
-    support::eventually("the TLS listener accepts", CONVERGE, || async move {
-        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?)
-    })
-    .await;
 
     let (status, body, presented) = get_tls("a.example.com", port, "/api/tls", &[&a, &b]).await;
     assert_eq!(
