@@ -8,6 +8,7 @@
 
 pub mod balancer;
 pub mod connector;
+pub mod h1;
 pub mod health;
 pub mod pool;
 
@@ -26,10 +27,10 @@ use crate::config::cluster::{
     CircuitBreakers, Cluster, DnsHost, DnsLookupFamily, HEALTHY_PANIC_THRESHOLD_PERCENT,
     Members as ConfigMembers, OutlierDetection, UpstreamProtocol,
 };
+use crate::proxy::body::PeerBody;
 use crate::snapshot::Snapshot;
 use balancer::Balancer;
 use connector::{ConnectError, ConnectionCount, EndpointConnector};
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 /// The body of a request sent upstream: streamed from the client, or buffered so that it can
@@ -55,7 +56,7 @@ pub enum EndpointClient {
 #[derive(Debug)]
 pub struct UpstreamResponse {
     /// Status, headers and the streamed body.
-    pub response: Response<Incoming>,
+    pub response: Response<PeerBody>,
     /// The HTTP/1 connection lent to this response.
     pub connection: Option<pool::Checkin>,
 }
@@ -77,7 +78,7 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         match self {
             SendError::Http1(pool::SendError::Connect(_)) => true,
-            SendError::Http1(pool::SendError::Http(_)) => false,
+            SendError::Http1(pool::SendError::Http(_) | pool::SendError::Exchange(_)) => false,
             SendError::Shared(error) => error.is_connect(),
         }
     }
@@ -108,14 +109,14 @@ impl EndpointClient {
     pub async fn send(&self, request: Request<RequestBody>) -> Result<UpstreamResponse, SendError> {
         match self {
             EndpointClient::Http1(pool) => {
-                let (response, checkin) = pool.send(request).await?;
+                let (response, connection) = pool.send(request).await?;
                 Ok(UpstreamResponse {
                     response,
-                    connection: Some(checkin),
+                    connection,
                 })
             }
             EndpointClient::Shared(client) => Ok(UpstreamResponse {
-                response: client.request(request).await?,
+                response: client.request(request).await?.map(PeerBody::from),
                 connection: None,
             }),
         }

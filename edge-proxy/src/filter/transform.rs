@@ -249,7 +249,7 @@ pub(crate) async fn request(
                 "stream timeout",
             ));
         }
-        Err(BodyError::Hyper(_)) => {
+        Err(BodyError::Hyper(_) | BodyError::Upstream(_)) => {
             return Err(crate::proxy::local_reply(
                 StatusCode::BAD_REQUEST,
                 "request body failed",

@@ -13,6 +13,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::h1::{ExchangeError, ResponseBody};
 use crate::upstream::pool::Checkin;
 
 /// The error of a body that timed out.
@@ -27,12 +28,64 @@ pub enum BodyError {
     /// The peer's body failed.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// The upstream's body failed, on a connection the request's task read itself.
+    #[error(transparent)]
+    Upstream(#[from] ExchangeError),
+}
+
+/// A body arriving from a peer: through hyper (every request body, and responses hyper's
+/// clients fetched), or read by the request's own task from its upstream connection.
+#[derive(Debug)]
+pub enum PeerBody {
+    /// Through hyper.
+    Incoming(Incoming),
+    /// From an upstream connection this task drives ([`crate::upstream::h1`]).
+    Upstream(ResponseBody),
+}
+
+impl From<Incoming> for PeerBody {
+    fn from(incoming: Incoming) -> Self {
+        PeerBody::Incoming(incoming)
+    }
+}
+
+impl Body for PeerBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            PeerBody::Incoming(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
+            PeerBody::Upstream(upstream) => upstream
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PeerBody::Incoming(incoming) => incoming.is_end_stream(),
+            PeerBody::Upstream(upstream) => upstream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            PeerBody::Incoming(incoming) => incoming.size_hint(),
+            PeerBody::Upstream(upstream) => upstream.size_hint(),
+        }
+    }
 }
 
 /// A streamed body that fails when no frame arrives for `idle`, or past `deadline`.
 #[derive(Debug)]
 pub struct TimedBody {
-    inner: Incoming,
+    inner: PeerBody,
     idle: Option<Duration>,
     deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -53,9 +106,13 @@ struct Prefix(VecDeque<Frame<Bytes>>);
 
 impl TimedBody {
     /// Wraps `inner`; `None` for either bound means no bound.
-    pub fn new(inner: Incoming, idle: Option<Duration>, deadline: Option<Instant>) -> Self {
+    pub fn new(
+        inner: impl Into<PeerBody>,
+        idle: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> Self {
         Self {
-            inner,
+            inner: inner.into(),
             idle,
             deadline,
             timer: None,
@@ -133,7 +190,7 @@ impl Body for TimedBody {
             {
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-            return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
+            return Poll::Ready(frame);
         }
         let Some((at, _)) = this.next_expiry() else {
             return Poll::Pending;

@@ -332,6 +332,47 @@ pub struct UpstreamIo {
     _guard: ConnectionGuard,
 }
 
+impl UpstreamIo {
+    /// Ready when the socket has been seen readable (data, or the upstream closing it) since
+    /// its last read left it empty: the reactor's view, no system call.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.inner() {
+            Stream::Plain(tcp) => tcp.poll_read_ready(cx),
+            Stream::Tls(tls) => tls.get_ref().0.poll_read_ready(cx),
+        }
+    }
+}
+
+/// Tokio's traits, for the exchanges the request's task drives itself (`super::h1`); hyper's
+/// below, for its connections.
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().inner.inner_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().inner.inner_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().inner.inner_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().inner.inner_mut()).poll_shutdown(cx)
+    }
+}
+
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         let connected = Connected::new();

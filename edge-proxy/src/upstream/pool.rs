@@ -9,18 +9,27 @@
 //! watch for its connection becoming idle, keys its pool by scheme and authority, and moves
 //! the request through a larger future; on the proxy's hot path that was several percent of
 //! its CPU.
+//!
+//! A request without a streamed body or an upgrade (nearly all of them) goes further: its own
+//! task writes it and reads the response on the connection ([`super::h1`]), with no hyper
+//! connection task in between. Other requests get a hyper connection; an idle connection of
+//! either kind serves either kind of request.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use hyper::body::Incoming;
+use http::{Method, Request, Response, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
-use hyper::{Request, Response, Uri};
 use tokio::task::JoinHandle;
 
-use super::connector::{ConnectError, ConnectionGuard, EndpointConnector};
+use super::connector::{ConnectError, ConnectionGuard, EndpointConnector, UpstreamIo};
+use super::h1::{self, ExchangeError, Progress};
 use super::{RequestBody, now_ms};
+use crate::proxy::body::PeerBody;
 
 /// Why a request got no response from the endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,9 @@ pub enum SendError {
     /// The connection failed while the request was sent or the response awaited.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The same, on a connection this task drove itself.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 /// The HTTP/1 connections of one endpoint that wait for a request.
@@ -48,22 +60,39 @@ pub struct Http1Pool {
 /// What a request waiting for a connection got.
 enum Waited {
     /// A connection of this endpoint came back idle.
-    Idle(http1::SendRequest<RequestBody>),
+    Idle(Ready),
     /// A slot freed: the request opens a connection in it.
     Slot(ConnectionGuard),
 }
 
+/// A connection ready for one request.
+#[derive(Debug)]
+enum Ready {
+    /// Run by hyper, in a task of its own.
+    Hyper(http1::SendRequest<RequestBody>),
+    /// Driven by the requesting task ([`h1`]); boxed once, when opened, so that the response
+    /// body that carries it while it is read stays small.
+    Inline(Box<h1::Connection>),
+    /// Just opened: either can take it.
+    Opened(UpstreamIo),
+}
+
 #[derive(Debug)]
 struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
+    ready: Ready,
     since_ms: u64,
 }
 
 impl IdleConnection {
     /// Whether it is of no more use: closed by the upstream, or idle for longer than
     /// `timeout_ms` at `now_ms`.
-    fn is_stale(&self, now_ms: u64, timeout_ms: u64) -> bool {
-        self.sender.is_closed() || now_ms.saturating_sub(self.since_ms) > timeout_ms
+    fn is_stale(&mut self, now_ms: u64, timeout_ms: u64) -> bool {
+        now_ms.saturating_sub(self.since_ms) > timeout_ms
+            || match &mut self.ready {
+                Ready::Hyper(sender) => sender.is_closed(),
+                Ready::Inline(connection) => !connection.is_reusable(),
+                Ready::Opened(_) => false,
+            }
     }
 }
 
@@ -83,11 +112,7 @@ impl Checkin {
         if sender.is_closed() {
             return;
         }
-        pool.idle_list().push(IdleConnection {
-            sender,
-            since_ms: now_ms(),
-        });
-        pool.connector.connections().connection_idle();
+        pool.push_idle(Ready::Hyper(sender));
     }
 }
 
@@ -109,11 +134,13 @@ impl Http1Pool {
     }
 
     /// Sends `request` on an idle connection, or on a new one when none is ready. The request
-    /// must carry its `Host`; an absolute URI is sent in origin form.
+    /// must carry its `Host`; an absolute URI is sent in origin form. The connection comes back
+    /// to the pool when the response body has been read to its end: by the body itself when
+    /// this task drove the exchange, else through the [`Checkin`] returned with it.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Checkin), SendError> {
+    ) -> Result<(Response<PeerBody>, Option<Checkin>), SendError> {
         if request.uri().scheme().is_some() {
             let path = request
                 .uri()
@@ -122,36 +149,136 @@ impl Http1Pool {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *request.uri_mut() = Uri::from(path);
         }
-        loop {
-            let (mut sender, reused) = self.connection().await?;
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let checkin = Checkin {
-                        pool: Arc::clone(self),
-                        sender,
-                    };
-                    return Ok((response, checkin));
-                }
-                Err(mut failed) => match failed.take_message() {
-                    // An idle connection closed under us (the upstream's keep-alive timeout)
-                    // before a byte of the request left: another connection takes it, as
-                    // hyper's pooled client does. A new connection gets no second chance.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError::Http(failed.into_error())),
-                },
+        let (head, mut body) = request.into_parts();
+        match whole_body(&head, &mut body) {
+            Some(bytes) => self.send_whole(Request::from_parts(head, ()), bytes).await,
+            None => {
+                let (response, checkin) =
+                    self.send_on_hyper(Request::from_parts(head, body)).await?;
+                Ok((response.map(PeerBody::from), Some(checkin)))
             }
         }
+    }
+
+    /// Sends a request whose body is whole: on a connection this task drives, unless the idle
+    /// connection it gets is a hyper one.
+    async fn send_whole(
+        self: &Arc<Self>,
+        head: Request<()>,
+        body: Bytes,
+    ) -> Result<(Response<PeerBody>, Option<Checkin>), SendError> {
+        loop {
+            let (ready, reused) = self.connection().await?;
+            let connection = match ready {
+                Ready::Inline(connection) => connection,
+                Ready::Opened(io) => Box::new(h1::Connection::new(io)),
+                Ready::Hyper(sender) => {
+                    let request = head
+                        .clone()
+                        .map(|()| Either::Right(Full::new(body.clone())));
+                    match self.send_with(sender, reused, request).await? {
+                        Sent::Response(response, checkin) => {
+                            return Ok((response.map(PeerBody::from), Some(checkin)));
+                        }
+                        Sent::Unsent(_) => continue,
+                    }
+                }
+            };
+            match connection.exchange(&head, &body).await {
+                Ok((response, reader)) => {
+                    let body = PeerBody::Upstream(reader.returning_to(Arc::clone(self)));
+                    return Ok((response.map(|()| body), None));
+                }
+                Err((error, progress)) => {
+                    // A reused connection the upstream closed as the request went out (its
+                    // keep-alive timeout): another connection takes the request, as hyper's
+                    // pooled client does; once sent, only when the method is idempotent and no
+                    // byte of a response came back (RFC 9110 §9.2.2), as browsers do. A new
+                    // connection gets no second chance.
+                    let again = reused
+                        && match progress {
+                            Progress::Unsent => true,
+                            Progress::Sent => is_idempotent(head.method()),
+                            Progress::Answered => false,
+                        };
+                    if !again {
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `request` on a hyper connection: an idle one, or one opened or taken over for it.
+    async fn send_on_hyper(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Checkin), SendError> {
+        loop {
+            let (ready, reused) = self.connection().await?;
+            let sender = match ready {
+                Ready::Hyper(sender) => sender,
+                Ready::Inline(connection) => match connection.into_io() {
+                    Some(io) => self.handshake(io).await?,
+                    None => continue,
+                },
+                Ready::Opened(io) => self.handshake(io).await?,
+            };
+            match self.send_with(sender, reused, request).await? {
+                Sent::Response(response, checkin) => return Ok((response, checkin)),
+                Sent::Unsent(unsent) => request = *unsent,
+            }
+        }
+    }
+
+    /// One try of `request` on hyper's `sender`.
+    async fn send_with(
+        self: &Arc<Self>,
+        mut sender: http1::SendRequest<RequestBody>,
+        reused: bool,
+        request: Request<RequestBody>,
+    ) -> Result<Sent, SendError> {
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(Sent::Response(
+                response,
+                Checkin {
+                    pool: Arc::clone(self),
+                    sender,
+                },
+            )),
+            Err(mut failed) => match failed.take_message() {
+                // An idle connection closed under us (the upstream's keep-alive timeout)
+                // before a byte of the request left: another connection takes it, as
+                // hyper's pooled client does. A new connection gets no second chance.
+                Some(unsent) if reused => Ok(Sent::Unsent(Box::new(unsent))),
+                _ => Err(SendError::Http(failed.into_error())),
+            },
+        }
+    }
+
+    /// Starts a hyper HTTP/1 connection over `io`, run by a task of its own.
+    async fn handshake(
+        self: &Arc<Self>,
+        io: UpstreamIo,
+    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let (sender, connection) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            // WebSocket upgrades hand the connection over to the splice; otherwise it ends when
+            // the upstream closes it or the pool drops its sender.
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     /// A connection for one request, and whether it served requests before: an idle one, or
     /// a new one in a free slot of the cluster's `max_connections`. With no slot free, the
     /// request waits as a pending request (at most `max_pending_requests` do) for a slot or
     /// for a connection of this endpoint to come back idle, as long as a connect may take.
-    async fn connection(
-        self: &Arc<Self>,
-    ) -> Result<(http1::SendRequest<RequestBody>, bool), SendError> {
+    async fn connection(self: &Arc<Self>) -> Result<(Ready, bool), SendError> {
         match self.take_ready() {
-            Some(sender) => Ok((sender, true)),
+            Some(ready) => Ok((ready, true)),
             // Boxed: opening a connection (and TLS) is a large future, and every future that
             // awaits this one, up to the request's, would otherwise be as large and be copied
             // whole on every request.
@@ -160,9 +287,7 @@ impl Http1Pool {
     }
 
     /// No idle connection was ready: opens one in a free slot, or waits as a pending request.
-    async fn wait_or_open(
-        self: &Arc<Self>,
-    ) -> Result<(http1::SendRequest<RequestBody>, bool), SendError> {
+    async fn wait_or_open(self: &Arc<Self>) -> Result<(Ready, bool), SendError> {
         let connections = self.connector.connections();
         let slot = match connections.try_acquire() {
             Some(slot) => slot,
@@ -172,8 +297,8 @@ impl Http1Pool {
                     loop {
                         // Taken before looking, so that a release in between still wakes us.
                         let released = connections.released().notified();
-                        if let Some(sender) = self.take_ready() {
-                            return Waited::Idle(sender);
+                        if let Some(ready) = self.take_ready() {
+                            return Waited::Idle(ready);
                         }
                         if let Some(slot) = connections.try_acquire() {
                             return Waited::Slot(slot);
@@ -182,43 +307,49 @@ impl Http1Pool {
                     }
                 };
                 match tokio::time::timeout(self.connector.connect_timeout(), wait).await {
-                    Ok(Waited::Idle(sender)) => return Ok((sender, true)),
+                    Ok(Waited::Idle(ready)) => return Ok((ready, true)),
                     Ok(Waited::Slot(slot)) => slot,
                     Err(_) => return Err(ConnectError::Overflow.into()),
                 }
             }
         };
         let io = self.connector.open(slot).await?;
-        let (sender, connection) = http1::Builder::new().handshake(io).await?;
-        tokio::spawn(async move {
-            // WebSocket upgrades hand the connection over to the splice; otherwise it ends when
-            // the upstream closes it or the pool drops its sender.
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
         self.reaper
             .get_or_init(|| tokio::spawn(reap_idle(Arc::downgrade(self))));
-        Ok((sender, false))
+        Ok((Ready::Opened(io), false))
     }
 
     /// The most recently used idle connection that can take a request now; closed and expired
-    /// ones met on the way are dropped. A connection given back while its request body was
-    /// still being sent (the upstream answered early) is not ready until that ends, and stays.
-    fn take_ready(&self) -> Option<http1::SendRequest<RequestBody>> {
+    /// ones met on the way are dropped. A hyper connection given back while its request body
+    /// was still being sent (the upstream answered early) is not ready until that ends, and
+    /// stays.
+    fn take_ready(&self) -> Option<Ready> {
         let mut idle = self.idle_list();
         let now = now_ms();
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
-            let connection = &idle[index];
+            let connection = &mut idle[index];
             if connection.is_stale(now, self.idle_timeout_ms) {
                 idle.swap_remove(index);
-            } else if connection.sender.is_ready() {
-                return Some(idle.swap_remove(index).sender);
+            } else if !matches!(&connection.ready, Ready::Hyper(sender) if !sender.is_ready()) {
+                return Some(idle.swap_remove(index).ready);
             }
         }
         None
+    }
+
+    /// A connection whose response was read to its end waits for the next request.
+    pub(super) fn put_back(&self, connection: Box<h1::Connection>) {
+        self.push_idle(Ready::Inline(connection));
+    }
+
+    fn push_idle(&self, ready: Ready) {
+        self.idle_list().push(IdleConnection {
+            ready,
+            since_ms: now_ms(),
+        });
+        self.connector.connections().connection_idle();
     }
 
     fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
@@ -233,6 +364,47 @@ impl Drop for Http1Pool {
             reaper.abort();
         }
     }
+}
+
+/// The outcome of one try on a hyper connection.
+enum Sent {
+    Response(Response<Incoming>, Checkin),
+    /// The connection closed before a byte of the request left: here it is, for another
+    /// (boxed: this is rare, and the enum is returned on every request).
+    Unsent(Box<Request<RequestBody>>),
+}
+
+/// The body of `head`'s request, taken out of `body`, when it is whole already (none, or
+/// buffered) and the request can be exchanged without hyper ([`h1::can_exchange`]); else
+/// `None`, and the body stays to be streamed.
+fn whole_body(head: &http::request::Parts, body: &mut RequestBody) -> Option<Bytes> {
+    let bytes = match body {
+        Either::Left(streamed) if streamed.is_end_stream() => Bytes::new(),
+        Either::Left(_) => return None,
+        Either::Right(full) => {
+            // `Full` yields its bytes as one data frame at once, never trailers.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::Pin::new(&mut *full).poll_frame(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+                std::task::Poll::Ready(Some(Err(never))) => match never {},
+                std::task::Poll::Ready(None) | std::task::Poll::Pending => Bytes::new(),
+            }
+        }
+    };
+    if h1::can_exchange(&head.method, &head.headers, Some(bytes.len() as u64)) {
+        Some(bytes)
+    } else {
+        *body = Either::Right(Full::new(bytes));
+        None
+    }
+}
+
+/// Methods a request may be repeated with (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Every quarter of the idle timeout, closes the connections idle for longer than it (or
@@ -250,7 +422,7 @@ async fn reap_idle(pool: Weak<Http1Pool>) {
         let now = now_ms();
         let timeout = pool.idle_timeout_ms;
         pool.idle_list()
-            .retain(|connection| !connection.is_stale(now, timeout));
+            .retain_mut(|connection| !connection.is_stale(now, timeout));
     }
 }
 
@@ -345,13 +517,21 @@ mod tests {
             .unwrap()
     }
 
-    /// Sends a GET, reads the body to its end and gives the connection back.
-    async fn exchange(pool: &Arc<Http1Pool>, address: SocketAddr) -> Bytes {
-        let (response, checkin) = pool.send(get(address)).await.unwrap();
+    /// Sends `request`, reads the body to its end and gives the connection back.
+    async fn send_and_read(pool: &Arc<Http1Pool>, request: Request<RequestBody>) -> Bytes {
+        let (response, checkin) = pool.send(request).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        checkin.release();
+        if let Some(checkin) = checkin {
+            checkin.release();
+        }
         body
+    }
+
+    /// Sends a GET (which this task exchanges itself), reads the body to its end and gives the
+    /// connection back.
+    async fn exchange(pool: &Arc<Http1Pool>, address: SocketAddr) -> Bytes {
+        send_and_read(pool, get(address)).await
     }
 
     async fn eventually(what: &str, condition: impl Fn() -> bool) {
@@ -425,7 +605,9 @@ mod tests {
         ));
         // The first response ends: its connection serves the waiting request.
         first.into_body().collect().await.unwrap();
-        checkin.release();
+        if let Some(checkin) = checkin {
+            checkin.release();
+        }
         assert_eq!(second.await.unwrap(), "hello");
         assert_eq!(upstream.accepted(), 1);
         assert_eq!(connections.pending(), 0);
@@ -471,5 +653,157 @@ mod tests {
         let head = received.await.unwrap();
         assert!(head.starts_with("GET /path?q=1 HTTP/1.1\r\n"), "{head}");
         assert!(head.contains("host: upstream.test\r\n"), "{head}");
+    }
+
+    /// An upstream that answers the `n`th request head of each connection (from 0; request
+    /// bodies are not read) with `respond(n)`, or closes the connection unanswered on `None`
+    /// (and after a response saying `connection: close`).
+    /// Counts the connections it accepted.
+    async fn scripted(
+        respond: fn(usize) -> Option<&'static [u8]>,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    let mut answered = 0;
+                    loop {
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            match respond(answered) {
+                                Some(response) => socket.write_all(response).await.unwrap(),
+                                None => return,
+                            }
+                            if response_closes(respond(answered)) {
+                                return;
+                            }
+                            answered += 1;
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    /// Whether a scripted response says `connection: close` (the upstream then closes).
+    fn response_closes(response: Option<&[u8]>) -> bool {
+        response.is_some_and(|r| r.windows(17).any(|w| w == b"connection: close"))
+    }
+
+    fn scripted_pool(address: SocketAddr) -> Arc<Http1Pool> {
+        let connector = EndpointConnector::new(address, Duration::from_secs(1), None, unlimited());
+        Http1Pool::new(connector, Duration::from_secs(60))
+    }
+
+    fn post(address: SocketAddr) -> Request<RequestBody> {
+        Request::post(format!("http://{address}/submit"))
+            .header(http::header::HOST, "upstream.test")
+            .body(Either::Right(Full::new(Bytes::from_static(b"data"))))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_with_trailers_are_read_through_and_the_connection_reused() {
+        let (address, accepted) = scripted(|_| {
+            Some(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-sum: 1\r\n\r\n")
+        })
+        .await;
+        let pool = scripted_pool(address);
+        for _ in 0..3 {
+            let (response, checkin) = pool.send(get(address)).await.unwrap();
+            assert!(checkin.is_none(), "exchanged by this task");
+            let collected = response.into_body().collect().await.unwrap();
+            assert_eq!(collected.trailers().unwrap()["x-sum"], "1");
+            assert_eq!(collected.to_bytes(), "hello world");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_that_closes_its_connection_is_not_reused() {
+        let (address, accepted) = scripted(|_| {
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+        })
+        .await;
+        let pool = scripted_pool(address);
+        assert_eq!(exchange(&pool, address).await, "hello");
+        assert_eq!(exchange(&pool, address).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_fails_and_closes_the_connection() {
+        let (address, _) = scripted(|_| {
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhel")
+        })
+        .await;
+        let pool = scripted_pool(address);
+        let (response, _) = pool.send(get(address)).await.unwrap();
+        let error = response.into_body().collect().await.unwrap_err();
+        assert!(
+            error.to_string().contains("middle of the response"),
+            "{error}"
+        );
+        assert_eq!(pool.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_unanswered_retries_a_get_but_not_a_post() {
+        // Each connection answers its first request and closes on the second.
+        let (address, accepted) = scripted(|n| {
+            (n == 0).then_some(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+        })
+        .await;
+        let pool = scripted_pool(address);
+        assert_eq!(exchange(&pool, address).await, "ok");
+        // The GET goes out on the idle connection, which closes: it is sent again on a new one.
+        assert_eq!(exchange(&pool, address).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST may have been acted on: it is not sent twice.
+        let error = pool.send(post(address)).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SendError::Exchange(ExchangeError::ClosedBeforeResponse)
+            ),
+            "{error:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn hyper_and_inline_requests_share_connections() {
+        let (address, accepted) =
+            scripted(|_| Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")).await;
+        let pool = scripted_pool(address);
+        // An upgrade request goes through hyper (whose connection task could hand the socket
+        // over); a plain GET is exchanged by this task. They take turns on one connection.
+        let upgrade = || {
+            let mut request = get(address);
+            request.headers_mut().insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("x-test"),
+            );
+            request
+        };
+        assert_eq!(exchange(&pool, address).await, "hello");
+        assert_eq!(send_and_read(&pool, upgrade()).await, "hello");
+        assert_eq!(exchange(&pool, address).await, "hello");
+        assert_eq!(send_and_read(&pool, upgrade()).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }
