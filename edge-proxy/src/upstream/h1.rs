@@ -17,6 +17,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -482,9 +483,11 @@ enum Parsed {
 
 /// Parses a response head from the front of `read` (removing it); `None` until it is whole.
 fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, ExchangeError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let length = match parsed.parse(read) {
+    // Left uninitialised: httparse fills only as many as the head has.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let length = match config.parse_response_with_uninit_headers(&mut parsed, read, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -507,13 +510,19 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Ex
         _ => Version::HTTP_11,
     };
     // Where each field lies in the head, so that the head can become one shared buffer whose
-    // slices are the values (no copy per value), as hyper's parser does.
+    // slices are the values (no copy per value), as hyper's parser does. Heads are bounded
+    // well below 4 GiB, so offsets fit in `u32`s, which keeps this table small.
     let base = read.as_ptr() as usize;
-    let offset = |part: &[u8]| (part.as_ptr() as usize - base, part.len());
-    let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
+    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let field_count = parsed.headers.len();
     for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        *span = (offset(field.name.as_bytes()), offset(field.value));
+        *span = (
+            offset(field.name.as_bytes()),
+            field.name.len() as u32,
+            offset(field.value),
+            field.value.len() as u32,
+        );
     }
     let head = read.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(field_count);
@@ -522,11 +531,13 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Ex
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = version == Version::HTTP_10;
-    for &((name_at, name_len), (value_at, value_len)) in &spans[..field_count] {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+    for &(name_at, name_len, value_at, value_len) in &spans[..field_count] {
+        let (name_at, value_at) = (name_at as usize, value_at as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
             .map_err(|_| ExchangeError::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
+                .map_err(|_| ExchangeError::Invalid("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             match (parse_length(value.as_bytes()), content_length) {
                 (Some(n), None) => content_length = Some(n),
