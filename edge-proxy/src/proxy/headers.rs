@@ -351,6 +351,15 @@ pub fn websocket_upgrade(headers: &HeaderMap, allowed: bool) -> bool {
 /// `Connection: upgrade` and `Upgrade` stay, so the upgrade reaches the other side. `TE` stays
 /// only as `trailers` (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (a standard name compares as
+    // a tag) spares a hashed lookup per name below.
+    if !upgrade
+        && !headers
+            .keys()
+            .any(|name| *name == header::TE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
