@@ -142,12 +142,13 @@ impl Pipe {
 
 /// Appends one command in RESP: an array of bulk strings.
 fn encode(out: &mut Vec<u8>, words: &[&[u8]], numbers: &[u64]) {
+    let mut digits = itoa::Buffer::new();
     out.push(b'*');
-    out.extend_from_slice(decimal(&mut [0; 20], (words.len() + numbers.len()) as u64));
+    out.extend_from_slice(digits.format(words.len() + numbers.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     let bulk = |out: &mut Vec<u8>, bytes: &[u8]| {
         out.push(b'$');
-        out.extend_from_slice(decimal(&mut [0; 20], bytes.len() as u64));
+        out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(bytes);
         out.extend_from_slice(b"\r\n");
@@ -156,20 +157,7 @@ fn encode(out: &mut Vec<u8>, words: &[&[u8]], numbers: &[u64]) {
         bulk(out, word);
     }
     for &number in numbers {
-        bulk(out, decimal(&mut [0; 20], number));
-    }
-}
-
-/// `n` in decimal, written at the end of `buffer` (20 digits hold any `u64`).
-fn decimal(buffer: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buffer[start..];
-        }
+        bulk(out, digits.format(number).as_bytes());
     }
 }
 
