@@ -329,12 +329,18 @@ pub fn requests_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::CONNECTION, "upgrade")
+}
+
+/// Whether a comma-separated list header (`Connection`, `TE`…), in any of its fields, holds
+/// `token`, compared without regard to case.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Whether the request asks for a WebSocket upgrade that the listener allows.

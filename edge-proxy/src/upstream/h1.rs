@@ -26,10 +26,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 
 use super::connector::UpstreamIo;
 use super::pool::Http1Pool;
+use crate::proxy::headers::has_token;
 
 /// The most bytes a response head may take (Envoy's default `max_response_headers_kb` is 60).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -610,15 +611,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 
 /// Whether the request lets the connection live on after its response.
 fn request_keeps_alive(request: &Request<()>) -> bool {
-    !request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
+    !has_token(request.headers(), &header::CONNECTION, "close")
 }
 
 /// Writes the request line and header fields of `request` into `out`, with a `Content-Length`
@@ -641,21 +634,16 @@ fn encode_request(out: &mut Vec<u8>, request: &Request<()>, body: &Bytes) {
     }
     if !body.is_empty() && !request.headers().contains_key(header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(HeaderValue::from(body.len()).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_all(io: &mut UpstreamIo, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+/// Writes all of `bytes` and flushes them (TLS holds records back until a flush).
+async fn write_all(io: &mut UpstreamIo, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
 }
 
 async fn read_more(io: &mut UpstreamIo, read: &mut BytesMut) -> io::Result<usize> {
