@@ -1,5 +1,7 @@
 //! Listeners: the first stage of the request flow, "accept (TCP, rustls with SNI) → HTTP/1.1 or
-//! HTTP/2 (hyper)", ahead of [`crate::proxy::handle`].
+//! HTTP/2", ahead of [`crate::proxy::handle`]. Plain HTTP/1.1 requests are served by `h1`,
+//! in the connection's task; HTTP/2, and HTTP/1 connections from their first request that
+//! `h1` does not serve, by hyper.
 //!
 //! [`Listeners::apply`] follows each snapshot's LDS listeners: a new listener is bound, a
 //! removed one (or one that moved to another address) stops accepting and drains, and any
@@ -21,6 +23,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,9 +39,12 @@ use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::config::listener::{Codec, FilterChain, HttpSettings, Listener};
 use crate::metrics::Metrics;
+use crate::proxy::body::ClientBody;
 use crate::proxy::{self, Downstream, SharedDataPlane};
 use crate::trace::Tracer;
 use crate::upstream::now_ms;
+
+mod h1;
 
 /// Time allowed for a TLS handshake before the connection is closed.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,9 +368,8 @@ async fn serve_connection(
         let Some(chain) = listener.chain_for(None) else {
             return;
         };
-        let io = ActivityIo::new(stream, Arc::clone(&activity));
         serve_http(
-            io, peer, chain, false, None, plane, metrics, tracer, shutdown, activity,
+            stream, peer, chain, false, None, plane, metrics, tracer, shutdown, activity,
         )
         .await;
         return;
@@ -392,9 +399,8 @@ async fn serve_connection(
         }
     };
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    let io = ActivityIo::new(tls, Arc::clone(&activity));
     serve_http(
-        io, peer, &chain, true, alpn, plane, metrics, tracer, shutdown, activity,
+        tls, peer, &chain, true, alpn, plane, metrics, tracer, shutdown, activity,
     )
     .await;
 }
@@ -472,35 +478,65 @@ async fn serve_http<I>(
 {
     let http = Arc::new(chain.http.clone());
     let downstream = Downstream::new(peer, tls, Arc::clone(&http), metrics, tracer);
-    let service = service_fn(move |request| {
-        let plane = plane.clone();
-        let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(&plane, &downstream, request).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    configure(&mut builder, &http);
     let codec = match alpn.as_deref() {
         Some(b"h2") => Codec::Http2,
         Some(_) => Codec::Http1,
         None if tls => Codec::Http1,
         None => http.codec,
     };
-    let builder = match codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-    };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
     let started = Instant::now();
     let max_duration = http.timeouts.max_connection_duration;
     let idle = http.timeouts.connection_idle;
     let mut watchdog = tokio::time::interval(watchdog_period(idle, max_duration));
     watchdog.tick().await;
-    let mut shutting_down = false;
-    // Created once: the select below is polled on every wake of the connection.
+    // Created once: the selects below are polled on every wake of the connection.
     let shutdown_signal = shutdown.wait();
     tokio::pin!(shutdown_signal);
+
+    // HTTP/1 requests are served inline until one needs hyper (`h1`'s description says which);
+    // an HTTP/2 preface on a cleartext `Auto` listener is one of them.
+    let io = if codec == Codec::Http2 {
+        h1::Rewound::new(Bytes::new(), io)
+    } else {
+        let header_bytes = http.max_request_headers_kb.saturating_mul(1024) as usize;
+        let limits = h1::Limits {
+            max_headers: usize::try_from(http.max_headers_count).unwrap_or(usize::MAX),
+            max_head_bytes: header_bytes.max(8192),
+            header_timeout: http.timeouts.request_headers,
+        };
+        let mut lifetime = h1::Lifetime {
+            shutdown: shutdown_signal.as_mut(),
+            watchdog: &mut watchdog,
+            started,
+            idle,
+            max_duration,
+            activity: &activity,
+        };
+        match h1::serve(io, &plane, &downstream, limits, &mut lifetime).await {
+            h1::Ended::Closed => return,
+            h1::Ended::HandOver(io) => io,
+        }
+    };
+
+    let service = service_fn(move |request: Request<Incoming>| {
+        let plane = plane.clone();
+        let downstream = downstream.clone();
+        async move {
+            let request = request.map(ClientBody::Hyper);
+            Ok::<_, Infallible>(proxy::handle(&plane, &downstream, request).await)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    configure(&mut builder, &http);
+    let builder = match codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let io = ActivityIo::new(io, Arc::clone(&activity));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut shutting_down = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {

@@ -23,7 +23,7 @@ use futures::future;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLogger, LoggedBody, LoggedPath, RequestLog};
@@ -38,7 +38,7 @@ use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::trace::{ServerSpan, Tracer};
 use crate::upstream::{Endpoint, Outcome, SendError, UpstreamCluster, UpstreamResponse, Upstreams};
-use body::{DownstreamBody, TimedBody, UpstreamBody, full};
+use body::{ClientBody, DownstreamBody, TimedBody, UpstreamBody, full};
 
 /// The config the data path runs on: a snapshot and the upstreams built from it.
 #[derive(Debug)]
@@ -115,7 +115,7 @@ const NO_RESPONSE_BODY: &str = "upstream connect error or disconnect/reset befor
 pub async fn handle(
     plane: &SharedDataPlane,
     downstream: &Downstream,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
 ) -> Response<LoggedBody> {
     let started = Instant::now();
     // The one check tracing costs when it is off.
@@ -210,7 +210,7 @@ async fn route<'p>(
     plane: &'p DataPlane,
     table: &'p RouteTable,
     downstream: &Downstream,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     authority: &str,
     started: Instant,
     served: &mut Served<'p>,
@@ -447,7 +447,7 @@ struct Target<'a> {
 /// The request body on its way upstream.
 enum Outgoing {
     /// As the client sends it, not read yet.
-    Incoming(Incoming),
+    Client(ClientBody),
     /// Read in part by the transform filter and passed on unchanged.
     Timed(TimedBody),
     /// Read whole (and transformed) by the transform filter.
@@ -574,7 +574,7 @@ async fn forward_request<'p>(
     matched: &Matched<'_>,
     forward: &'p Forward,
     downstream: &Downstream,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     target: Target<'_>,
     started: Instant,
     served: &mut Served<'p>,
@@ -621,7 +621,7 @@ async fn forward_request<'p>(
     // The transform filter, last before the router: the body is read and changed before the
     // route's header mutations, which Envoy's router applies.
     let body = match body_transforms.filter(|_| !upgrade) {
-        None => Outgoing::Incoming(incoming),
+        None => Outgoing::Client(incoming),
         Some(transforms) => {
             let timed = TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
                 .counting(bytes_in.clone());
@@ -699,13 +699,13 @@ async fn forward_request<'p>(
         .and_then(|p| p.per_try_timeout);
     let (policy, body) = match (retrying, body) {
         (Some(policy), Outgoing::Buffered(bytes)) => (policy, Ok(bytes)),
-        (Some(policy), Outgoing::Incoming(incoming)) if retry_bufferable(&incoming) => {
+        (Some(policy), Outgoing::Client(incoming)) if retry_bufferable(&incoming) => {
             (policy, Err(incoming))
         }
         (_, body) => {
             // One attempt, the body streamed through (or sent as the transform left it).
             let body = match body {
-                Outgoing::Incoming(incoming) => Either::Left(
+                Outgoing::Client(incoming) => Either::Left(
                     TimedBody::new(incoming, http.timeouts.stream_idle, stream_deadline)
                         .counting(bytes_in.clone()),
                 ),
@@ -792,7 +792,7 @@ async fn forward_request<'p>(
 }
 
 /// Whether a request body is small enough, and of known size, to buffer for retries.
-fn retry_bufferable(body: &Incoming) -> bool {
+fn retry_bufferable(body: &ClientBody) -> bool {
     body.is_end_stream()
         || body
             .size_hint()

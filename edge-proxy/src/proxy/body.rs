@@ -41,11 +41,64 @@ pub enum PeerBody {
     Incoming(Incoming),
     /// From an upstream connection this task drives ([`crate::upstream::h1`]).
     Upstream(ResponseBody),
+    /// A request body the inline HTTP/1 server had already read whole.
+    Whole(Full<Bytes>),
+}
+
+/// A request body as the client sent it: through hyper's server, or read whole with its head
+/// by the inline HTTP/1 server ([`crate::listeners`]), which only serves requests whose body
+/// had fully arrived.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// Through hyper (HTTP/2, and HTTP/1 requests the inline server handed over).
+    Hyper(Incoming),
+    /// Read whole already (empty for a request without a body).
+    Whole(Full<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
+            ClientBody::Whole(whole) => Pin::new(whole)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(incoming) => incoming.is_end_stream(),
+            ClientBody::Whole(whole) => whole.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(incoming) => incoming.size_hint(),
+            ClientBody::Whole(whole) => whole.size_hint(),
+        }
+    }
 }
 
 impl From<Incoming> for PeerBody {
     fn from(incoming: Incoming) -> Self {
         PeerBody::Incoming(incoming)
+    }
+}
+
+impl From<ClientBody> for PeerBody {
+    fn from(body: ClientBody) -> Self {
+        match body {
+            ClientBody::Hyper(incoming) => PeerBody::Incoming(incoming),
+            ClientBody::Whole(whole) => PeerBody::Whole(whole),
+        }
     }
 }
 
@@ -64,6 +117,9 @@ impl Body for PeerBody {
             PeerBody::Upstream(upstream) => upstream
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
+            PeerBody::Whole(whole) => Pin::new(whole)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
         }
     }
 
@@ -71,6 +127,7 @@ impl Body for PeerBody {
         match self {
             PeerBody::Incoming(incoming) => incoming.is_end_stream(),
             PeerBody::Upstream(upstream) => upstream.is_end_stream(),
+            PeerBody::Whole(whole) => whole.is_end_stream(),
         }
     }
 
@@ -78,6 +135,7 @@ impl Body for PeerBody {
         match self {
             PeerBody::Incoming(incoming) => incoming.size_hint(),
             PeerBody::Upstream(upstream) => upstream.size_hint(),
+            PeerBody::Whole(whole) => whole.size_hint(),
         }
     }
 }
