@@ -29,6 +29,7 @@ use tokio::time::{Interval, Sleep};
 use crate::proxy::body::ClientBody;
 use crate::proxy::headers::has_token;
 use crate::proxy::{self, Downstream, SharedDataPlane};
+use crate::upstream::h1::parse_length;
 use crate::upstream::now_ms;
 
 /// hyper's default limit on a request's header fields, which this server shares: a request with
@@ -339,14 +340,6 @@ fn build(
     Some(request)
 }
 
-/// A `Content-Length` value: digits only (RFC 9110 §8.6).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
 /// How a response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -407,8 +400,8 @@ where
     };
     let mut framing = None;
     let mut wrote_date = false;
-    let mut keep_alive = keep_alive;
-    let mut wrote_close = false;
+    let wrote_close = has_token(&parts.headers, &header::CONNECTION, "close");
+    let keep_alive = keep_alive && !wrote_close;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
             let length = match declared {
@@ -428,11 +421,6 @@ where
         } else if name == header::TRANSFER_ENCODING {
             // The framing is this server's to choose, as below.
             continue;
-        } else if name == header::CONNECTION {
-            if has_close(value) {
-                keep_alive = false;
-                wrote_close = true;
-            }
         } else if name == header::DATE {
             wrote_date = true;
         }
@@ -571,14 +559,6 @@ where
         // A body shorter than its content-length leaves the client waiting: close.
         Framing::Length(_) => Ok(remaining == 0),
     }
-}
-
-/// Whether a `Connection` value holds `close`.
-fn has_close(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// A chunk size, in lowercase hex.
@@ -849,6 +829,19 @@ mod tests {
         response
     }
 
+    /// A 200 whose `content-length` says 3, with `data` as a body of unknown length.
+    fn declaring_three(data: &'static [u8]) -> Response<Frames> {
+        let frames = Frames(
+            VecDeque::from([Frame::data(Bytes::from_static(data))]),
+            false,
+        );
+        let mut response = response(200, frames);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        response
+    }
+
     #[tokio::test]
     async fn responses_are_framed_as_hyper_frames_them() {
         let body = || Full::new(Bytes::from_static(b"hello"));
@@ -878,18 +871,8 @@ mod tests {
             )
         );
         // A content-length field on a body of unknown length is the framing.
-        let mut known = response(
-            200,
-            Frames(
-                VecDeque::from([Frame::data(Bytes::from_static(b"abc"))]),
-                false,
-            ),
-        );
-        known
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         assert_eq!(
-            written(known, false, true, false).await,
+            written(declaring_three(b"abc"), false, true, false).await,
             (
                 "HTTP/1.1 200 OK\r\nx-b: B\r\ncontent-length: 3\r\ndate: DATE\r\n\r\nabc".into(),
                 true
@@ -926,17 +909,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_shorter_than_its_length_ends_the_connection() {
-        let mut short = response(
-            200,
-            Frames(
-                VecDeque::from([Frame::data(Bytes::from_static(b"ab"))]),
-                false,
-            ),
-        );
-        short
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        let (text, reusable) = written(short, false, true, false).await;
+        let (text, reusable) = written(declaring_three(b"ab"), false, true, false).await;
         assert!(text.ends_with("\r\n\r\nab"), "{text}");
         assert!(!reusable);
     }

@@ -601,7 +601,7 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Ex
 }
 
 /// A `Content-Length` value: digits only.
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let value = value.trim_ascii();
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
