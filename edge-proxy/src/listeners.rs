@@ -484,37 +484,24 @@ async fn serve_http<I>(
         None if tls => Codec::Http1,
         None => http.codec,
     };
-    let started = Instant::now();
-    let max_duration = http.timeouts.max_connection_duration;
-    let idle = http.timeouts.connection_idle;
-    let mut watchdog = tokio::time::interval(watchdog_period(idle, max_duration));
-    watchdog.tick().await;
+    let mut watchdog = Watchdog::new(&http, activity);
     // Created once: the selects below are polled on every wake of the connection.
     let shutdown_signal = shutdown.wait();
     tokio::pin!(shutdown_signal);
+    let limits = h1::Limits::of(&http);
 
     // HTTP/1 requests are served inline until one needs hyper (`h1`'s description says which);
     // an HTTP/2 preface on a cleartext `Auto` listener is one of them.
-    let io = if codec == Codec::Http2 {
-        h1::Rewound::new(Bytes::new(), io)
+    let (read, io) = if codec == Codec::Http2 {
+        (Bytes::new(), io)
     } else {
-        let header_bytes = http.max_request_headers_kb.saturating_mul(1024) as usize;
-        let limits = h1::Limits {
-            max_headers: usize::try_from(http.max_headers_count).unwrap_or(usize::MAX),
-            max_head_bytes: header_bytes.max(8192),
-            header_timeout: http.timeouts.request_headers,
-        };
         let mut lifetime = h1::Lifetime {
             shutdown: shutdown_signal.as_mut(),
             watchdog: &mut watchdog,
-            started,
-            idle,
-            max_duration,
-            activity: &activity,
         };
         match h1::serve(io, &plane, &downstream, limits, &mut lifetime).await {
             h1::Ended::Closed => return,
-            h1::Ended::HandOver(io) => io,
+            h1::Ended::HandOver { read, io } => (read, io),
         }
     };
 
@@ -527,13 +514,13 @@ async fn serve_http<I>(
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    configure(&mut builder, &http);
+    configure(&mut builder, &http, &limits);
     let builder = match codec {
         Codec::Auto => builder,
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
-    let io = ActivityIo::new(io, Arc::clone(&activity));
+    let io = ActivityIo::new(io, read, Arc::clone(&watchdog.activity));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut shutting_down = false;
@@ -549,16 +536,54 @@ async fn serve_http<I>(
                 shutting_down = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = watchdog.tick(), if !shutting_down => {
-                let idle_for = Duration::from_millis(now_ms().saturating_sub(activity.load(Ordering::Relaxed)));
-                let too_old = max_duration.is_some_and(|max| started.elapsed() >= max);
-                let too_idle = idle.is_some_and(|idle| idle_for >= idle);
-                if too_old || too_idle {
+            _ = watchdog.interval.tick(), if !shutting_down => {
+                if watchdog.expired() {
                     shutting_down = true;
                     connection.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// A connection's idle and duration limits (`idle_timeout`, `max_connection_duration`), checked
+/// on each tick of `interval` while the connection waits.
+struct Watchdog {
+    interval: tokio::time::Interval,
+    started: Instant,
+    idle: Option<Duration>,
+    max_duration: Option<Duration>,
+    /// When bytes last moved (ms since [`now_ms`]'s start).
+    activity: Arc<AtomicU64>,
+}
+
+impl Watchdog {
+    fn new(http: &HttpSettings, activity: Arc<AtomicU64>) -> Self {
+        let idle = http.timeouts.connection_idle;
+        let max_duration = http.timeouts.max_connection_duration;
+        let period = watchdog_period(idle, max_duration);
+        Self {
+            // The first tick a period from now: a new connection is neither old nor idle.
+            interval: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+            started: Instant::now(),
+            idle,
+            max_duration,
+            activity,
+        }
+    }
+
+    /// Whether the connection outlived its idle or duration limit.
+    fn expired(&self) -> bool {
+        let idle_for =
+            Duration::from_millis(now_ms().saturating_sub(self.activity.load(Ordering::Relaxed)));
+        self.max_duration
+            .is_some_and(|max| self.started.elapsed() >= max)
+            || self.idle.is_some_and(|idle| idle_for >= idle)
+    }
+
+    /// Records that bytes moved now.
+    fn touch(&self) {
+        self.activity.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -571,34 +596,36 @@ fn watchdog_period(idle: Option<Duration>, max_duration: Option<Duration>) -> Du
     (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
 }
 
-/// hyper's limits and timeouts from the connection manager's settings.
-fn configure(builder: &mut auto::Builder<TokioExecutor>, http: &HttpSettings) {
-    let max_headers = usize::try_from(http.max_headers_count).unwrap_or(usize::MAX);
-    let header_bytes = http.max_request_headers_kb.saturating_mul(1024);
+/// hyper's limits and timeouts from the connection manager's settings; HTTP/1 shares the
+/// inline server's `limits`.
+fn configure(builder: &mut auto::Builder<TokioExecutor>, http: &HttpSettings, limits: &h1::Limits) {
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
-        .max_headers(max_headers)
-        .max_buf_size((header_bytes as usize).max(8192));
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes);
     if let Some(timeout) = http.timeouts.request_headers {
         http1.header_read_timeout(timeout);
     }
     let mut http2 = builder.http2();
     http2
         .timer(TokioTimer::new())
-        .max_header_list_size(header_bytes)
+        .max_header_list_size(http.max_request_headers_kb.saturating_mul(1024))
         .enable_connect_protocol();
 }
 
-/// A connection that records when bytes last moved, for the idle timeout.
+/// A connection as hyper serves it: the bytes the inline server read but did not serve
+/// (`h1`'s hand-over) come first, and it records when bytes last moved, for the idle timeout.
 struct ActivityIo<I> {
     inner: I,
+    /// Read already, given out before anything from `inner`.
+    read: Bytes,
     last: Arc<AtomicU64>,
 }
 
 impl<I> ActivityIo<I> {
-    fn new(inner: I, last: Arc<AtomicU64>) -> Self {
-        Self { inner, last }
+    fn new(inner: I, read: Bytes, last: Arc<AtomicU64>) -> Self {
+        Self { inner, read, last }
     }
 
     fn touch(&self) {
@@ -613,6 +640,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.read.is_empty() {
+            let take = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(take));
+            return Poll::Ready(Ok(()));
+        }
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if result.is_ready() {
             this.touch();
@@ -677,6 +709,20 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_connection_reads_what_was_read_first() {
+        use tokio::io::AsyncReadExt as _;
+        let activity = Arc::new(AtomicU64::new(0));
+        let inner: &[u8] = b"and the rest";
+        let mut io = ActivityIo::new(inner, Bytes::from_static(b"read first, "), activity);
+        let mut small = [0; 5];
+        io.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"read ");
+        let mut rest = String::new();
+        io.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "first, and the rest");
     }
 
     #[tokio::test]

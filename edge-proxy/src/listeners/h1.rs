@@ -14,23 +14,23 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
 use hyper::body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{Interval, Sleep};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 
+use super::Watchdog;
+use crate::config::listener::HttpSettings;
 use crate::proxy::body::ClientBody;
 use crate::proxy::headers::has_token;
 use crate::proxy::{self, Downstream, SharedDataPlane};
 use crate::upstream::h1::parse_length;
-use crate::upstream::now_ms;
 
 /// hyper's default limit on a request's header fields, which this server shares: a request with
 /// more is handed over, and hyper answers it.
@@ -57,30 +57,29 @@ pub(super) struct Limits {
     pub header_timeout: Option<Duration>,
 }
 
+impl Limits {
+    /// The limits of `http` (`max_headers_count`, `max_request_headers_kb`,
+    /// `request_headers_timeout`), which hyper's HTTP/1 server gets too.
+    pub(super) fn of(http: &HttpSettings) -> Self {
+        let header_bytes = http.max_request_headers_kb.saturating_mul(1024) as usize;
+        Self {
+            max_headers: usize::try_from(http.max_headers_count).unwrap_or(usize::MAX),
+            // hyper's smallest buffer.
+            max_head_bytes: header_bytes.max(8192),
+            header_timeout: http.timeouts.request_headers,
+        }
+    }
+}
+
 /// What ends or drains a connection: the listener's shutdown signal and its idle and duration
 /// limits, checked while the connection waits for a request.
 pub(super) struct Lifetime<'a> {
     /// Resolves when the listener is removed or the proxy drains.
     pub shutdown: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
-    /// Ticks while the connection waits, to check `idle` and `max_duration`.
-    pub watchdog: &'a mut Interval,
-    pub started: Instant,
-    pub idle: Option<Duration>,
-    pub max_duration: Option<Duration>,
-    /// When the connection last finished a response (ms since [`now_ms`]'s start).
-    pub activity: &'a AtomicU64,
+    pub watchdog: &'a mut Watchdog,
 }
 
 impl Lifetime<'_> {
-    /// Whether the connection outlived its idle or duration limit.
-    fn expired(&self) -> bool {
-        let idle_for =
-            Duration::from_millis(now_ms().saturating_sub(self.activity.load(Ordering::Relaxed)));
-        self.max_duration
-            .is_some_and(|max| self.started.elapsed() >= max)
-            || self.idle.is_some_and(|idle| idle_for >= idle)
-    }
-
     /// Whether the shutdown signal has fired, without waiting for it.
     async fn shutting_down(&mut self) -> bool {
         let shutdown = &mut self.shutdown;
@@ -92,8 +91,8 @@ impl Lifetime<'_> {
 pub(super) enum Ended<I> {
     /// Closed: the client left or asked to close, a limit ran out, or the proxy shut it down.
     Closed,
-    /// To be served by hyper from here on, the bytes read but not served first.
-    HandOver(Rewound<I>),
+    /// To be served by hyper from here on, the bytes `read` but not served first.
+    HandOver { read: Bytes, io: I },
 }
 
 /// Serves plain HTTP/1.1 requests on `io` until the connection ends or a request needs hyper.
@@ -118,14 +117,15 @@ where
             if !read.is_empty() {
                 match parse(&mut read, &mut spans, &limits) {
                     Parse::Request(parsed) => break parsed,
-                    Parse::HandOver => return Ended::HandOver(Rewound::new(read.freeze(), io)),
-                    Parse::Partial if read.len() >= limits.max_head_bytes => {
-                        return Ended::HandOver(Rewound::new(read.freeze(), io));
-                    }
-                    Parse::Partial => {
+                    Parse::Partial if read.len() < limits.max_head_bytes => {
                         if head_timer.is_none() {
                             head_timer = Some(Box::pin(tokio::time::sleep(header_timeout)));
                         }
+                    }
+                    // A head too large for the limit: hyper answers 431.
+                    Parse::Partial | Parse::HandOver => {
+                        let read = read.freeze();
+                        return Ended::HandOver { read, io };
                     }
                 }
             }
@@ -141,8 +141,8 @@ where
                 },
                 // An idle connection closes at once; a started head is read to its end.
                 () = lifetime.shutdown.as_mut(), if waiting => return Ended::Closed,
-                _ = lifetime.watchdog.tick(), if waiting => {
-                    if lifetime.expired() {
+                _ = lifetime.watchdog.interval.tick(), if waiting => {
+                    if lifetime.watchdog.expired() {
                         return Ended::Closed;
                     }
                 }
@@ -183,7 +183,7 @@ where
         )
         .await
         .unwrap_or(false);
-        lifetime.activity.store(now_ms(), Ordering::Relaxed);
+        lifetime.watchdog.touch();
         if !keep_alive {
             let _ = io.shutdown().await;
             return Ended::Closed;
@@ -292,11 +292,7 @@ fn parse(read: &mut BytesMut, spans: &mut Vec<(HeaderName, Span)>, limits: &Limi
     };
     if read.len() < whole {
         // The body is still coming: hyper streams it, with the stream timeouts.
-        return if body_len > 0 {
-            Parse::HandOver
-        } else {
-            Parse::Partial
-        };
+        return Parse::HandOver;
     }
 
     let bytes = read.split_to(head_len).freeze();
@@ -589,68 +585,12 @@ fn write_date(out: &mut Vec<u8>) {
     });
 }
 
-/// A connection handed over to hyper: the bytes already read come first.
-pub(super) struct Rewound<I> {
-    prefix: Bytes,
-    inner: I,
-}
-
-impl<I> Rewound<I> {
-    pub(super) fn new(prefix: Bytes, inner: I) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let take = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix.split_to(take));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::task::Context;
 
     use arc_swap::ArcSwapOption;
     use hyper::body::{Frame, SizeHint};
@@ -658,6 +598,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
+    use crate::upstream::now_ms;
 
     const LIMITS: Limits = Limits {
         max_headers: 100,
@@ -935,26 +876,15 @@ mod tests {
             let downstream =
                 Downstream::new(peer, false, http, Arc::new(Metrics::new(false)), None);
             let mut shutdown = std::pin::pin!(std::future::pending::<()>());
-            let mut watchdog = tokio::time::interval(Duration::from_secs(60));
-            let activity = AtomicU64::new(now_ms());
+            let activity = Arc::new(AtomicU64::new(now_ms()));
+            let mut watchdog = Watchdog::new(&downstream.http, activity);
             let mut lifetime = Lifetime {
                 shutdown: shutdown.as_mut(),
                 watchdog: &mut watchdog,
-                started: Instant::now(),
-                idle: None,
-                max_duration: None,
-                activity: &activity,
             };
             match serve(stream, &plane, &downstream, LIMITS, &mut lifetime).await {
                 Ended::Closed => None,
-                Ended::HandOver(mut rewound) => {
-                    let mut prefix = Vec::new();
-                    let mut buf = [0; 1024];
-                    // The prefix comes first; the client has sent nothing more.
-                    let n = rewound.read(&mut buf).await.unwrap();
-                    prefix.extend_from_slice(&buf[..n]);
-                    Some(Bytes::from(prefix))
-                }
+                Ended::HandOver { read, .. } => Some(read),
             }
         });
         let client = TcpStream::connect(address).await.unwrap();
