@@ -105,7 +105,7 @@ pub async fn run(
     quotas.local.set_observer(metrics.clone());
     metrics.observe_quotas(&quotas);
     let reservations = Reservations::default();
-    let xds = xds::spawn_reserving(options.xds, reservations.clone());
+    let xds = xds::spawn_serving(options.xds, reservations.clone());
     let admin_task = tokio::spawn(admin::serve(
         admin_socket,
         admin::AdminState {
@@ -129,10 +129,9 @@ pub async fn run(
     loop {
         let latest = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = latest {
-            apply(&plane, &mut listeners, snapshot, &quotas).await;
-            if let Some(applied) = plane.load_full() {
-                metrics.snapshot_applied(&applied.snapshot.version);
-            }
+            apply(&plane, &mut listeners, Arc::clone(&snapshot), &quotas).await;
+            metrics.snapshot_applied(&snapshot.version);
+            xds.mark_applied(snapshot);
         }
         tokio::select! {
             changed = snapshots.changed() => {

@@ -150,30 +150,59 @@ pub struct Xds {
     pub status: watch::Receiver<XdsStatus>,
     /// The client task; it runs until aborted.
     pub task: JoinHandle<()>,
+    /// Where a serving proxy reports the snapshot it has in effect.
+    applied: Option<watch::Sender<Option<Arc<Snapshot>>>>,
 }
 
-/// Starts the xDS client on the current Tokio runtime. It leaves listeners' addresses
-/// unchecked; [`spawn_reserving`] checks and binds them too.
+impl Xds {
+    /// Reports `snapshot` (one received from [`Xds::snapshots`]) in effect: the answers that
+    /// waited for it go out. Only a client from [`spawn_serving`] waits for this.
+    pub fn mark_applied(&self, snapshot: Arc<Snapshot>) {
+        if let Some(applied) = &self.applied {
+            applied.send_replace(Some(snapshot));
+        }
+    }
+}
+
+/// Starts the xDS client on the current Tokio runtime, for a caller that only reads the
+/// snapshots: it ACKs at once and leaves listeners' addresses unchecked.
 pub fn spawn(config: XdsConfig) -> Xds {
     start(config, None)
 }
 
-/// Starts the xDS client on the current Tokio runtime, binding the socket of every new or
-/// moved listener in `reservations` before it ACKs the LDS update that brings it; a socket
-/// that cannot be bound is a NACK naming the listener. The proxy hands the same
-/// `reservations` to its [`crate::listeners::Listeners`], which run those sockets.
-pub fn spawn_reserving(config: XdsConfig, reservations: Reservations) -> Xds {
+/// Starts the xDS client on the current Tokio runtime for a proxy that serves its snapshots:
+/// - it binds the socket of every new or moved listener in `reservations` before it ACKs the
+///   LDS update that brings it; a socket that cannot be bound is a NACK naming the listener.
+///   The proxy hands the same `reservations` to its [`crate::listeners::Listeners`], which run
+///   those sockets;
+/// - it ACKs a response that published a new snapshot only once the proxy reported that
+///   snapshot in effect with [`Xds::mark_applied`], so that an ACK means the proxy obeys it.
+pub fn spawn_serving(config: XdsConfig, reservations: Reservations) -> Xds {
     start(config, Some(reservations))
 }
 
 fn start(config: XdsConfig, reservations: Option<Reservations>) -> Xds {
     let (snapshot_tx, snapshots) = watch::channel(None);
     let (status_tx, status) = watch::channel(XdsStatus::default());
-    let task = tokio::spawn(client::run(config, reservations, snapshot_tx, status_tx));
+    let (applied, applied_rx) = match reservations {
+        Some(_) => {
+            let (tx, rx) = watch::channel(None);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let task = tokio::spawn(client::run(
+        config,
+        reservations,
+        snapshot_tx,
+        applied_rx,
+        status_tx,
+    ));
     Xds {
         snapshots,
         status,
         task,
+        applied,
     }
 }
 

@@ -346,6 +346,77 @@ async fn follows_the_control_plane_through_changes_deletions_and_a_restart() {
     cp.stop().await;
 }
 
+/// Long enough for an ACK that was not held to reach the control plane.
+const ACK_GRACE: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_client_acks_a_new_snapshot_only_once_the_proxy_applied_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = Store::in_memory();
+    store
+        .write(vec![
+            cluster("users", 9001),
+            route("users", "/users", "users"),
+            listener("public", port, &[]),
+        ])
+        .await
+        .unwrap();
+    let registry = Arc::new(NodeRegistry::default());
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let cp = ControlPlane::start(&store, &registry, socket);
+    let mut proxy = xds::spawn_serving(
+        client_config(addr, "proxy-applies"),
+        Reservations::default(),
+    );
+
+    // Published, but nothing applied it: the control plane must not see it converged.
+    snapshot_where(&mut proxy, "the listener", |s| s.listeners.len() == 1).await;
+    let revision = store.current().revision;
+    tokio::time::sleep(ACK_GRACE).await;
+    assert!(
+        !registry.revision_status(revision).converged,
+        "ACKed before the snapshot was applied: {:#?}",
+        registry.revision_status(revision)
+    );
+    // Applying the latest snapshot (more may be published as the last responses land)
+    // releases the ACKs.
+    eventually("the node converges once its snapshot is applied", || {
+        if let Some(latest) = proxy.snapshots.borrow().clone() {
+            proxy.mark_applied(latest);
+        }
+        registry.revision_status(revision).converged
+    })
+    .await;
+
+    // A change: applying an older snapshot releases nothing; applying the new one does.
+    let older = proxy.snapshots.borrow().clone().unwrap();
+    store
+        .write(vec![route("users", "/people", "users")])
+        .await
+        .unwrap();
+    let changed = snapshot_where(&mut proxy, "the new route", |s| !std::ptr::eq(s, &*older)).await;
+    let revision = store.current().revision;
+    proxy.mark_applied(older);
+    tokio::time::sleep(ACK_GRACE).await;
+    assert!(
+        !registry.revision_status(revision).converged,
+        "ACKed while an older snapshot was in effect"
+    );
+    proxy.mark_applied(changed);
+    eventually("the node converges on the change", || {
+        registry.revision_status(revision).converged
+    })
+    .await;
+
+    proxy.task.abort();
+    cp.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Against a fake server that sends a listener the proxy does not support
 
@@ -621,7 +692,7 @@ async fn a_taken_port_is_nacked_naming_the_listener_and_an_acked_one_accepts_at_
         lds_response("lds-2", Some(&translated_listener(taken_port))),
     ])
     .await;
-    let proxy = xds::spawn_reserving(client_config(addr, "proxy-bind"), Reservations::default());
+    let proxy = xds::spawn_serving(client_config(addr, "proxy-bind"), Reservations::default());
     let mut answer = async |nonce: &str| {
         requests_until_answer(&mut requests, nonce)
             .await

@@ -230,7 +230,9 @@ async fn circuit_breaker_answers_503_when_max_requests_are_in_flight() {
     // Wait until the slow request has reached the upstream, so it holds the only slot.
     support::eventually("the slow request is in flight", CONVERGE, || {
         let count = upstream.request_count();
+        let ended = in_flight.is_finished();
         async move {
+            anyhow::ensure!(!ended, "the slow request was answered without the upstream");
             anyhow::ensure!(count == 1, "{count} requests so far");
             Ok(())
         }

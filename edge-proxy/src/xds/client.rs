@@ -5,6 +5,11 @@
 //! ACK of the response that caused them, so the control plane sees, say, the EDS names of new
 //! clusters before it considers the clusters settled and releases listeners ("make before
 //! break"). Named resources no longer referenced are unsubscribed and dropped.
+//!
+//! When a proxy serves the snapshots, the answer to a response that published a new one waits
+//! until the proxy reports that snapshot in effect: an ACK then means "this proxy routes by
+//! it", so a change the control plane reports converged is one every proxy obeys. Answers keep
+//! their order: one held answer holds the ones after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -55,6 +60,7 @@ pub(super) async fn run(
     config: XdsConfig,
     reservations: Option<Reservations>,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    applied: Option<watch::Receiver<Option<Arc<Snapshot>>>>,
     status: watch::Sender<XdsStatus>,
 ) {
     let span = tracing::info_span!("xds", node = %config.node_id, endpoint = %config.endpoint);
@@ -64,6 +70,8 @@ pub(super) async fn run(
         builder: SnapshotBuilder::new(),
         published: None,
         snapshots,
+        latest: None,
+        applied,
         status,
     };
     async move {
@@ -94,6 +102,11 @@ struct Client {
     /// The builder generation last published.
     published: Option<u64>,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    /// The last snapshot published.
+    latest: Option<Arc<Snapshot>>,
+    /// The snapshot the proxy has in effect, when a proxy serves them; `None` when nothing
+    /// serves them and answers go out at once.
+    applied: Option<watch::Receiver<Option<Arc<Snapshot>>>>,
     status: watch::Sender<XdsStatus>,
 }
 
@@ -102,6 +115,9 @@ struct Stream {
     tx: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
     /// Names subscribed per named kind on this stream.
     subscribed: BTreeMap<Kind, BTreeSet<String>>,
+    /// ACKs and NACKs waiting, in order, for the latest snapshot to be in effect. Nonces
+    /// belong to a stream, so a new stream starts with none.
+    held: Vec<DeltaDiscoveryRequest>,
 }
 
 impl Stream {
@@ -109,6 +125,33 @@ impl Stream {
         // A send fails only when the stream is gone; the response side notices that too.
         let _ = self.tx.send(req);
     }
+
+    /// Sends an ACK or NACK now if `in_effect` and nothing is held before it; holds it
+    /// otherwise.
+    fn answer(&mut self, req: DeltaDiscoveryRequest, in_effect: bool) {
+        if in_effect && self.held.is_empty() {
+            self.send(req);
+        } else {
+            self.held.push(req);
+        }
+    }
+
+    /// Sends the held answers.
+    fn release_held(&mut self) {
+        for req in std::mem::take(&mut self.held) {
+            self.send(req);
+        }
+    }
+}
+
+/// Waits for `applied` to change; never, when there is nothing to follow or its sender is gone.
+async fn applied_changed(applied: &mut Option<watch::Receiver<Option<Arc<Snapshot>>>>) {
+    if let Some(applied) = applied
+        && applied.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 impl Client {
@@ -131,6 +174,7 @@ impl Client {
         let mut stream = Stream {
             tx,
             subscribed: BTreeMap::new(),
+            held: Vec::new(),
         };
         self.subscribe_initial(&mut stream);
         let mut grpc = AggregatedDiscoveryServiceClient::new(channel);
@@ -146,15 +190,35 @@ impl Client {
             s.connects += 1;
         });
         tracing::info!("xds stream opened");
+        let mut applied = self.applied.clone();
         loop {
-            match inbound.message().await {
-                Ok(Some(resp)) => {
-                    *progressed = true;
-                    self.on_response(&mut stream, resp);
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(resp)) => {
+                        *progressed = true;
+                        self.on_response(&mut stream, resp);
+                    }
+                    Ok(None) => return XdsError::Closed,
+                    Err(status) => return status.into(),
+                },
+                () = applied_changed(&mut applied), if !stream.held.is_empty() => {
+                    if self.in_effect() {
+                        stream.release_held();
+                    }
                 }
-                Ok(None) => return XdsError::Closed,
-                Err(status) => return status.into(),
             }
+        }
+    }
+
+    /// Whether the proxy routes by the latest published snapshot (always, when nothing
+    /// serves the snapshots).
+    fn in_effect(&self) -> bool {
+        match (&self.applied, &self.latest) {
+            (Some(applied), Some(latest)) => applied
+                .borrow()
+                .as_ref()
+                .is_some_and(|applied| Arc::ptr_eq(applied, latest)),
+            _ => true,
         }
     }
 
@@ -210,7 +274,7 @@ impl Client {
         let Some(kind) = Kind::from_type_url(&resp.type_url) else {
             let message = format!("type {} is not supported", resp.type_url);
             tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, "response of an unknown type rejected");
-            stream.send(nack(&resp, message));
+            stream.answer(nack(&resp, message), self.in_effect());
             return;
         };
         let mut updates = Vec::with_capacity(resp.resources.len());
@@ -256,7 +320,7 @@ impl Client {
                     message: message.clone(),
                 });
             });
-            stream.send(nack(&resp, message));
+            stream.answer(nack(&resp, message), self.in_effect());
             return;
         }
         let updated = updates.len();
@@ -276,11 +340,6 @@ impl Client {
             "configuration accepted"
         );
         self.resubscribe(stream);
-        stream.send(DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            ..Default::default()
-        });
         self.status.send_modify(|s| {
             let st = s.types.entry(kind).or_default();
             st.acks += 1;
@@ -288,6 +347,12 @@ impl Client {
             st.acked_version = Some(resp.system_version_info.clone());
         });
         self.publish();
+        let ack = DeltaDiscoveryRequest {
+            type_url: resp.type_url,
+            response_nonce: resp.nonce,
+            ..Default::default()
+        };
+        stream.answer(ack, self.in_effect());
     }
 
     /// Brings the named subscriptions in line with what the held resources reference, and
@@ -332,7 +397,9 @@ impl Client {
                     "snapshot published"
                 );
                 let version = snapshot.version.clone();
-                self.snapshots.send_replace(Some(Arc::new(snapshot)));
+                let snapshot = Arc::new(snapshot);
+                self.latest = Some(Arc::clone(&snapshot));
+                self.snapshots.send_replace(Some(snapshot));
                 self.status
                     .send_modify(|s| s.snapshot_version = Some(version));
             }
