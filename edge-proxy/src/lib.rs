@@ -44,6 +44,11 @@ use crate::trace::{Tracing, TracingConfig};
 use crate::upstream::Upstreams;
 use crate::xds::XdsConfig;
 
+/// A map looked up on every request by a config name (a cluster, a route's metric series):
+/// foldhash instead of the default SipHash, whose flooding resistance keys that clients do
+/// not choose do not need.
+pub(crate) type NameMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Everything the edge proxy needs to start.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {

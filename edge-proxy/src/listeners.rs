@@ -453,6 +453,11 @@ struct Shutdown {
 }
 
 impl Shutdown {
+    /// Whether either signal has fired.
+    fn is_signalled(&self) -> bool {
+        *self.listener_stopped.borrow() || *self.draining.borrow()
+    }
+
     async fn wait(mut self) {
         tokio::select! {
             _ = self.listener_stopped.wait_for(|stop| *stop) => {}
@@ -486,7 +491,7 @@ async fn serve_http<I>(
     };
     let mut watchdog = Watchdog::new(&http, activity);
     // Created once: the selects below are polled on every wake of the connection.
-    let shutdown_signal = shutdown.wait();
+    let shutdown_signal = shutdown.clone().wait();
     tokio::pin!(shutdown_signal);
     let limits = h1::Limits::of(&http);
 
@@ -497,6 +502,7 @@ async fn serve_http<I>(
     } else {
         let mut lifetime = h1::Lifetime {
             shutdown: shutdown_signal.as_mut(),
+            signals: &shutdown,
             watchdog: &mut watchdog,
         };
         match h1::serve(io, &plane, &downstream, limits, &mut lifetime).await {

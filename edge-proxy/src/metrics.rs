@@ -5,7 +5,7 @@
 //! names from the config (route, cluster, resource type), never from requests, so the number of
 //! series stays bounded by the config.
 
-use std::collections::HashMap;
+use crate::NameMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -97,13 +97,13 @@ pub struct Metrics {
     upstream_seconds: HistogramFamily<ClusterLabel>,
     /// Handles by (route, cluster), so the hot path neither allocates labels nor takes the
     /// families' write locks once a pair has been seen.
-    handles: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
-    upstream_handles: RwLock<HashMap<String, Histogram>>,
+    handles: RwLock<NameMap<String, NameMap<String, Arc<RouteHandles>>>>,
+    upstream_handles: RwLock<NameMap<String, Histogram>>,
     connections: AtomicU64,
     quota_decisions: Family<QuotaLabels, Counter>,
     /// Handles by policy, in [`QUOTA_OUTCOMES`] order, so counting a decision allocates
     /// nothing once the policy has been seen.
-    quota_handles: RwLock<HashMap<String, Arc<[Counter; 5]>>>,
+    quota_handles: RwLock<NameMap<String, Arc<[Counter; 5]>>>,
     /// The quota engines, for their backend's state at scrape time.
     quotas: std::sync::OnceLock<crate::filter::rate_limit::Quotas>,
     /// The snapshot in use: its version, and when it was applied (Unix seconds).
@@ -139,11 +139,11 @@ impl Metrics {
             auth_rejections: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
-            handles: RwLock::new(HashMap::new()),
-            upstream_handles: RwLock::new(HashMap::new()),
+            handles: RwLock::default(),
+            upstream_handles: RwLock::default(),
             connections: AtomicU64::new(0),
             quota_decisions: Family::default(),
-            quota_handles: RwLock::new(HashMap::new()),
+            quota_handles: RwLock::default(),
             quotas: std::sync::OnceLock::new(),
             snapshot: RwLock::new(None),
         }

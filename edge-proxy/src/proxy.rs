@@ -59,6 +59,8 @@ pub type SharedDataPlane = Arc<ArcSwapOption<DataPlane>>;
 pub struct Downstream {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as `x-forwarded-for` gets it, written once per connection.
+    pub peer_address: HeaderValue,
     /// Whether the connection is TLS (the scheme is then `https`).
     pub tls: bool,
     /// The connection manager's settings, from the listener's filter chain.
@@ -90,6 +92,7 @@ impl Downstream {
         let access_log = http.access_log.as_ref().map(AccessLogger::new);
         Self {
             peer,
+            peer_address: headers::address_value(peer.ip()),
             tls,
             http,
             server,

@@ -12,7 +12,7 @@ pub mod h1;
 pub mod health;
 pub mod pool;
 
-use std::collections::HashMap;
+use crate::NameMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -137,7 +137,7 @@ pub(crate) fn now_ms() -> u64 {
 /// Every cluster of a snapshot, ready to take requests.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    clusters: HashMap<String, Arc<UpstreamCluster>>,
+    clusters: NameMap<String, Arc<UpstreamCluster>>,
 }
 
 impl Upstreams {
@@ -247,7 +247,9 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     /// Whether the outlier detector has it ejected right now.
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+        // 0 when never ejected (or unejected): no clock read on the request path then.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 
     /// Whether it may take traffic.

@@ -25,7 +25,7 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
-use super::Watchdog;
+use super::{Shutdown, Watchdog};
 use crate::config::listener::HttpSettings;
 use crate::proxy::body::ClientBody;
 use crate::proxy::headers::has_token;
@@ -74,17 +74,12 @@ impl Limits {
 /// What ends or drains a connection: the listener's shutdown signal and its idle and duration
 /// limits, checked while the connection waits for a request.
 pub(super) struct Lifetime<'a> {
-    /// Resolves when the listener is removed or the proxy drains.
+    /// Resolves when the listener is removed or the proxy drains, for a connection waiting.
     pub shutdown: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    /// The same signals, read without waiting after each response: cheaper than polling
+    /// `shutdown`, which registers its waker each time.
+    pub signals: &'a Shutdown,
     pub watchdog: &'a mut Watchdog,
-}
-
-impl Lifetime<'_> {
-    /// Whether the shutdown signal has fired, without waiting for it.
-    async fn shutting_down(&mut self) -> bool {
-        let shutdown = &mut self.shutdown;
-        poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await
-    }
 }
 
 /// How a connection left this server.
@@ -172,7 +167,7 @@ where
                 }
             }
         };
-        let keep_alive = keep_alive && !lifetime.shutting_down().await;
+        let keep_alive = keep_alive && !lifetime.signals.is_signalled();
         let keep_alive = write_response(
             &mut io,
             &mut out,
@@ -314,6 +309,9 @@ fn parse(read: &mut BytesMut, spans: &mut Vec<(HeaderName, Span)>, limits: &Limi
     })
 }
 
+/// How many headers [`build`] leaves room for beyond the request's own.
+const ROOM_FOR_ADDED_HEADERS: usize = 6;
+
 /// The request from its head's bytes: header values share `head`'s buffer, as hyper's do.
 fn build(
     head: &Bytes,
@@ -323,7 +321,9 @@ fn build(
     body: Bytes,
 ) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(head.slice(path.range())).ok()?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the headers the proxy adds (x-forwarded-for, x-forwarded-proto, x-request-id…),
+    // which would otherwise grow, and rehash, the map one by one.
+    let mut headers = HeaderMap::with_capacity(fields.len() + ROOM_FOR_ADDED_HEADERS);
     for (name, span) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(span.range())).ok()?;
         headers.append(name, value);
@@ -876,10 +876,15 @@ mod tests {
             let downstream =
                 Downstream::new(peer, false, http, Arc::new(Metrics::new(false)), None);
             let mut shutdown = std::pin::pin!(std::future::pending::<()>());
+            let signals = Shutdown {
+                listener_stopped: tokio::sync::watch::channel(false).1,
+                draining: tokio::sync::watch::channel(false).1,
+            };
             let activity = Arc::new(AtomicU64::new(now_ms()));
             let mut watchdog = Watchdog::new(&downstream.http, activity);
             let mut lifetime = Lifetime {
                 shutdown: shutdown.as_mut(),
+                signals: &signals,
                 watchdog: &mut watchdog,
             };
             match serve(stream, &plane, &downstream, LIMITS, &mut lifetime).await {

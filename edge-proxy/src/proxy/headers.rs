@@ -21,7 +21,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 
 /// Headers that describe one connection and are never forwarded (RFC 9110, 7.6.1), plus
 /// `proxy-connection`, which some clients still send.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// A `static`, not a `const`: a `const` would build (and drop) the array at each use.
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -128,12 +129,11 @@ pub fn prepare_request(
 ) -> Option<HeaderValue> {
     let http = &downstream.http;
     join_cookies(headers);
-    let client_ip = downstream.peer.ip().to_canonical();
     let external = http.use_remote_address;
     if external {
         remove_envoy_headers(headers);
         if !http.skip_xff_append {
-            append_forwarded_for(headers, client_ip);
+            append_forwarded_for(headers, &downstream.peer_address);
         }
     }
     if external || !headers.contains_key(X_FORWARDED_PROTO) {
@@ -198,8 +198,20 @@ fn remove_envoy_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let ip = ip.to_string();
+/// `ip` as a header value, as `x-forwarded-for` gets it: an IPv4-mapped IPv6 address as the
+/// IPv4 address.
+pub fn address_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_canonical().to_string())
+        .expect("an IP address's text is a valid header value")
+}
+
+/// Appends `ip` (from [`address_value`]) to `x-forwarded-for`.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    // Most requests come without one: the value is the peer's, shared.
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
     // Several x-forwarded-for lines become one, joined with `,` as Envoy joins them.
     let mut value: Vec<u8> = Vec::new();
     for (i, line) in headers.get_all(X_FORWARDED_FOR).iter().enumerate() {
@@ -208,9 +220,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
         }
         value.extend_from_slice(line.as_bytes());
     }
-    if !value.is_empty() {
-        value.push(b',');
-    }
+    value.push(b',');
     value.extend_from_slice(ip.as_bytes());
     if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, value);
@@ -357,28 +367,43 @@ pub fn websocket_upgrade(headers: &HeaderMap, allowed: bool) -> bool {
 /// `Connection: upgrade` and `Upgrade` stay, so the upgrade reaches the other side. `TE` stays
 /// only as `trailers` (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (a standard name compares as
-    // a tag) spares a hashed lookup per name below.
-    if !upgrade
-        && !headers
-            .keys()
-            .any(|name| *name == header::TE || HOP_BY_HOP.contains(name))
-    {
+    // One pass over the names (a standard name compares as a tag) finds which of these the
+    // message carries: most carry none, a response often `connection` alone. Only those are
+    // looked up again, to be removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for name in headers.keys() {
+        if *name == header::TE {
+            te = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !upgrade && !te && !present.contains(&true) {
         return;
     }
+    // The headers the `connection` header names, except the hop-by-hop ones handled below
+    // (`keep-alive`, or `upgrade`, which stays for an upgrade) and `close`, which names none:
+    // most messages name nothing else.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::try_from(token.trim()).ok())
-        .filter(|name| !(upgrade && *name == header::UPGRADE))
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+        })
+        .filter_map(|token| HeaderName::try_from(token).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        if upgrade && (*name == header::CONNECTION || *name == header::UPGRADE) {
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if !present || (upgrade && (*name == header::CONNECTION || *name == header::UPGRADE)) {
             continue;
         }
         headers.remove(name);
@@ -386,16 +411,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if te {
+        let te_trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
@@ -433,6 +460,33 @@ mod tests {
         assert_eq!(headers.len(), 2, "{headers:?}");
         assert_eq!(headers["x-kept"], "yes");
         assert_eq!(headers[header::TE], "trailers");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_whatever_connection_names() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Close, TE"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers, false);
+        // `TE` named by `connection` goes whole, even as `trailers`.
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers["x-kept"], "yes");
+
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1, "{headers:?}");
     }
 
     #[test]
@@ -475,7 +529,7 @@ mod tests {
             }
             // As the connection manager leaves the header before the filters run.
             if addresses.appended {
-                append_forwarded_for(&mut headers, peer);
+                append_forwarded_for(&mut headers, &address_value(peer));
             }
             addresses.client(&headers).to_string()
         };
@@ -539,11 +593,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        append_forwarded_for(&mut headers, "192.0.2.9".parse().unwrap());
+        append_forwarded_for(&mut headers, &address_value("192.0.2.9".parse().unwrap()));
         let lines: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
         assert_eq!(lines, ["10.0.0.1,10.0.0.2,192.0.2.9"]);
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, "192.0.2.9".parse().unwrap());
+        append_forwarded_for(&mut headers, &address_value("192.0.2.9".parse().unwrap()));
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.9");
     }
 

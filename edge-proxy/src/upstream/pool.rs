@@ -153,8 +153,11 @@ impl Http1Pool {
         match whole_body(&head, &mut body) {
             Some(bytes) => self.send_whole(Request::from_parts(head, ()), bytes).await,
             None => {
+                // Boxed, as is hyper's exchange below: a streamed body is the rare case, and its
+                // future (hyper's) would otherwise make every request's future larger, and
+                // every enclosing one, each copied whole as it is created.
                 let (response, checkin) =
-                    self.send_on_hyper(Request::from_parts(head, body)).await?;
+                    Box::pin(self.send_on_hyper(Request::from_parts(head, body))).await?;
                 Ok((response.map(PeerBody::from), Some(checkin)))
             }
         }
@@ -176,7 +179,7 @@ impl Http1Pool {
                     let request = head
                         .clone()
                         .map(|()| Either::Right(Full::new(body.clone())));
-                    match self.send_with(sender, reused, request).await? {
+                    match Box::pin(self.send_with(sender, reused, request)).await? {
                         Sent::Response(response, checkin) => {
                             return Ok((response.map(PeerBody::from), Some(checkin)));
                         }
