@@ -220,7 +220,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
         }
         value.extend_from_slice(line.as_bytes());
     }
-    value.push(b',');
+    // A client's empty line adds no empty hop.
+    if !value.is_empty() {
+        value.push(b',');
+    }
     value.extend_from_slice(ip.as_bytes());
     if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(X_FORWARDED_FOR, value);
@@ -597,6 +600,10 @@ mod tests {
         let lines: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
         assert_eq!(lines, ["10.0.0.1,10.0.0.2,192.0.2.9"]);
         let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, &address_value("192.0.2.9".parse().unwrap()));
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.9");
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static(""));
         append_forwarded_for(&mut headers, &address_value("192.0.2.9".parse().unwrap()));
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.9");
     }
