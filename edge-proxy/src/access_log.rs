@@ -262,7 +262,7 @@ pub struct RequestLog {
     method: Method,
     version: Version,
     /// The `Host` or `:authority`, as the client sent it.
-    pub authority: Option<String>,
+    pub authority: Option<crate::proxy::headers::Authority>,
     /// The normalised path and query as the HTTP filters left it (an API key or token they
     /// removed is not in it), before rewrites.
     pub path_and_query: Option<LoggedPath>,
@@ -365,7 +365,9 @@ impl RequestLog {
                     json_opt(line, self.request_id.as_ref().and_then(|v| v.to_str().ok()))
                 }
                 AccessLogField::Method => json_string(line, self.method.as_str()),
-                AccessLogField::Authority => json_opt(line, self.authority.as_deref()),
+                AccessLogField::Authority => {
+                    json_opt(line, self.authority.as_ref().map(|a| a.as_str()))
+                }
                 AccessLogField::Path => json_opt(line, path(false)),
                 AccessLogField::PathWithQuery => json_opt(line, path(true)),
                 AccessLogField::Protocol => json_string(line, protocol(self.version)),

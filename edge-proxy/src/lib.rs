@@ -19,6 +19,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod filter;
+mod header_maps;
 pub mod listeners;
 pub mod metrics;
 pub mod proxy;

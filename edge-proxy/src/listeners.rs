@@ -57,7 +57,6 @@ pub struct Listeners {
     tracer: Option<Tracer>,
     running: HashMap<String, Running>,
     reservations: Reservations,
-    drain: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -90,14 +89,12 @@ impl Listeners {
         tracer: Option<Tracer>,
         reservations: Reservations,
     ) -> Self {
-        let (drain, _) = watch::channel(false);
         Self {
             plane,
             metrics,
             tracer,
             running: HashMap::new(),
             reservations,
-            drain,
         }
     }
 
@@ -155,7 +152,6 @@ impl Listeners {
                         Arc::clone(&self.metrics),
                         self.tracer.clone(),
                         stop_rx,
-                        self.drain.subscribe(),
                     ));
                     self.running.insert(
                         name.clone(),
@@ -184,11 +180,11 @@ impl Listeners {
     /// Stops accepting on every listener and asks every open connection to finish its requests
     /// and close (HTTP/2 clients get a GOAWAY). Waits at most `timeout` for them.
     pub async fn drain(&mut self, timeout: Duration) {
+        // A listener's stop signal is also its connections' (see [`Shutdown`]).
         for (_, running) in self.running.drain() {
             let _ = running.stop.send(true);
             let _ = running.task.await;
         }
-        let _ = self.drain.send(true);
         let deadline = tokio::time::Instant::now() + timeout;
         while self.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -316,7 +312,6 @@ async fn accept_loop(
     metrics: Arc<Metrics>,
     tracer: Option<Tracer>,
     mut stop: watch::Receiver<bool>,
-    drain: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -326,8 +321,7 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let listener = config.load_full();
                     let shutdown = Shutdown {
-                        listener_stopped: stop.clone(),
-                        draining: drain.clone(),
+                        stopped: stop.clone(),
                     };
                     connections.spawn(serve_connection(
                         stream,
@@ -445,24 +439,23 @@ impl rustls::server::ResolvesServerCert for ChainCertificate {
     }
 }
 
-/// Signals that end a connection gracefully: its listener removed, or the proxy draining.
+/// The signal that ends a connection gracefully: its listener stopped, because it was removed
+/// or because the proxy drains ([`Listeners::drain`] stops every listener). One signal, so that
+/// a connection waiting for its next request polls one future, not one per cause.
 #[derive(Debug, Clone)]
 struct Shutdown {
-    listener_stopped: watch::Receiver<bool>,
-    draining: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 }
 
 impl Shutdown {
-    /// Whether either signal has fired.
+    /// Whether the signal has fired.
     fn is_signalled(&self) -> bool {
-        *self.listener_stopped.borrow() || *self.draining.borrow()
+        *self.stopped.borrow()
     }
 
+    /// Resolves when the signal fires, or when its listener is gone without one.
     async fn wait(mut self) {
-        tokio::select! {
-            _ = self.listener_stopped.wait_for(|stop| *stop) => {}
-            _ = self.draining.wait_for(|drain| *drain) => {}
-        }
+        let _ = self.stopped.wait_for(|stop| *stop).await;
     }
 }
 

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future;
 use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body;
@@ -153,7 +154,7 @@ pub async fn handle(
                     table,
                     downstream,
                     request,
-                    &authority,
+                    authority.as_str(),
                     started,
                     &mut served,
                 )
@@ -386,6 +387,11 @@ async fn route<'p>(
             let target = Target {
                 authority,
                 path_and_query: &path_and_query,
+                shared_path: matches!(
+                    &path_and_query,
+                    Cow::Borrowed(path) if path.len() == original_path.as_str().len()
+                )
+                .then(|| original_path.clone()),
                 retry_allowed: forward
                     .retry_policy
                     .as_ref()
@@ -437,6 +443,8 @@ async fn route<'p>(
 struct Target<'a> {
     authority: &'a str,
     path_and_query: &'a str,
+    /// The request's own path and query, shared, when `path_and_query` is it unchanged.
+    shared_path: Option<PathAndQuery>,
     /// Whether the route's `retriable_request_headers` let this request be retried.
     retry_allowed: bool,
     /// What the route's header templates read besides the headers.
@@ -592,6 +600,7 @@ async fn forward_request<'p>(
     let Target {
         authority: target_authority,
         path_and_query: target_path,
+        shared_path,
         retry_allowed,
         format,
         keep,
@@ -646,18 +655,17 @@ async fn forward_request<'p>(
 
     // Envoy applies the header mutations first, then the rewrites.
     let mutated = matched.apply_request_headers(&mut parts.headers, &format);
-    let path = forward
-        .rewrite_path(target_path)
-        .unwrap_or_else(|| target_path.to_owned());
-    let authority = match &forward.host_rewrite {
-        Some(host) => host.to_str().unwrap_or(target_authority).to_owned(),
-        None => target_authority.to_owned(),
-    };
+    // Where the request goes: the host rewrite, else where the client addressed it.
+    let rewritten_host = forward
+        .host_rewrite
+        .as_ref()
+        .and_then(|host| Some((host, host.to_str().ok()?)));
+    let authority = rewritten_host.map_or(target_authority, |(_, host)| host);
     if let Err(invalid) = mutated {
         if let Some(keep) = keep {
             *keep = Some(SentRequest {
                 headers: parts.headers,
-                authority,
+                authority: authority.to_owned(),
             });
         }
         // As Envoy 1.40's router answers a formatted value it cannot send.
@@ -667,25 +675,52 @@ async fn forward_request<'p>(
     if let Some(keep) = keep {
         *keep = Some(SentRequest {
             headers: parts.headers.clone(),
-            authority: authority.clone(),
+            authority: authority.to_owned(),
         });
     }
-    let tls = cluster.config.tls.is_some();
-    let uri = match Uri::builder()
-        .scheme(if tls { "https" } else { "http" })
-        .authority(authority.as_str())
-        .path_and_query(path.as_str())
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "invalid host or path"),
+    // The client's path is sent as it came, shared, unless the route rewrites it.
+    let path = match (forward.rewrite_path(target_path), shared_path) {
+        (Some(rewritten), _) => PathAndQuery::try_from(rewritten),
+        (None, Some(shared)) => Ok(shared),
+        (None, None) => PathAndQuery::try_from(target_path),
+    };
+    let uri = path.ok().and_then(|path| {
+        // The pooled HTTP/1 client sends the path alone, with the `Host` header set below.
+        if cluster.takes_origin_form() && headers::is_plain_authority(authority) {
+            return Some(Uri::from(path));
+        }
+        let scheme = if cluster.config.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .ok()
+    });
+    let Some(uri) = uri else {
+        return local_reply(StatusCode::BAD_REQUEST, "invalid host or path");
     };
     let http2_upstream = cluster.config.protocol == crate::config::cluster::UpstreamProtocol::Http2;
     if http2_upstream {
         // `:authority` comes from the URI.
         parts.headers.remove(header::HOST);
-    } else if let Ok(host) = HeaderValue::try_from(authority.as_str()) {
-        parts.headers.insert(header::HOST, host);
+    } else {
+        // The client's own value, shared, when it is the authority; else a copy.
+        let host = match rewritten_host {
+            Some((host, _)) => Some(host.clone()),
+            None => parts
+                .headers
+                .get(header::HOST)
+                .filter(|host| host.as_bytes() == authority.as_bytes())
+                .cloned(),
+        };
+        if let Some(host) = host.or_else(|| HeaderValue::try_from(authority).ok()) {
+            parts.headers.insert(header::HOST, host);
+        }
     }
 
     let deadline = forward.timeout.map(|t| started + t);

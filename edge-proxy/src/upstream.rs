@@ -314,6 +314,12 @@ fn try_increment(counter: &AtomicU32, limit: u32) -> bool {
 }
 
 impl UpstreamCluster {
+    /// Whether its endpoints' clients take a request's target in origin form (the path alone,
+    /// with `Host`), as the pooled HTTP/1 client does; hyper's pooled client needs it absolute.
+    pub fn takes_origin_form(&self) -> bool {
+        uses_http1_pool(&self.config)
+    }
+
     fn build(
         config: &Cluster,
         snapshot: &Snapshot,
@@ -573,11 +579,7 @@ fn endpoint_client(
         tls.cloned(),
         Arc::clone(&load.connections),
     );
-    let may_negotiate_h2 = config
-        .tls
-        .as_ref()
-        .is_some_and(|tls| tls.alpn.iter().any(|protocol| protocol == "h2"));
-    if config.protocol == UpstreamProtocol::Http1 && !may_negotiate_h2 {
+    if uses_http1_pool(config) {
         return EndpointClient::Http1(pool::Http1Pool::new(connector, POOL_IDLE_TIMEOUT));
     }
     EndpointClient::Shared(Box::new(
@@ -585,6 +587,16 @@ fn endpoint_client(
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector),
     ))
+}
+
+/// Whether a cluster's endpoints speak HTTP/1 through [`pool::Http1Pool`]: HTTP/1, unless TLS
+/// may negotiate HTTP/2, which hyper's pooled client handles.
+fn uses_http1_pool(config: &Cluster) -> bool {
+    let may_negotiate_h2 = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.alpn.iter().any(|protocol| protocol == "h2"));
+    config.protocol == UpstreamProtocol::Http1 && !may_negotiate_h2
 }
 
 /// A pooled-client builder for one endpoint's connections in `protocol`. The caller sets

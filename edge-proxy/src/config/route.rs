@@ -444,11 +444,22 @@ impl VirtualHost {
         if self.index.is_empty() {
             return self.routes.iter().find(|r| r.matches(req));
         }
-        self.index
-            .candidates(req.path())
-            .into_iter()
-            .map(|i| &self.routes[i as usize])
-            .find(|r| r.matches(req))
+        // The first match in config order is the lowest matching index. Each candidate list
+        // is ascending, so a list is read only up to its first match, or up to the best match
+        // found so far: no route is checked twice, and nothing is collected or sorted.
+        let mut best: Option<u32> = None;
+        for list in self.index.candidate_lists(req.path()) {
+            for &i in list {
+                if best.is_some_and(|best| i >= best) {
+                    break;
+                }
+                if self.routes[i as usize].matches(req) {
+                    best = Some(i);
+                    break;
+                }
+            }
+        }
+        best.map(|i| &self.routes[i as usize])
     }
 }
 
@@ -530,21 +541,18 @@ impl RouteIndex {
         self.nodes[node].routes.push(route);
     }
 
-    /// The routes that may match `path`, ascending (config order).
-    fn candidates(&self, path: &str) -> Vec<u32> {
-        let mut out = self.always.clone();
+    /// The lists of routes that may match `path`, each ascending (config order): the routes
+    /// checked for every path, then those of each trie node on the path's walk.
+    fn candidate_lists<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a [u32]> {
         let mut node = 0usize;
-        out.extend_from_slice(&self.nodes[node].routes);
-        for &byte in path.as_bytes() {
-            let Some(&(_, next)) = self.nodes[node].children.iter().find(|(b, _)| *b == byte)
-            else {
-                break;
-            };
+        let walk = path.bytes().map_while(move |byte| {
+            let &(_, next) = self.nodes[node].children.iter().find(|(b, _)| *b == byte)?;
             node = next as usize;
-            out.extend_from_slice(&self.nodes[node].routes);
-        }
-        out.sort_unstable();
-        out
+            Some(&self.nodes[node].routes[..])
+        });
+        [&self.always[..], &self.nodes[0].routes[..]]
+            .into_iter()
+            .chain(walk)
     }
 }
 
@@ -787,6 +795,9 @@ impl HeaderMutations {
         cx: &FormatContext<'_>,
         strict: bool,
     ) -> Result<(), InvalidHeaderValue> {
+        if self.is_empty() {
+            return Ok(());
+        }
         for name in &self.remove {
             headers.remove(name);
         }

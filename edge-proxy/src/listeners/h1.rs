@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Full;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,6 +27,7 @@ use tokio::time::Sleep;
 
 use super::{Shutdown, Watchdog};
 use crate::config::listener::HttpSettings;
+use crate::header_maps;
 use crate::proxy::body::ClientBody;
 use crate::proxy::headers::has_token;
 use crate::proxy::{self, Downstream, SharedDataPlane};
@@ -323,7 +324,7 @@ fn build(
     let uri = Uri::from_maybe_shared(head.slice(path.range())).ok()?;
     // Room for the headers the proxy adds (x-forwarded-for, x-forwarded-proto, x-request-id…),
     // which would otherwise grow, and rehash, the map one by one.
-    let mut headers = HeaderMap::with_capacity(fields.len() + ROOM_FOR_ADDED_HEADERS);
+    let mut headers = header_maps::take(fields.len() + ROOM_FOR_ADDED_HEADERS);
     for (name, span) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(span.range())).ok()?;
         headers.append(name, value);
@@ -463,6 +464,8 @@ where
         write_date(out);
     }
     out.extend_from_slice(b"\r\n");
+    // The head is encoded: its map serves a later message.
+    header_maps::give_back(parts.headers);
 
     let complete = write_body(io, out, &mut body, framing, trailers_wanted).await?;
     io.write_all(out).await?;
@@ -824,7 +827,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_of_unknown_length_is_chunked_with_trailers_when_asked() {
         let frames = || {
-            let mut trailers = HeaderMap::new();
+            let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             Frames(
                 VecDeque::from([
@@ -877,8 +880,7 @@ mod tests {
                 Downstream::new(peer, false, http, Arc::new(Metrics::new(false)), None);
             let mut shutdown = std::pin::pin!(std::future::pending::<()>());
             let signals = Shutdown {
-                listener_stopped: tokio::sync::watch::channel(false).1,
-                draining: tokio::sync::watch::channel(false).1,
+                stopped: tokio::sync::watch::channel(false).1,
             };
             let activity = Arc::new(AtomicU64::new(now_ms()));
             let mut watchdog = Watchdog::new(&downstream.http, activity);

@@ -6,8 +6,9 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::Request;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use super::Downstream;
 use crate::config::listener::HttpSettings;
@@ -32,17 +33,50 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// The request's authority: `:authority` (HTTP/2, or an HTTP/1.1 absolute-form target), else
-/// `Host`.
-pub fn authority<B>(request: &Request<B>) -> Option<String> {
+/// `Host`. Shares the request's bytes: no copy.
+pub fn authority<B>(request: &Request<B>) -> Option<Authority> {
     if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_owned());
+        return Some(Authority::Uri(authority.clone()));
     }
     request
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_owned)
+        .filter(|h| !h.is_empty() && h.to_str().is_ok())
+        .cloned()
+        .map(Authority::Host)
+}
+
+/// Where a request is addressed, as [`authority`] found it.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    /// The target's authority.
+    Uri(http::uri::Authority),
+    /// The `Host` header's value, visible ASCII.
+    Host(HeaderValue),
+}
+
+impl Authority {
+    /// The authority's text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Authority::Uri(authority) => authority.as_str(),
+            // Checked by `authority`: never empty here.
+            Authority::Host(value) => value.to_str().unwrap_or_default(),
+        }
+    }
+}
+
+/// Whether `authority` is a plain `host[:port]`: letters, digits, `.`, `-` and `_`, then at most
+/// a port of digits. Such an authority is valid in a URI, which is known here without
+/// building one (a copy); others are left to [`http::uri::Authority`]'s parser.
+pub fn is_plain_authority(authority: &str) -> bool {
+    let (host, port) = authority.split_once(':').unwrap_or((authority, "1"));
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The path as routes see it: dot segments removed (`normalize_path`, RFC 3986 5.2.4) and
@@ -52,16 +86,25 @@ pub fn normalize_path<'a>(path_and_query: &'a str, http: &HttpSettings) -> Optio
         // `OPTIONS *` is the one legal non-slash target; Envoy rejects it on routed listeners too.
         return None;
     }
-    let split = path_and_query
-        .find(['?', '#'])
-        .unwrap_or(path_and_query.len());
-    let (path, rest) = path_and_query.split_at(split);
-    // Most paths have nothing to normalize: no copy for them.
-    let dots = http.normalize_path && path.contains("/.");
-    let slashes = http.merge_slashes && path.contains("//");
+    let bytes = path_and_query.as_bytes();
+    let split = bytes
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(bytes.len());
+    // Most paths have nothing to normalize: one pass over the bytes, and no copy, for them.
+    let (mut dots, mut slashes) = (false, false);
+    for pair in bytes[..split].windows(2) {
+        if pair[0] == b'/' {
+            dots |= pair[1] == b'.';
+            slashes |= pair[1] == b'/';
+        }
+    }
+    let dots = dots && http.normalize_path;
+    let slashes = slashes && http.merge_slashes;
     if !dots && !slashes {
         return Some(Cow::Borrowed(path_and_query));
     }
+    let (path, rest) = path_and_query.split_at(split);
     let mut path = if http.normalize_path {
         remove_dot_segments(path)
     } else {
@@ -136,15 +179,25 @@ pub fn prepare_request(
             append_forwarded_for(headers, &downstream.peer_address);
         }
     }
-    if external || !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    let proto = HeaderValue::from_static(scheme);
+    if external {
+        headers.insert(X_FORWARDED_PROTO, proto);
+    } else {
+        headers.entry(X_FORWARDED_PROTO).or_insert(proto);
     }
-    let keep_id =
-        headers.contains_key(X_REQUEST_ID) && (!external || http.preserve_external_request_id);
-    if !keep_id && http.generate_request_id {
-        headers.insert(X_REQUEST_ID, new_request_id());
+    // One lookup for the check and the insertion: each hashes the name anew.
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(mut id) => {
+            if external && !http.preserve_external_request_id && http.generate_request_id {
+                id.insert(new_request_id());
+            }
+            Some(id.get().clone())
+        }
+        Entry::Vacant(slot) if http.generate_request_id => {
+            Some(slot.insert(new_request_id()).clone())
+        }
+        Entry::Vacant(_) => None,
     }
-    headers.get(X_REQUEST_ID).cloned()
 }
 
 /// The `x-envoy-*` headers through which a request could steer a proxy; Envoy removes these
@@ -208,8 +261,8 @@ pub fn address_value(ip: IpAddr) -> HeaderValue {
 /// Appends `ip` (from [`address_value`]) to `x-forwarded-for`.
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     // Most requests come without one: the value is the peer's, shared.
-    if !headers.contains_key(X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, ip.clone());
+    if let Entry::Vacant(slot) = headers.entry(X_FORWARDED_FOR) {
+        slot.insert(ip.clone());
         return;
     }
     // Several x-forwarded-for lines become one, joined with `,` as Envoy joins them.
@@ -332,7 +385,10 @@ fn new_request_id() -> HeaderValue {
         text[at + 1] = HEX[usize::from(byte & 0x0f)];
         at += 2;
     }
-    HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
+    // Owned by the value's one allocation, so the clones the request, its response and its log
+    // take share it (a value copied from a slice allocates again on its first clone).
+    HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+        .expect("hex digits and dashes are a valid header value")
 }
 
 /// Whether an HTTP/1.1 request asks to upgrade the connection (`Connection: upgrade` and an
@@ -387,21 +443,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     // The headers the `connection` header names, except the hop-by-hop ones handled below
     // (`keep-alive`, or `upgrade`, which stays for an upgrade) and `close`, which names none:
-    // most messages name nothing else.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
-        })
-        .filter_map(|token| HeaderName::try_from(token).ok())
-        .collect();
+    // most messages name nothing else, and most say just `keep-alive` or `close`.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let value = value.as_bytes();
+        if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        let tokens = value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        named.extend(
+            tokens
+                .filter(|token| {
+                    !token.eq_ignore_ascii_case(b"close")
+                        && !HOP_BY_HOP
+                            .iter()
+                            .any(|hop| token.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+                })
+                .filter_map(|token| HeaderName::from_bytes(token).ok()),
+        );
+    }
     for name in named {
         headers.remove(name);
     }
@@ -606,6 +666,136 @@ mod tests {
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static(""));
         append_forwarded_for(&mut headers, &address_value("192.0.2.9".parse().unwrap()));
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.9");
+    }
+
+    /// `prepare_request` on a request that carries `client_id`, with the connection manager's
+    /// request id settings: the id it returns, and whether that is the client's.
+    fn request_id_after(
+        client_id: Option<&str>,
+        use_remote_address: bool,
+        preserve: bool,
+        generate: bool,
+    ) -> (Option<HeaderValue>, bool) {
+        let mut http = crate::config::listener::tests::default_settings("r");
+        http.use_remote_address = use_remote_address;
+        http.preserve_external_request_id = preserve;
+        http.generate_request_id = generate;
+        let downstream = Downstream::new(
+            "192.0.2.9:4000".parse().unwrap(),
+            false,
+            std::sync::Arc::new(http),
+            std::sync::Arc::new(crate::metrics::Metrics::new(false)),
+            None,
+        );
+        let mut headers = HeaderMap::new();
+        if let Some(id) = client_id {
+            headers.insert(X_REQUEST_ID, HeaderValue::from_str(id).unwrap());
+        }
+        let id = prepare_request(&mut headers, &downstream, "http");
+        assert_eq!(
+            headers.get(X_REQUEST_ID),
+            id.as_ref(),
+            "the header is the id returned"
+        );
+        assert_eq!(
+            headers.get_all(X_REQUEST_ID).iter().count(),
+            usize::from(id.is_some())
+        );
+        let kept = id
+            .as_ref()
+            .is_some_and(|id| Some(id.as_bytes()) == client_id.map(str::as_bytes));
+        (id, kept)
+    }
+
+    #[test]
+    fn a_request_id_is_kept_replaced_or_made_as_envoy_does() {
+        // An external client's id is replaced, unless preserved.
+        assert!(!request_id_after(Some("mine"), true, false, true).1);
+        assert!(request_id_after(Some("mine"), true, true, true).1);
+        // An internal (trusted) client's id is kept.
+        assert!(request_id_after(Some("mine"), false, false, true).1);
+        // Without generation an untrusted id stays, and none is made up.
+        assert!(request_id_after(Some("mine"), true, false, false).1);
+        assert_eq!(request_id_after(None, true, false, false).0, None);
+        // Without a client id one is made, trusted or not.
+        for external in [true, false] {
+            let (id, _) = request_id_after(None, external, false, true);
+            assert_eq!(id.unwrap().len(), 36);
+        }
+    }
+
+    #[test]
+    fn plain_authorities_are_told_apart_without_a_parser() {
+        for plain in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "a_b-c.d",
+            "x:1",
+        ] {
+            assert!(is_plain_authority(plain), "{plain}");
+            assert!(http::uri::Authority::try_from(plain).is_ok(), "{plain}");
+        }
+        // Left to the parser, which accepts some (IPv6, userinfo) and refuses others.
+        for other in [
+            "",
+            ":80",
+            "host:",
+            "host:123456",
+            "[::1]:80",
+            "u@host",
+            "a b",
+            "h:8:9",
+        ] {
+            assert!(!is_plain_authority(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn an_authority_shares_the_request_s_bytes() {
+        let request = Request::get("/x")
+            .header(header::HOST, "example.com")
+            .body(())
+            .unwrap();
+        let found = authority(&request).unwrap();
+        assert!(matches!(found, Authority::Host(_)));
+        assert_eq!(found.as_str(), "example.com");
+        let request = Request::get("http://target.example:81/x")
+            .header(header::HOST, "example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&request).unwrap().as_str(), "target.example:81");
+        // An empty or non-visible-ASCII Host is no authority.
+        for host in [&b""[..], b"caf\xc3\xa9"] {
+            let request = Request::get("/x")
+                .header(header::HOST, HeaderValue::from_bytes(host).unwrap())
+                .body(())
+                .unwrap();
+            assert!(authority(&request).is_none());
+        }
+    }
+
+    #[test]
+    fn only_paths_with_dot_segments_or_repeated_slashes_are_copied() {
+        let http = crate::config::listener::tests::default_settings("r");
+        for unchanged in ["/", "/a/b.c", "/a./b", "/a?x=/./y", "/a#//"] {
+            let normalized = normalize_path(unchanged, &http);
+            assert!(matches!(normalized, Some(Cow::Borrowed(_))), "{unchanged}");
+        }
+        // A segment that starts with a dot is looked at, and left as it is.
+        assert_eq!(normalize_path("/.well", &http).as_deref(), Some("/.well"));
+        assert_eq!(normalize_path("/a/./b", &http).as_deref(), Some("/a/b"));
+        assert_eq!(
+            normalize_path("/a//b?c//d", &http).as_deref(),
+            Some("/a/b?c//d")
+        );
+        let mut off = http.clone();
+        off.normalize_path = false;
+        off.merge_slashes = false;
+        assert!(matches!(
+            normalize_path("/a/./b//c", &off),
+            Some(Cow::Borrowed(_))
+        ));
     }
 
     #[test]

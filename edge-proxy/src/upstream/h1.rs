@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 
 use super::connector::UpstreamIo;
 use super::pool::Http1Pool;
+use crate::header_maps;
 use crate::proxy::headers::has_token;
 
 /// The most bytes a response head may take (Envoy's default `max_response_headers_kb` is 60).
@@ -526,7 +527,7 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Ex
         );
     }
     let head = read.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(field_count);
+    let mut headers = header_maps::take(field_count);
     let mut content_length: Option<u64> = None;
     let mut conflicting_length = false;
     let mut transfer_encoding = false;

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use super::connector::{ConnectError, ConnectionGuard, EndpointConnector, UpstreamIo};
 use super::h1::{self, ExchangeError, Progress};
 use super::{RequestBody, now_ms};
+use crate::header_maps;
 use crate::proxy::body::PeerBody;
 
 /// Why a request got no response from the endpoint.
@@ -189,6 +190,8 @@ impl Http1Pool {
             };
             match connection.exchange(&head, &body).await {
                 Ok((response, reader)) => {
+                    // The request is on the wire: its map serves a later message.
+                    header_maps::give_back(head.into_parts().0.headers);
                     let body = PeerBody::Upstream(reader.returning_to(Arc::clone(self)));
                     return Ok((response.map(|()| body), None));
                 }
