@@ -160,14 +160,12 @@ pub(crate) fn render_policy_item(name: &str, limit: &Limit) -> String {
 
 /// Appends one `RateLimit` item, `"name";r=42;t=30`, for a counted decision.
 fn write_ratelimit_item(out: &mut String, policy: &Policy, decision: &Decision) {
-    write_sf_string(out, policy.name());
-    // Writing to a String cannot fail.
-    let _ = write!(
-        out,
-        ";r={};t={}",
-        decision.remaining,
-        ceil_secs(effective_window(decision))
-    );
+    // On every response a policy counts: no formatting machinery.
+    out.push_str(policy.quoted_name());
+    out.push_str(";r=");
+    out.push_str(itoa::Buffer::new().format(decision.remaining));
+    out.push_str(";t=");
+    out.push_str(itoa::Buffer::new().format(ceil_secs(effective_window(decision))));
 }
 
 /// The window the `t` parameter and `X-RateLimit-Reset` state: the retry delay when refused.
@@ -194,7 +192,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// An RFC 9651 sf-string: quoted, with `\` and `"` escaped (names are printable ASCII).
-fn sf_string(s: &str) -> String {
+pub(crate) fn sf_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     write_sf_string(&mut out, s);
     out

@@ -181,6 +181,8 @@ struct PolicyInner {
     shadow: bool,
     /// Its `RateLimit-Policy` item, rendered once: it goes out with every response.
     policy_item: String,
+    /// How much of `policy_item` is the quoted name, which the `RateLimit` field repeats.
+    quoted_name_len: usize,
 }
 
 impl Policy {
@@ -200,6 +202,7 @@ impl Policy {
         limit.validate()?;
         Ok(Self(Arc::new(PolicyInner {
             key_part: key::component(&name).into_owned(),
+            quoted_name_len: crate::headers::sf_string(&name).len(),
             policy_item: crate::headers::render_policy_item(&name, &limit),
             name,
             limit,
@@ -246,6 +249,7 @@ impl Policy {
             lease: self.0.lease,
             shadow: self.0.shadow,
             policy_item: self.0.policy_item.clone(),
+            quoted_name_len: self.0.quoted_name_len,
         };
         change(&mut inner);
         Self(Arc::new(inner))
@@ -254,6 +258,11 @@ impl Policy {
     /// Its `RateLimit-Policy` item: `"name";q=100;w=60` (see [`crate::headers`]).
     pub fn policy_item(&self) -> &str {
         &self.0.policy_item
+    }
+
+    /// Its name as a structured-field string, `"name"`: the start of its policy item.
+    pub(crate) fn quoted_name(&self) -> &str {
+        &self.0.policy_item[..self.0.quoted_name_len]
     }
 
     /// Whether the policy is in shadow mode: counted, never refusing.

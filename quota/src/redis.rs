@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use self::link::{Link, Severity};
 use self::pacer::DeadlinePacer;
-use self::scripts::{Reply, Scripts};
+use self::scripts::{Reply, ScriptCall};
 use self::url::{InvalidRedisUrl, RedisTarget};
 use crate::algorithm::{Demand, Verdict};
 use crate::clock::duration_micros;
@@ -92,7 +92,6 @@ pub enum RedisSetupError {
 
 pub(crate) struct RedisBackend {
     link: Arc<Link>,
-    scripts: Scripts,
     leases: Leases,
     timeout: Duration,
     /// Keeps arming a call's deadline from waking the runtime's thread (see `pacer.rs`).
@@ -114,7 +113,6 @@ impl RedisBackend {
         Ok(Self {
             pacer: DeadlinePacer::start(link.runtime(), timeout),
             link,
-            scripts: Scripts::new(),
             leases: Leases::new(),
             timeout,
             keys,
@@ -175,7 +173,7 @@ impl RedisBackend {
         Ok(verdict)
     }
 
-    /// One script call (two on `NOSCRIPT`), within the deadline.
+    /// One decision in a script call (two on `NOSCRIPT`), within the deadline.
     async fn evaluate(
         &self,
         policy: &Policy,
@@ -186,7 +184,8 @@ impl RedisBackend {
             self.metrics.record_failure(Failure::ShortCircuit);
             return Err(Failure::ShortCircuit);
         };
-        let call = self.scripts.run(&conn, policy, key, demand);
+        let script_call = ScriptCall::new(policy, demand);
+        let call = conn.decide(&script_call, key);
         self.pacer.touch();
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => {

@@ -506,6 +506,69 @@ fn script_calls(server: &RedisServer) -> u64 {
         .sum()
 }
 
+/// Decisions that wait to be sent together go out as one script call per policy, each key's
+/// decided in order: the answers are those of one call per decision.
+#[tokio::test]
+async fn decisions_waiting_together_share_one_script_call_per_policy() {
+    require_redis!();
+    let server = RedisServer::start().unwrap();
+    let quota = connect(&server.url(), RELAXED_TIMEOUT).await;
+    let hour = Duration::from_secs(3600);
+    let window = policy("together-fw", Limit::fixed_window(10, hour));
+    let bucket = policy("together-tb", Limit::token_bucket(50, hour, 3));
+    let sliding = policy("together-sw", Limit::sliding_window(4, hour));
+    // A fresh server answers a script's first call with NOSCRIPT: load them first.
+    for policy in [&window, &bucket, &sliding] {
+        assert!(quota.check(policy, "warm-up").await.is_allowed());
+    }
+    let before = script_calls(&server);
+    // On this single-threaded runtime the tasks run in the order spawned, each queueing its
+    // decision, and the connection's writer runs after the last: one batch.
+    let mut tasks = tokio::task::JoinSet::new();
+    let asked = [
+        (&window, "a", 15),
+        (&window, "b", 5),
+        (&bucket, "a", 6),
+        (&sliding, "c", 6),
+    ];
+    for (index, &(policy, key, count)) in asked.iter().enumerate() {
+        for _ in 0..count {
+            let (quota, policy) = (quota.clone(), policy.clone());
+            tasks.spawn(async move { (index, quota.check(&policy, key).await) });
+        }
+    }
+    let mut remaining = vec![Vec::new(); asked.len()];
+    let mut allowed = vec![0; asked.len()];
+    while let Some(result) = tasks.join_next().await {
+        let (index, decision) = result.unwrap();
+        assert!(decision.is_counted(), "{decision:?}");
+        if decision.is_allowed() {
+            allowed[index] += 1;
+            remaining[index].push(decision.remaining);
+        }
+    }
+    assert_eq!(script_calls(&server) - before, 3, "one call per policy");
+    assert_eq!(allowed, [10, 5, 3, 4]);
+    for list in &mut remaining {
+        list.sort_unstable();
+    }
+    assert_eq!(remaining[0], (0..10).collect::<Vec<u64>>());
+    assert_eq!(remaining[1], [5, 6, 7, 8, 9]);
+    assert_eq!(remaining[2], [0, 1, 2]);
+    assert_eq!(remaining[3], [0, 1, 2, 3]);
+    // Redis holds what one call per decision would have left.
+    assert_eq!(
+        server.command(&["GET", &quota.key(&window, "a")]).unwrap(),
+        "10"
+    );
+    assert_eq!(
+        server.command(&["GET", &quota.key(&window, "b")]).unwrap(),
+        "5"
+    );
+    let later = quota.check(&window, "b").await;
+    assert_eq!((later.is_allowed(), later.remaining), (true, 4));
+}
+
 /// Three proxies (engines) share one Redis and hammer one hot key in batched mode.
 async fn hammer(proxies: &[Quota], policy: &Policy, tasks: usize, requests: usize) -> u64 {
     let mut handles = Vec::new();

@@ -170,7 +170,7 @@ fn identity(
                 }
             }
             KeySource::ClientIp => {
-                identity.part_display(label, req.addresses.client(req.headers));
+                identity.part_ip(label, req.addresses.client(req.headers));
             }
             KeySource::Header(name) => {
                 let value = req.headers.get(name)?;

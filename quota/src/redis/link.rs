@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -23,8 +23,8 @@ use redis::{
 };
 
 use super::RedisConfig;
-use super::pipe::{Frame, Pipe};
-use super::scripts::Reply;
+use super::pipe::{Frame, Pipe, unexpected};
+use super::scripts::{Reply, ScriptCall};
 use super::url::RedisTarget;
 use crate::metrics::Metrics;
 
@@ -40,41 +40,19 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// Runs the script `body` (its SHA-1 with `EVALSHA`, its source with `EVAL`) on `key`
-    /// with `numbers` as its arguments.
-    pub(crate) async fn eval(
-        &self,
-        verb: &str,
-        body: &str,
-        key: &str,
-        numbers: &[u64],
-    ) -> RedisResult<Reply> {
-        let cmd = |verb: &str| {
-            // Verb, body, key count, key, then the numbers (20 digits at most each).
-            let mut cmd = Cmd::with_capacity(
-                4 + numbers.len(),
-                verb.len() + body.len() + key.len() + 21 * (numbers.len() + 1),
-            );
-            cmd.arg(verb).arg(body).arg(1).arg(key).arg(numbers);
-            cmd
-        };
+    /// Decides one request on `key` with `call`, in one script call (two on `NOSCRIPT`).
+    pub(crate) async fn decide(&self, call: &ScriptCall, key: &str) -> RedisResult<Reply> {
         match self {
-            Conn::Pipelined(pipe) => {
-                let words: [&[u8]; 4] = [verb.as_bytes(), body.as_bytes(), b"1", key.as_bytes()];
-                match pipe.call(&words, numbers).await? {
-                    Frame::Script(reply) => Ok(reply),
-                    other => Err(unexpected(&other)),
-                }
-            }
-            Conn::Single(c) => cmd(verb).query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd(verb).query_async(&mut c.clone()).await,
+            Conn::Pipelined(pipe) => pipe.decide(call, key).await,
+            Conn::Single(c) => eval(&mut c.clone(), call, key).await,
+            Conn::Cluster(c) => eval(&mut c.clone(), call, key).await,
         }
     }
 
     /// Checks the server answers `PING`.
     async fn ping(&self) -> RedisResult<()> {
         let pong: String = match self {
-            Conn::Pipelined(pipe) => match pipe.call(&[b"PING"], &[]).await? {
+            Conn::Pipelined(pipe) => match pipe.call(&[b"PING"]).await? {
                 Frame::Status(status) => status,
                 other => return Err(unexpected(&other)),
             },
@@ -92,13 +70,24 @@ impl Conn {
     }
 }
 
-/// A reply of the wrong shape: the link is fine, the answer unusable.
-fn unexpected(frame: &Frame) -> RedisError {
-    RedisError::from((
-        ErrorKind::UnexpectedReturnType,
-        "unexpected reply",
-        format!("{frame:?}"),
-    ))
+/// `EVALSHA` of `call`'s script on `key`, then `EVAL` if the server does not have it.
+async fn eval(conn: &mut impl ConnectionLike, call: &ScriptCall, key: &str) -> RedisResult<Reply> {
+    let cmd = |verb: &str, body: &str| {
+        let params = call.params();
+        // Verb, body, key count, key, then the numbers (20 digits at most each).
+        let mut cmd = Cmd::with_capacity(
+            4 + params.len(),
+            verb.len() + body.len() + key.len() + 21 * (params.len() + 1),
+        );
+        cmd.arg(verb).arg(body).arg(1).arg(key).arg(params);
+        cmd
+    };
+    match cmd("EVALSHA", &call.script.sha).query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            cmd("EVAL", call.script.source).query_async(conn).await
+        }
+        other => other,
+    }
 }
 
 /// The settings of a plain-TCP standalone server, for [`Pipe`].
@@ -205,11 +194,11 @@ impl Connector {
                     let mut words: Vec<&[u8]> = vec![b"AUTH"];
                     words.extend(server.username.as_deref().map(str::as_bytes));
                     words.push(password.as_bytes());
-                    expect_ok(pipe.call(&words, &[]).await?, "AUTH")?;
+                    expect_ok(pipe.call(&words).await?, "AUTH")?;
                 }
                 if server.db != 0 {
                     let db = server.db.to_string();
-                    expect_ok(pipe.call(&[b"SELECT", db.as_bytes()], &[]).await?, "SELECT")?;
+                    expect_ok(pipe.call(&[b"SELECT", db.as_bytes()]).await?, "SELECT")?;
                 }
                 Conn::Pipelined(Arc::new(pipe))
             }

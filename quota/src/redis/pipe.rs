@@ -1,19 +1,25 @@
 //! A pipelined RESP2 connection to one plain-TCP Redis server, for the decision hot path.
 //!
-//! Every global decision is one script call, so this is where a quota's cost per request sits.
-//! redis-rs's multiplexed connection is general: each call builds a `Cmd`, packs it into a
-//! buffer of its own, boxes a future, hops through a channel and a oneshot to the connection's
-//! task, and parses the reply with a combinator parser into a tree of `Value`s. Here a call
-//! encodes its command straight into the shared output buffer and waits on a oneshot; one task
-//! writes whatever has built up in one `write`, and one task reads replies and hands each to the
-//! call at the front of the queue. Script replies (five integers) are parsed without
-//! allocating.
+//! Every global decision is a script call, so this is where a quota's cost per request sits,
+//! in the proxy and in Redis. redis-rs's multiplexed connection is general: each call builds a
+//! `Cmd`, packs it into a buffer of its own, boxes a future, hops through a channel and a
+//! oneshot to the connection's task, and parses the reply with a combinator parser into a tree
+//! of `Value`s. Here a call queues its request under a lock and waits on a oneshot; one task
+//! writes whatever has built up in one `write`, and one task reads replies and hands each to
+//! the call at the front of the queue. Integer replies are parsed without a tree of values.
 //!
-//! Order is the whole protocol: a call appends its bytes and queues its reply slot under one
-//! lock, so the queue is in the order the bytes go out, which is the order Redis answers in.
-//! When the connection fails, every waiting call fails with it and so does every later call;
-//! the link then opens a new connection (see `link.rs`). TLS, Sentinel and Cluster targets
-//! use redis-rs.
+//! Decisions that wait to be written together are gathered into one script call per policy,
+//! each key's decisions decided one after the other (see `scripts.rs`). In Redis a script call
+//! costs about 2 µs of set-up before its first command, and it serves nothing else meanwhile,
+//! so under load, when many requests of a policy wait at once, a proxy spends a fraction of a
+//! call per decision, and Redis serves more proxies. Nothing waits to be gathered: the writer
+//! sends what there is as soon as it runs, and only what arrived meanwhile shares a call.
+//!
+//! Order is the whole protocol: the writer encodes the commands and queues their reply slots
+//! under one lock, so the queue is in the order the bytes go out, which is the order Redis
+//! answers in. When the connection fails, every waiting call fails with it and so does every
+//! later call; the link then opens a new connection (see `link.rs`). TLS, Sentinel and Cluster
+//! targets use redis-rs, one decision per script call.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -25,13 +31,17 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
-use super::scripts::Reply;
+use super::scripts::{Reply, ScriptCall};
+
+/// The most decisions one script call carries. Redis serves nothing else while a script runs,
+/// so this bounds what one call can make other clients wait: about 100 µs.
+const MAX_DECISIONS_PER_CALL: usize = 128;
 
 /// A reply as far as the quota needs to understand one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
-    /// A script's five integers.
-    Script(Reply),
+    /// An array of integers: a script's five per decision.
+    Integers(Vec<i64>),
     /// A status (`+OK`, `+PONG`).
     Status(String),
     /// An error reply: its text, code first (`NOSCRIPT No matching script…`).
@@ -40,8 +50,103 @@ pub(crate) enum Frame {
     Other(&'static str),
 }
 
-/// Where a call's reply goes.
+/// Where a command's reply goes.
 type Slot = oneshot::Sender<RedisResult<Frame>>;
+
+/// Where one decision's reply goes.
+type DecisionSlot = oneshot::Sender<RedisResult<Reply>>;
+
+/// Decisions of one policy (equal [`ScriptCall`]s), sent as one script call.
+struct Batch {
+    call: ScriptCall,
+    /// Each key once, with its decisions in the order they were asked for.
+    keys: Vec<(Box<str>, Vec<DecisionSlot>)>,
+    decisions: usize,
+    /// Send the script's source (`EVAL`): the server did not have it (`NOSCRIPT`).
+    with_source: bool,
+}
+
+impl Batch {
+    fn new(call: ScriptCall) -> Self {
+        Self {
+            call,
+            keys: Vec::new(),
+            decisions: 0,
+            with_source: false,
+        }
+    }
+
+    fn add(&mut self, key: &str, slot: DecisionSlot) {
+        self.decisions += 1;
+        match self.keys.iter_mut().find(|(k, _)| **k == *key) {
+            Some((_, slots)) => slots.push(slot),
+            None => self.keys.push((key.into(), vec![slot])),
+        }
+    }
+
+    /// Appends `EVALSHA sha K key… params… requests-per-key…` (or `EVAL source …`).
+    fn encode(&self, out: &mut Vec<u8>) {
+        let params = self.call.params();
+        let keys = self.keys.len();
+        encode_length(out, b'*', 3 + params.len() + 2 * keys);
+        if self.with_source {
+            encode_bulk(out, b"EVAL");
+            encode_bulk(out, self.call.script.source.as_bytes());
+        } else {
+            encode_bulk(out, b"EVALSHA");
+            encode_bulk(out, self.call.script.sha.as_bytes());
+        }
+        encode_number(out, keys as u64);
+        for (key, _) in &self.keys {
+            encode_bulk(out, key.as_bytes());
+        }
+        for &param in params {
+            encode_number(out, param);
+        }
+        for (_, slots) in &self.keys {
+            encode_number(out, slots.len() as u64);
+        }
+    }
+
+    /// Hands each decision its five integers, keys in order.
+    fn answer(self, frame: Frame) {
+        match frame {
+            Frame::Integers(numbers) if numbers.len() == 5 * self.decisions => {
+                let slots = self.keys.into_iter().flat_map(|(_, slots)| slots);
+                for (slot, n) in slots.zip(numbers.chunks_exact(5)) {
+                    let _ = slot.send(Ok((n[0], n[1], n[2], n[3], n[4])));
+                }
+            }
+            Frame::Error(text) => self.fail_each(|| server_error(&text)),
+            other => self.fail_each(|| unexpected(&other)),
+        }
+    }
+
+    fn fail_each(self, error: impl Fn() -> RedisError) {
+        for (_, slots) in self.keys {
+            for slot in slots {
+                let _ = slot.send(Err(error()));
+            }
+        }
+    }
+}
+
+/// What the reply at the front of the queue answers.
+enum Waiter {
+    Command(Slot),
+    Decisions(Batch),
+}
+
+impl Waiter {
+    fn fail(self, why: &str) {
+        match self {
+            Waiter::Command(slot) => {
+                let _ = slot.send(Err(closed(why)));
+            }
+            Waiter::Decisions(batch) => batch.fail_each(|| closed(why)),
+        }
+    }
+}
 
 /// One connection; calls may be made from any task, concurrently.
 pub(crate) struct Pipe {
@@ -52,7 +157,7 @@ pub(crate) struct Pipe {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the writer: bytes are waiting, or the connection failed.
+    /// Wakes the writer: bytes or decisions are waiting, or the connection failed.
     output: Notify,
 }
 
@@ -60,10 +165,19 @@ struct Shared {
 struct State {
     /// Commands not yet written, in call order.
     output: Vec<u8>,
-    /// Reply slots of the commands written or waiting to be, in the same order.
-    waiting: VecDeque<Slot>,
+    /// Decisions not yet written, by policy.
+    pending: Vec<Batch>,
+    /// What the commands written or waiting to be answer, in the order they go out.
+    waiting: VecDeque<Waiter>,
     /// Why the connection is unusable, once it is.
     failed: Option<String>,
+}
+
+impl State {
+    /// Whether the writer has nothing to take (so the next call must wake it).
+    fn is_idle(&self) -> bool {
+        self.output.is_empty() && self.pending.is_empty()
+    }
 }
 
 impl Shared {
@@ -74,18 +188,50 @@ impl Shared {
 
     /// Marks the connection failed and fails every call waiting on it.
     fn fail(&self, why: String) {
-        let waiting = {
+        let (waiting, pending) = {
             let mut state = self.lock();
             if state.failed.is_none() {
                 state.failed = Some(why.clone());
             }
             state.output.clear();
-            std::mem::take(&mut state.waiting)
+            (
+                std::mem::take(&mut state.waiting),
+                std::mem::take(&mut state.pending),
+            )
         };
-        for slot in waiting {
-            let _ = slot.send(Err(closed(&why)));
+        for waiter in waiting {
+            waiter.fail(&why);
+        }
+        for batch in pending {
+            batch.fail_each(|| closed(&why));
         }
         self.output.notify_one();
+    }
+
+    /// Hands `frame` to what it answers.
+    fn answer(&self, waiter: Waiter, frame: Frame) {
+        match (waiter, frame) {
+            (Waiter::Command(slot), frame) => {
+                let _ = slot.send(Ok(frame));
+            }
+            // The server lost its scripts (restart, `SCRIPT FLUSH`, failover): send the same
+            // decisions again with the source, which also caches it.
+            (Waiter::Decisions(mut batch), Frame::Error(text))
+                if !batch.with_source && text.starts_with("NOSCRIPT") =>
+            {
+                batch.with_source = true;
+                let mut state = self.lock();
+                if let Some(why) = &state.failed {
+                    let why = why.clone();
+                    drop(state);
+                    return batch.fail_each(|| closed(&why));
+                }
+                state.pending.push(batch);
+                drop(state);
+                self.output.notify_one();
+            }
+            (Waiter::Decisions(batch), frame) => batch.answer(frame),
+        }
     }
 }
 
@@ -114,55 +260,90 @@ impl Pipe {
         })
     }
 
-    /// Sends one command whose arguments are `words` followed by `numbers`, and waits for its
-    /// reply. An error reply is a [`RedisError`] of the server's kind (so `NOSCRIPT` is one).
-    pub(crate) async fn call(&self, words: &[&[u8]], numbers: &[u64]) -> RedisResult<Frame> {
+    /// Sends one command whose arguments are `words`, and waits for its reply. An error reply
+    /// is a [`RedisError`] of the server's kind.
+    pub(crate) async fn call(&self, words: &[&[u8]]) -> RedisResult<Frame> {
         let (slot, reply) = oneshot::channel();
         let wake = {
             let mut state = self.shared.lock();
             if let Some(why) = &state.failed {
                 return Err(closed(why));
             }
-            let was_empty = state.output.is_empty();
-            encode(&mut state.output, words, numbers);
-            state.waiting.push_back(slot);
-            was_empty
+            let wake = state.is_idle();
+            encode_length(&mut state.output, b'*', words.len());
+            for word in words {
+                encode_bulk(&mut state.output, word);
+            }
+            state.waiting.push_back(Waiter::Command(slot));
+            wake
         };
         // The writer takes everything that built up; it only needs waking for the first.
         if wake {
             self.shared.output.notify_one();
         }
         match reply.await {
-            Ok(Ok(Frame::Error(text))) => Err(server_error(text)),
+            Ok(Ok(Frame::Error(text))) => Err(server_error(&text)),
             Ok(result) => result,
             Err(_) => Err(closed("the connection's reader stopped")),
         }
     }
+
+    /// Decides one request on `key` with `call`, in a script call shared with the decisions
+    /// of the same policy that are waiting to be written with it.
+    pub(crate) async fn decide(&self, call: &ScriptCall, key: &str) -> RedisResult<Reply> {
+        let (slot, reply) = oneshot::channel();
+        let wake = {
+            let mut state = self.shared.lock();
+            if let Some(why) = &state.failed {
+                return Err(closed(why));
+            }
+            let wake = state.is_idle();
+            let batch = match state
+                .pending
+                .iter()
+                .position(|b| b.call == *call && b.decisions < MAX_DECISIONS_PER_CALL)
+            {
+                Some(index) => &mut state.pending[index],
+                None => {
+                    state.pending.push(Batch::new(*call));
+                    state.pending.last_mut().expect("just pushed")
+                }
+            };
+            batch.add(key, slot);
+            wake
+        };
+        if wake {
+            self.shared.output.notify_one();
+        }
+        reply
+            .await
+            .unwrap_or_else(|_| Err(closed("the connection's reader stopped")))
+    }
 }
 
-/// Appends one command in RESP: an array of bulk strings.
-fn encode(out: &mut Vec<u8>, words: &[&[u8]], numbers: &[u64]) {
-    let mut digits = itoa::Buffer::new();
-    out.push(b'*');
-    out.extend_from_slice(digits.format(words.len() + numbers.len()).as_bytes());
+/// Appends a RESP length line: `*3\r\n`, `$5\r\n`.
+fn encode_length(out: &mut Vec<u8>, kind: u8, length: usize) {
+    out.push(kind);
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
     out.extend_from_slice(b"\r\n");
-    let bulk = |out: &mut Vec<u8>, bytes: &[u8]| {
-        out.push(b'$');
-        out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(bytes);
-        out.extend_from_slice(b"\r\n");
-    };
-    for word in words {
-        bulk(out, word);
-    }
-    for &number in numbers {
-        bulk(out, digits.format(number).as_bytes());
-    }
+}
+
+/// Appends a bulk string.
+fn encode_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    encode_length(out, b'$', bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a number as a bulk string, as Redis takes arguments.
+fn encode_number(out: &mut Vec<u8>, number: u64) {
+    encode_bulk(out, itoa::Buffer::new().format(number).as_bytes());
 }
 
 async fn write_commands(mut socket: OwnedWriteHalf, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(16 * 1024);
+    // The decisions taken, handed back (empty, allocated) for the next ones.
+    let mut taken: Vec<Batch> = Vec::new();
     loop {
         shared.output.notified().await;
         {
@@ -172,6 +353,12 @@ async fn write_commands(mut socket: OwnedWriteHalf, shared: Arc<Shared>) {
             }
             // Swap buffers: calls go on appending to the (empty, allocated) other one.
             std::mem::swap(&mut state.output, &mut batch);
+            std::mem::swap(&mut state.pending, &mut taken);
+            // Under the lock: the reply slots are queued in the order the bytes go out.
+            for decisions in taken.drain(..) {
+                decisions.encode(&mut batch);
+                state.waiting.push_back(Waiter::Decisions(decisions));
+            }
         }
         if batch.is_empty() {
             continue;
@@ -205,12 +392,10 @@ async fn read_replies(mut socket: OwnedReadHalf, shared: Arc<Shared>) {
                 Err(why) => return shared.fail(why.to_owned()),
             };
             start += used;
-            let slot = shared.lock().waiting.pop_front();
-            match slot {
+            let waiter = shared.lock().waiting.pop_front();
+            match waiter {
                 // A call that gave up (its deadline passed) dropped its receiver.
-                Some(slot) => {
-                    let _ = slot.send(Ok(frame));
-                }
+                Some(waiter) => shared.answer(waiter, frame),
                 None => return shared.fail("a reply nobody asked for".to_owned()),
             }
         }
@@ -240,14 +425,17 @@ fn parse(input: &[u8]) -> Result<Option<(Frame, usize)>, &'static str> {
         },
         b'*' => {
             let count = integer(line)?;
-            let mut numbers = [0i64; 5];
-            let mut all_integers = count == 5;
-            for i in 0..count.max(0) {
+            if count < 0 {
+                return Ok(Some((Frame::Other("null array"), used)));
+            }
+            // Capped: the count is the server's word, the memory ours.
+            let mut integers =
+                Vec::with_capacity(count.min(5 * MAX_DECISIONS_PER_CALL as i64) as usize);
+            let mut all_integers = true;
+            for _ in 0..count {
                 let rest = &input[used..];
                 if let Some((b':', element, took)) = next_line(rest) {
-                    if let Some(slot) = numbers.get_mut(i as usize) {
-                        *slot = integer(element)?;
-                    }
+                    integers.push(integer(element)?);
                     used += took;
                     continue;
                 }
@@ -258,7 +446,7 @@ fn parse(input: &[u8]) -> Result<Option<(Frame, usize)>, &'static str> {
                 }
             }
             if all_integers {
-                Frame::Script((numbers[0], numbers[1], numbers[2], numbers[3], numbers[4]))
+                Frame::Integers(integers)
             } else {
                 Frame::Other("array")
             }
@@ -271,8 +459,15 @@ fn parse(input: &[u8]) -> Result<Option<(Frame, usize)>, &'static str> {
 /// The type byte, the line after it (without CRLF), and the bytes up to the next line.
 fn next_line(input: &[u8]) -> Option<(u8, &[u8], usize)> {
     let (&kind, rest) = input.split_first()?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    Some((kind, &rest[..end], end + 3))
+    let mut from = 0;
+    loop {
+        let end = from + rest[from..].iter().position(|&b| b == b'\r')?;
+        match rest.get(end + 1) {
+            Some(b'\n') => return Some((kind, &rest[..end], end + 3)),
+            Some(_) => from = end + 1,
+            None => return None,
+        }
+    }
 }
 
 /// The bytes a bulk string's body takes after its header line (`$-1` has none), or `None`
@@ -286,11 +481,27 @@ fn skip_bulk(header: &[u8], rest: &[u8]) -> Result<Option<usize>, &'static str> 
     Ok((rest.len() >= needed).then_some(needed))
 }
 
+/// A RESP integer: an optional `-` and up to 19 digits.
 fn integer(digits: &[u8]) -> Result<i64, &'static str> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or("a malformed integer")
+    const MALFORMED: &str = "a malformed integer";
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return Err(MALFORMED);
+    }
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return Err(MALFORMED);
+        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i64::from(digit - b'0')))
+            .ok_or(MALFORMED)?;
+    }
+    Ok(if negative { -value } else { value })
 }
 
 /// The error of a call on a failed connection: an I/O error, which the link treats as the
@@ -303,9 +514,18 @@ fn closed(why: &str) -> RedisError {
     .into()
 }
 
+/// A reply of the wrong shape: the link is fine, the answer unusable.
+pub(crate) fn unexpected(frame: &Frame) -> RedisError {
+    RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        format!("{frame:?}"),
+    ))
+}
+
 /// An error reply as redis-rs would report it, so that the link and the scripts tell the
 /// kinds apart in one way whatever the connection.
-fn server_error(text: String) -> RedisError {
+fn server_error(text: &str) -> RedisError {
     let code = text.split(' ').next().unwrap_or_default();
     let (kind, description) = match code {
         "NOSCRIPT" => (ServerErrorKind::NoScript, "NOSCRIPT"),
@@ -316,12 +536,14 @@ fn server_error(text: String) -> RedisError {
         "NOPERM" => (ServerErrorKind::NoPerm, "NOPERM"),
         _ => (ServerErrorKind::ResponseError, "error reply"),
     };
-    RedisError::from((ErrorKind::Server(kind), description, text))
+    RedisError::from((ErrorKind::Server(kind), description, text.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithm::Demand;
+    use crate::policy::{Limit, Policy};
 
     fn parsed(input: &[u8]) -> Option<(Frame, usize)> {
         parse(input).unwrap()
@@ -330,28 +552,100 @@ mod tests {
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
         let mut out = Vec::new();
-        encode(
-            &mut out,
-            &[b"EVALSHA", b"abc", b"1", b"k"],
-            &[0, 18_446_744_073_709_551_615],
-        );
+        encode_length(&mut out, b'*', 3);
+        encode_bulk(&mut out, b"GET");
+        encode_bulk(&mut out, b"k");
+        encode_number(&mut out, 18_446_744_073_709_551_615);
         assert_eq!(
             out,
-            b"*6\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\n0\r\n\
-              $20\r\n18446744073709551615\r\n"
+            b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$20\r\n18446744073709551615\r\n"
         );
     }
 
     #[test]
-    fn script_replies_statuses_and_errors_parse_and_partial_input_waits() {
+    fn a_batch_is_one_script_call_with_each_key_once_and_its_count() {
+        let policy = Policy::new(
+            "p",
+            Limit::fixed_window(10, std::time::Duration::from_secs(1)),
+            crate::policy::FailureMode::default(),
+        )
+        .unwrap();
+        let call = ScriptCall::new(&policy, Demand::Exact(1));
+        let mut batch = Batch::new(call);
+        let mut replies = Vec::new();
+        for key in ["a", "b", "a"] {
+            let (slot, reply) = oneshot::channel();
+            batch.add(key, slot);
+            replies.push((key, reply));
+        }
+        assert_eq!(batch.decisions, 3);
+        let mut out = Vec::new();
+        batch.encode(&mut out);
+        let sha = &call.script.sha;
+        let expected = format!(
+            "*11\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n2\r\n$1\r\na\r\n$1\r\nb\r\n\
+             $2\r\n10\r\n$4\r\n1000\r\n$1\r\n1\r\n$1\r\n0\r\n$1\r\n2\r\n$1\r\n1\r\n"
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+
+        // Replies come key by key: a's two, then b's.
+        batch.answer(Frame::Integers(vec![
+            1, 9, 1, -1, 1, 1, 8, 2, -1, 1, 0, 0, 3, 4, 0,
+        ]));
+        let answers: Vec<_> = replies
+            .into_iter()
+            .map(|(key, mut reply)| (key, reply.try_recv().unwrap().unwrap()))
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                ("a", (1, 9, 1, -1, 1)),
+                ("b", (0, 0, 3, 4, 0)),
+                ("a", (1, 8, 2, -1, 1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_answered_with_an_error_or_the_wrong_count_fails_every_decision() {
+        let policy = Policy::new(
+            "p",
+            Limit::fixed_window(10, std::time::Duration::from_secs(1)),
+            crate::policy::FailureMode::default(),
+        )
+        .unwrap();
+        let call = ScriptCall::new(&policy, Demand::Exact(1));
+        for frame in [
+            Frame::Error("ERR boom".into()),
+            Frame::Integers(vec![1, 9, 1, -1, 1]),
+            Frame::Status("OK".into()),
+        ] {
+            let mut batch = Batch::new(call);
+            let mut replies = Vec::new();
+            for key in ["a", "b"] {
+                let (slot, reply) = oneshot::channel();
+                batch.add(key, slot);
+                replies.push(reply);
+            }
+            batch.answer(frame.clone());
+            for mut reply in replies {
+                assert!(reply.try_recv().unwrap().is_err(), "{frame:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn integer_arrays_statuses_and_errors_parse_and_partial_input_waits() {
         let script = b"*5\r\n:1\r\n:99\r\n:600000\r\n:-1\r\n:1\r\n";
         assert_eq!(
             parsed(script),
-            Some((Frame::Script((1, 99, 600_000, -1, 1)), script.len()))
+            Some((Frame::Integers(vec![1, 99, 600_000, -1, 1]), script.len()))
         );
         for cut in 0..script.len() {
             assert_eq!(parsed(&script[..cut]), None, "cut at {cut}");
         }
+        assert_eq!(parsed(b"*0\r\n"), Some((Frame::Integers(vec![]), 4)));
+        assert_eq!(parsed(b"*-1\r\n"), Some((Frame::Other("null array"), 5)));
         assert_eq!(
             parsed(b"+PONG\r\n:1\r\n"),
             Some((Frame::Status("PONG".into()), 7))
@@ -371,13 +665,42 @@ mod tests {
     }
 
     #[test]
+    fn integers_and_lines_parse_as_resp_writes_them() {
+        for text in [
+            "0",
+            "-1",
+            "42",
+            "9223372036854775807",
+            "-9223372036854775807",
+        ] {
+            assert_eq!(integer(text.as_bytes()), Ok(text.parse::<i64>().unwrap()));
+        }
+        for text in [
+            "",
+            "-",
+            "1a",
+            "+1",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            assert!(integer(text.as_bytes()).is_err(), "{text:?}");
+        }
+        // A line ends at CRLF only.
+        assert_eq!(next_line(b":12\r"), None);
+        assert_eq!(next_line(b":12\rx\r\n"), Some((b':', &b"12\rx"[..], 7)));
+        assert!(parse(b":12\rx\r\n").is_ok());
+        assert!(parse(b"*1\r\n:12\rx\r\n").is_err());
+        assert_eq!(next_line(b":12\r\n:3"), Some((b':', &b"12"[..], 5)));
+    }
+
+    #[test]
     fn error_replies_keep_their_kind() {
-        let noscript = server_error("NOSCRIPT No matching script.".into());
+        let noscript = server_error("NOSCRIPT No matching script.");
         assert_eq!(
             noscript.kind(),
             ErrorKind::Server(ServerErrorKind::NoScript)
         );
-        let readonly = server_error("READONLY You can't write against a read only replica.".into());
+        let readonly = server_error("READONLY You can't write against a read only replica.");
         assert_eq!(
             readonly.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly)
