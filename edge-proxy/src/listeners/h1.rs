@@ -77,7 +77,7 @@ impl Limits {
 pub(super) struct Lifetime<'a> {
     /// Resolves when the listener is removed or the proxy drains, for a connection waiting.
     pub shutdown: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
-    /// The same signals, read without waiting after each response: cheaper than polling
+    /// The same signal, read without waiting after each response: cheaper than polling
     /// `shutdown`, which registers its waker each time.
     pub signals: &'a Shutdown,
     pub watchdog: &'a mut Watchdog,

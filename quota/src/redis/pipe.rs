@@ -563,22 +563,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_batch_is_one_script_call_with_each_key_once_and_its_count() {
+    /// A decision's key and the receiver of its reply.
+    type Asked = (&'static str, oneshot::Receiver<RedisResult<Reply>>);
+
+    /// A batch of one decision per key in `keys` (10 per second, fixed window), with the
+    /// receivers of their replies.
+    fn batch_of(keys: &[&'static str]) -> (Batch, Vec<Asked>) {
         let policy = Policy::new(
             "p",
             Limit::fixed_window(10, std::time::Duration::from_secs(1)),
             crate::policy::FailureMode::default(),
         )
         .unwrap();
-        let call = ScriptCall::new(&policy, Demand::Exact(1));
-        let mut batch = Batch::new(call);
+        let mut batch = Batch::new(ScriptCall::new(&policy, Demand::Exact(1)));
         let mut replies = Vec::new();
-        for key in ["a", "b", "a"] {
+        for &key in keys {
             let (slot, reply) = oneshot::channel();
             batch.add(key, slot);
             replies.push((key, reply));
         }
+        (batch, replies)
+    }
+
+    #[test]
+    fn a_batch_is_one_script_call_with_each_key_once_and_its_count() {
+        let (batch, replies) = batch_of(&["a", "b", "a"]);
+        let call = batch.call;
         assert_eq!(batch.decisions, 3);
         let mut out = Vec::new();
         batch.encode(&mut out);
@@ -609,27 +619,14 @@ mod tests {
 
     #[test]
     fn a_batch_answered_with_an_error_or_the_wrong_count_fails_every_decision() {
-        let policy = Policy::new(
-            "p",
-            Limit::fixed_window(10, std::time::Duration::from_secs(1)),
-            crate::policy::FailureMode::default(),
-        )
-        .unwrap();
-        let call = ScriptCall::new(&policy, Demand::Exact(1));
         for frame in [
             Frame::Error("ERR boom".into()),
             Frame::Integers(vec![1, 9, 1, -1, 1]),
             Frame::Status("OK".into()),
         ] {
-            let mut batch = Batch::new(call);
-            let mut replies = Vec::new();
-            for key in ["a", "b"] {
-                let (slot, reply) = oneshot::channel();
-                batch.add(key, slot);
-                replies.push(reply);
-            }
+            let (batch, replies) = batch_of(&["a", "b"]);
             batch.answer(frame.clone());
-            for mut reply in replies {
+            for (_, mut reply) in replies {
                 assert!(reply.try_recv().unwrap().is_err(), "{frame:?}");
             }
         }
