@@ -209,6 +209,25 @@ impl Shared {
         self.output.notify_one();
     }
 
+    /// Queues a command or decision with `add`, unless the connection failed, and wakes the
+    /// writer if it had nothing to take: it takes everything that built up, so only the first
+    /// needs waking.
+    fn queue(&self, add: impl FnOnce(&mut State)) -> RedisResult<()> {
+        let wake = {
+            let mut state = self.lock();
+            if let Some(why) = &state.failed {
+                return Err(closed(why));
+            }
+            let wake = state.is_idle();
+            add(&mut state);
+            wake
+        };
+        if wake {
+            self.output.notify_one();
+        }
+        Ok(())
+    }
+
     /// Hands `frame` to what it answers.
     fn answer(&self, waiter: Waiter, frame: Frame) {
         match (waiter, frame) {
@@ -265,23 +284,13 @@ impl Pipe {
     /// is a [`RedisError`] of the server's kind.
     pub(crate) async fn call(&self, words: &[&[u8]]) -> RedisResult<Frame> {
         let (slot, reply) = oneshot::channel();
-        let wake = {
-            let mut state = self.shared.lock();
-            if let Some(why) = &state.failed {
-                return Err(closed(why));
-            }
-            let wake = state.is_idle();
+        self.shared.queue(|state| {
             encode_length(&mut state.output, b'*', words.len());
             for word in words {
                 encode_bulk(&mut state.output, word);
             }
             state.waiting.push_back(Waiter::Command(slot));
-            wake
-        };
-        // The writer takes everything that built up; it only needs waking for the first.
-        if wake {
-            self.shared.output.notify_one();
-        }
+        })?;
         match reply.await {
             Ok(Ok(Frame::Error(text))) => Err(server_error(&text)),
             Ok(result) => result,
@@ -293,12 +302,7 @@ impl Pipe {
     /// of the same policy that are waiting to be written with it.
     pub(crate) async fn decide(&self, call: &ScriptCall, key: &str) -> RedisResult<Reply> {
         let (slot, reply) = oneshot::channel();
-        let wake = {
-            let mut state = self.shared.lock();
-            if let Some(why) = &state.failed {
-                return Err(closed(why));
-            }
-            let wake = state.is_idle();
+        self.shared.queue(|state| {
             let batch = match state
                 .pending
                 .iter()
@@ -311,11 +315,7 @@ impl Pipe {
                 }
             };
             batch.add(key, slot);
-            wake
-        };
-        if wake {
-            self.shared.output.notify_one();
-        }
+        })?;
         reply
             .await
             .unwrap_or_else(|_| Err(closed("the connection's reader stopped")))
