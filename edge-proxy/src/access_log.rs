@@ -106,8 +106,8 @@ struct Writer {
 /// What request paths and a writer thread share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Lines not yet written.
-    pending: Mutex<Vec<u8>>,
+    /// Lines not yet written, and the clock their times are read from.
+    pending: Mutex<Pending>,
     /// Whether the writer has been asked to write now: a batch is ready, or a flush is asked
     /// for. Guarded with `wake`.
     woken: Mutex<bool>,
@@ -117,6 +117,101 @@ struct Shared {
     flushes: Mutex<Vec<oneshot::Sender<()>>>,
     /// Whether dropped lines have been reported already.
     overflow_reported: AtomicBool,
+}
+
+/// What a request appends to, under one lock.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Lines not yet written.
+    lines: Vec<u8>,
+    /// The wall clock, as the writer last read it.
+    clock: WallClock,
+}
+
+/// Wall-clock times for log lines, read from the monotonic clock that requests already time
+/// themselves with: a request pays no clock read for its start time. The writer reads both
+/// clocks again each time it wakes (at least every [`FLUSH_INTERVAL`]), so a step of the system
+/// clock shows in the lines within that interval, as Envoy's cached time source does.
+#[derive(Debug)]
+struct WallClock {
+    /// A moment on the monotonic clock…
+    anchor: std::time::Instant,
+    /// …and the same moment on the system clock, since the Unix epoch.
+    anchor_since_epoch: Duration,
+    /// The text of the second lines were last written in.
+    second: SecondText,
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self {
+            anchor: std::time::Instant::now(),
+            anchor_since_epoch: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+            second: SecondText::default(),
+        }
+    }
+}
+
+impl WallClock {
+    /// Reads both clocks again, keeping the second's text.
+    fn read_again(&mut self) {
+        let second = std::mem::take(&mut self.second);
+        *self = Self {
+            second,
+            ..Self::default()
+        };
+    }
+
+    /// `at` on the system clock, since the Unix epoch.
+    fn since_epoch(&self, at: std::time::Instant) -> Duration {
+        match at.checked_duration_since(self.anchor) {
+            Some(after) => self.anchor_since_epoch + after,
+            None => self
+                .anchor_since_epoch
+                .saturating_sub(self.anchor.duration_since(at)),
+        }
+    }
+
+    /// Writes `at` as RFC 3339 in UTC with milliseconds (`2026-11-22T19:50:21.867Z`), as
+    /// Envoy's `%START_TIME%`.
+    fn write_rfc3339(&mut self, out: &mut Vec<u8>, at: std::time::Instant) {
+        self.second.write(out, self.since_epoch(at));
+    }
+}
+
+/// The text of one second, `2026-11-22T19:50:21.`: lines of the same second copy it rather
+/// than work out the date again.
+#[derive(Debug)]
+struct SecondText {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl Default for SecondText {
+    fn default() -> Self {
+        Self {
+            // No second yet: the first line renders its own.
+            second: u64::MAX,
+            text: Vec::with_capacity(20),
+        }
+    }
+}
+
+impl SecondText {
+    /// Writes `since_epoch` as RFC 3339 in UTC with milliseconds.
+    fn write(&mut self, out: &mut Vec<u8>, since_epoch: Duration) {
+        let secs = since_epoch.as_secs();
+        if secs != self.second {
+            self.second = secs;
+            self.text.clear();
+            write_date_and_second(&mut self.text, secs);
+        }
+        out.extend_from_slice(&self.text);
+        write_padded(out, u64::from(since_epoch.subsec_millis()), 3);
+        out.push(b'Z');
+    }
 }
 
 impl Shared {
@@ -140,13 +235,13 @@ impl Writer {
     }
 
     /// Appends one line, rendered by `render` straight into the pending buffer.
-    fn send(&self, render: impl FnOnce(&mut Vec<u8>)) {
+    fn send(&self, render: impl FnOnce(&mut Pending)) {
         let mut pending = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if pending.len() >= MAX_PENDING_BYTES {
+        if pending.lines.len() >= MAX_PENDING_BYTES {
             drop(pending);
             if !self.shared.overflow_reported.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -156,10 +251,10 @@ impl Writer {
             }
             return;
         }
-        let before = pending.len();
+        let before = pending.lines.len();
         render(&mut pending);
         // Wake the writer once per batch, when this line crosses the threshold.
-        let wake = before < BATCH_BYTES && pending.len() >= BATCH_BYTES;
+        let wake = before < BATCH_BYTES && pending.lines.len() >= BATCH_BYTES;
         drop(pending);
         if wake {
             self.shared.wake();
@@ -224,7 +319,8 @@ fn write_lines(sink: &AccessLogSink, shared: &Shared) {
         {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             // Swap buffers: the request paths go on filling the (empty, allocated) other one.
-            std::mem::swap(&mut *pending, &mut batch);
+            std::mem::swap(&mut pending.lines, &mut batch);
+            pending.clock.read_again();
         }
         if !batch.is_empty()
             && let Some(out) = &mut out
@@ -257,7 +353,6 @@ fn report(sink: &AccessLogSink, result: std::io::Result<()>, failed: &mut bool) 
 #[derive(Debug)]
 pub struct RequestLog {
     logger: Arc<AccessLogger>,
-    start_time: SystemTime,
     started: Instant,
     method: Method,
     version: Version,
@@ -316,8 +411,6 @@ impl RequestLog {
     ) -> Box<Self> {
         Box::new(Self {
             logger: Arc::clone(logger),
-            // `started` was taken a moment ago: well within the line's millisecond.
-            start_time: SystemTime::now(),
             started,
             method,
             version,
@@ -341,8 +434,9 @@ impl RequestLog {
         Arc::clone(self.bytes_in_counter.get_or_insert_with(Arc::default))
     }
 
-    /// Appends the line, newline included, to `line`.
-    fn render(&self, line: &mut Vec<u8>, duration: Duration) {
+    /// Appends the line, newline included, to the pending lines.
+    fn render(&self, pending: &mut Pending, duration: Duration) {
+        let line = &mut pending.lines;
         line.push(b'{');
         let keys = self.logger.keys.iter();
         for (key, (_, field)) in keys.zip(&self.logger.config.fields) {
@@ -358,12 +452,13 @@ impl RequestLog {
             match field {
                 AccessLogField::StartTime => {
                     line.push(b'"');
-                    write_rfc3339(line, self.start_time);
+                    pending.clock.write_rfc3339(line, self.started.into_std());
                     line.push(b'"');
                 }
-                AccessLogField::RequestId => {
-                    json_opt(line, self.request_id.as_ref().and_then(|v| v.to_str().ok()))
-                }
+                AccessLogField::RequestId => match &self.request_id {
+                    Some(id) => json_header(line, id),
+                    None => line.extend_from_slice(b"null"),
+                },
                 AccessLogField::Method => json_string(line, self.method.as_str()),
                 AccessLogField::Authority => {
                     json_opt(line, self.authority.as_ref().map(|a| a.as_str()))
@@ -418,15 +513,59 @@ fn protocol(version: Version) -> &'static str {
 
 fn json_string(out: &mut Vec<u8>, value: &str) {
     // Names, paths and addresses rarely need escaping: copy them as they are.
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(value.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
+    if is_plain_ascii(value.as_bytes()) {
+        json_plain(out, value.as_bytes());
     } else {
         // Writing to a Vec cannot fail.
         let _ = serde_json::to_writer(out, value);
     }
+}
+
+/// A header's value as a JSON string, or `null` when it is not text.
+fn json_header(out: &mut Vec<u8>, value: &HeaderValue) {
+    if is_plain_ascii(value.as_bytes()) {
+        json_plain(out, value.as_bytes());
+    } else {
+        json_opt(out, value.to_str().ok());
+    }
+}
+
+/// `value`, which [`is_plain_ascii`], in quotes.
+fn json_plain(out: &mut Vec<u8>, value: &[u8]) {
+    out.reserve(value.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(value);
+    out.push(b'"');
+}
+
+/// Whether `bytes` go into a JSON string as they are: ASCII from the space up, other than `"`
+/// and `\`. Anything else (rare in names, paths and ids) takes the escaping path. Eight bytes
+/// are looked at in one step, as a word: a line has a few hundred bytes to check.
+fn is_plain_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    /// Whether a byte of `word` is zero. A borrow can mark a byte above a zero byte too,
+    /// never without one.
+    fn has_zero_byte(word: u64) -> bool {
+        word.wrapping_sub(ONES) & !word & HIGH != 0
+    }
+    fn plain(word: u64) -> bool {
+        // A byte below 0x20 sets its high bit by borrowing; one from 0x80 up has it set.
+        (word.wrapping_sub(ONES * 0x20) | word) & HIGH == 0
+            && !has_zero_byte(word ^ (ONES * u64::from(b'"')))
+            && !has_zero_byte(word ^ (ONES * u64::from(b'\\')))
+    }
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        if !plain(u64::from_le_bytes(word.try_into().unwrap_or_default())) {
+            return false;
+        }
+    }
+    // The last bytes, padded with spaces.
+    let rest = words.remainder();
+    let mut last = [b' '; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    plain(u64::from_le_bytes(last))
 }
 
 /// A string, or `null` where Envoy writes `-` in text formats.
@@ -472,19 +611,9 @@ fn write_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
     }
 }
 
-/// `2026-11-22T19:50:21.867Z`: RFC 3339 in UTC with milliseconds, as Envoy's `%START_TIME%`.
-#[cfg(test)]
-fn rfc3339(time: SystemTime) -> String {
-    let mut out = Vec::new();
-    write_rfc3339(&mut out, time);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Writes [`rfc3339`]'s form of `time` to `out`, for every logged request: no allocation.
-fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let millis = since_epoch.subsec_millis();
+/// Writes `2026-11-22T19:50:21.`, the RFC 3339 form of `secs` since the Unix epoch in UTC, up
+/// to the milliseconds.
+fn write_date_and_second(out: &mut Vec<u8>, secs: u64) {
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
     // Howard Hinnant's days-to-civil algorithm, for days since 1970-01-01.
@@ -504,7 +633,6 @@ fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
         (hour, 2, b':'),
         (minute, 2, b':'),
         (second, 2, b'.'),
-        (u64::from(millis), 3, b'Z'),
     ] {
         write_padded(out, value, width);
         out.push(after);
@@ -609,13 +737,68 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_utc_with_millis() {
-        let at = |secs: u64, millis: u64| {
-            rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+        // One cache across calls: a second's text is reused only within that second.
+        let mut cache = SecondText::default();
+        let mut at = |secs: u64, millis: u64| {
+            let mut out = Vec::new();
+            cache.write(
+                &mut out,
+                Duration::from_secs(secs) + Duration::from_millis(millis),
+            );
+            String::from_utf8(out).unwrap()
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(951_782_400, 999), "2000-02-29T00:00:00.999Z");
+        assert_eq!(at(951_782_401, 0), "2000-02-29T00:00:01.000Z");
         assert_eq!(at(1_795_377_021, 867), "2026-11-22T19:50:21.867Z");
         assert_eq!(at(253_402_300_799, 999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(at(0, 1), "1970-01-01T00:00:00.001Z");
+    }
+
+    #[test]
+    fn the_wall_clock_follows_the_monotonic_clock_from_its_anchor() {
+        let anchor = std::time::Instant::now();
+        let clock = WallClock {
+            anchor,
+            anchor_since_epoch: Duration::from_secs(1_795_377_021),
+            second: SecondText::default(),
+        };
+        let later = anchor + Duration::from_millis(1_500);
+        assert_eq!(
+            clock.since_epoch(later),
+            Duration::from_millis(1_795_377_022_500)
+        );
+        // A request that started before the writer last read the clocks.
+        let earlier = anchor.checked_sub(Duration::from_millis(250)).unwrap();
+        assert_eq!(
+            clock.since_epoch(earlier),
+            Duration::from_millis(1_795_377_020_750)
+        );
+    }
+
+    #[test]
+    fn only_printable_ascii_without_quotes_or_backslashes_is_plain() {
+        // Every byte, at every position of a word and of the padded tail.
+        for len in 1..=17 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    let expected = (0x20..0x80).contains(&byte) && byte != b'"' && byte != b'\\';
+                    assert_eq!(
+                        is_plain_ascii(&bytes),
+                        expected,
+                        "byte {byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(is_plain_ascii(b""));
+        assert!(is_plain_ascii(b"0f8e6f4a-7c1d-4f5e-9d3b-2a6c8e1f0b7d"));
+        // Bytes next to the bounds, where a borrow could go wrong.
+        assert!(is_plain_ascii(b"\x20\x20\x21\x7f\x7f\x20\x23\x5b\x5d"));
+        assert!(!is_plain_ascii(b"\x20\x20\x20\x20\x20\x20\x20\x1f\x20"));
     }
 
     #[test]
@@ -649,6 +832,16 @@ mod tests {
         assert_eq!(json("é ü"), r#""é ü""#);
         assert_eq!(json("say \"hi\"\\"), r#""say \"hi\"\\""#);
         assert_eq!(json("tab\tnew\nline"), r#""tab\tnew\nline""#);
+        let header = |value: &[u8]| {
+            let mut out = Vec::new();
+            json_header(&mut out, &HeaderValue::from_bytes(value).unwrap());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(header(b"abc-123"), r#""abc-123""#);
+        assert_eq!(header(b"a\"b"), r#""a\"b""#);
+        assert_eq!(header(b"a\tb"), r#""a\tb""#);
+        // Not text: as `HeaderValue::to_str` has it.
+        assert_eq!(header(b"caf\xc3\xa9"), "null");
     }
 
     #[tokio::test]
