@@ -144,24 +144,28 @@ struct WallClock {
 
 impl Default for WallClock {
     fn default() -> Self {
+        let (anchor, anchor_since_epoch) = read_both_clocks();
         Self {
-            anchor: std::time::Instant::now(),
-            anchor_since_epoch: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
+            anchor,
+            anchor_since_epoch,
             second: SecondText::default(),
         }
     }
 }
 
+/// The monotonic clock and the system clock (since the Unix epoch), read one after the other.
+fn read_both_clocks() -> (std::time::Instant, Duration) {
+    let monotonic = std::time::Instant::now();
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (monotonic, since_epoch)
+}
+
 impl WallClock {
-    /// Reads both clocks again, keeping the second's text.
+    /// Reads both clocks again; the second's text stays.
     fn read_again(&mut self) {
-        let second = std::mem::take(&mut self.second);
-        *self = Self {
-            second,
-            ..Self::default()
-        };
+        (self.anchor, self.anchor_since_epoch) = read_both_clocks();
     }
 
     /// `at` on the system clock, since the Unix epoch.
